@@ -1,0 +1,145 @@
+"""Generate: render the context matrix with the base model (plus the previous LoRA)."""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from charloop import atomic
+from charloop.config import Project
+from charloop.hashing import sha256_bytes
+from charloop.params import GenerateParams
+from charloop.pipeline import load_pipeline, lora_applied
+from charloop.progress import progress_bar
+from charloop.prompts import context_id, context_matrix, derive_seed, render_prompt
+from charloop.stage import StageOutput, completed, fingerprint, seal
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One image to render: everything needed to regenerate it exactly."""
+
+    id: str
+    prompt: str
+    negative_prompt: str
+    seed: int
+    context: dict[str, str]
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    """A LoRA adapter folder and the sha256 of its weights file."""
+
+    path: str
+    sha256: str
+
+
+def plan_jobs(project: Project, iteration: int) -> list[ImageJob]:
+    """Image jobs for one iteration: each context combination times ``images_per_prompt``."""
+    params = project.params
+    gen = params.generate
+    contexts = context_matrix(params.contexts, gen.max_prompts, gen.seed)
+    jobs = []
+    for context in contexts:
+        prompt = render_prompt(gen.prompt_template, params.character, context)
+        for k in range(gen.images_per_prompt):
+            seed = derive_seed(gen.seed, iteration, context_id(context), k)
+            jobs.append(
+                ImageJob(
+                    id=f"i{iteration:03d}-{context_id(context)}-{k:02d}",
+                    prompt=prompt,
+                    negative_prompt=gen.negative_prompt,
+                    seed=seed,
+                    context=context,
+                )
+            )
+    return jobs
+
+
+def render(pipe: Any, jobs: list[ImageJob], gen: GenerateParams) -> list[Image.Image]:
+    """Render jobs in batches of ``gen.batch_size``; each image gets its own seeded generator."""
+    images: list[Image.Image] = []
+    batches = [jobs[i : i + gen.batch_size] for i in range(0, len(jobs), gen.batch_size)]
+    for batch in progress_bar(batches, "generate", unit="batch"):
+        generators = [torch.Generator("cpu").manual_seed(job.seed) for job in batch]
+        result = pipe(
+            prompt=[job.prompt for job in batch],
+            negative_prompt=[job.negative_prompt for job in batch],
+            generator=generators,
+            num_inference_steps=gen.num_inference_steps,
+            guidance_scale=gen.guidance_scale,
+            height=gen.resolution,
+            width=gen.resolution,
+        )
+        images.extend(result.images)
+    return images
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """PNG encoding without timestamps, so equal pixels give equal bytes."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def run_generate(
+    project: Project, iteration: int, adapter: AdapterRef | None, out_dir: str | Path
+) -> StageOutput:
+    """Generate one iteration's images with a ``manifest.jsonl`` row per image.
+
+    Args:
+        project: Validated params and root.
+        iteration: 1-based iteration number (part of every seed).
+        adapter: The previous iteration's LoRA, or None on iteration 1.
+        out_dir: Output folder, written atomically.
+    """
+    params = project.params
+    base_ref = project.model_ref(params.base_model.path)
+    fp = fingerprint(
+        "generate",
+        character=params.character.model_dump(),
+        contexts=params.contexts.model_dump(),
+        base_model=params.base_model.model_dump() | {"ref": base_ref},
+        generate=params.generate.model_dump(),
+        iteration=iteration,
+        adapter=adapter.sha256 if adapter else None,
+    )
+    out_dir = Path(out_dir)
+    if done := completed(out_dir, fp):
+        logger.info("generate: reusing %s", out_dir)
+        return done
+    jobs = plan_jobs(project, iteration)
+    pipe = load_pipeline(base_ref, params.base_model)
+    with lora_applied(pipe, adapter.path if adapter else None, params.generate.lora_scale):
+        images = render(pipe, jobs, params.generate)
+    with atomic.staged_dir(out_dir) as staging:
+        rows = []
+        for job, image in zip(jobs, images, strict=True):
+            data = png_bytes(image)
+            (staging / f"{job.id}.png").write_bytes(data)
+            rows.append(
+                asdict(job)
+                | {
+                    "file": f"{job.id}.png",
+                    "sha256": sha256_bytes(data),
+                    "iteration": iteration,
+                    "base_model": base_ref,
+                    "adapter": asdict(adapter) if adapter else None,
+                    "lora_scale": params.generate.lora_scale if adapter else 0.0,
+                    "steps": params.generate.num_inference_steps,
+                    "guidance_scale": params.generate.guidance_scale,
+                    "resolution": params.generate.resolution,
+                }
+            )
+        atomic.write_jsonl(staging / "manifest.jsonl", rows)
+        output = seal("generate", staging, out_dir, fp, {"images": len(rows)})
+    logger.info("generate: %d images in %s", len(rows), out_dir)
+    return output

@@ -1,0 +1,265 @@
+"""The params.yaml schema: one pydantic model, every field documented.
+
+Every section forbids unknown keys so a typo fails loudly instead of being ignored.
+Pluggable backends (the image embedder) are discriminated unions on ``type``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+AXES = ("style", "setting", "attire", "expression", "pose")
+"""Context axes in prompt order; ``contexts`` holds one list per axis (plural names)."""
+
+
+class StrictModel(BaseModel):
+    """Base for every params section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class Character(StrictModel):
+    """The character the loop makes consistent."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)
+    """Slug used in folder and model names (lowercase letters, digits, '-' and '_')."""
+    trigger: str = Field(min_length=2)
+    """Unique trigger phrase that the LoRA binds the identity to; always the caption's first tag."""
+    description: str = ""
+    """Free-text description, recorded in manifests and model cards."""
+    traits: list[str] = []
+    """Fixed traits that define the identity (hair, eyes, outfit details...)."""
+
+
+class Contexts(StrictModel):
+    """Values of each context axis; prompts cover their combinations."""
+
+    styles: list[str] = Field(min_length=1)
+    """Rendering styles, e.g. 'flat colors', 'watercolor'."""
+    settings: list[str] = Field(min_length=1)
+    """Places and backgrounds, e.g. 'in a forest'."""
+    attire: list[str] = Field(default=[""], min_length=1)
+    """Outfits; use [''] to leave attire to the traits."""
+    expressions: list[str] = Field(default=[""], min_length=1)
+    """Facial expressions, e.g. 'smiling'."""
+    poses: list[str] = Field(default=[""], min_length=1)
+    """Body poses, e.g. 'standing', 'sitting'."""
+
+    def axis_values(self) -> dict[str, list[str]]:
+        """Values per axis, keyed by the singular axis name of ``AXES``."""
+        return {
+            "style": self.styles,
+            "setting": self.settings,
+            "attire": self.attire,
+            "expression": self.expressions,
+            "pose": self.poses,
+        }
+
+
+class BaseModelSpec(StrictModel):
+    """The text-to-image base model."""
+
+    path: str = "models/tiny-sd15"
+    """Hub id (e.g. 'stable-diffusion-v1-5/stable-diffusion-v1-5') or a local diffusers folder.
+    Relative local paths are resolved against the params file's folder."""
+    family: Literal["sd15"] = "sd15"
+    """Architecture family; only SD1.5-style pipelines are supported for now."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) when ``path`` is a hub id."""
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    """Where to run: 'auto' picks CUDA, then MPS, then CPU."""
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """Weights dtype for inference: 'auto' is float16 on CUDA and float32 elsewhere."""
+
+
+class GenerateParams(StrictModel):
+    """Synthetic image generation."""
+
+    prompt_template: str = "{trigger}, {traits}, {style}, {setting}, {attire}, {expression}, {pose}"
+    """Prompt template; placeholders: {trigger} {traits} {description} and the context axes."""
+    negative_prompt: str = "blurry, lowres, deformed, extra limbs, watermark, text"
+    """Negative prompt for every image."""
+    images_per_prompt: int = Field(default=2, ge=1)
+    """Images per context combination, each with its own derived seed."""
+    max_prompts: int | None = Field(default=None, ge=1)
+    """Cap on context combinations; a capped subset still covers every value of every axis."""
+    batch_size: int = Field(default=8, ge=1)
+    """Images per pipeline call."""
+    resolution: int = Field(default=64, ge=32, multiple_of=8)
+    """Square image size in pixels (512 for SD1.5 checkpoints)."""
+    num_inference_steps: int = Field(default=8, ge=1)
+    """Denoising steps per image."""
+    guidance_scale: float = Field(default=5.0, ge=0)
+    """Classifier-free guidance scale."""
+    lora_scale: float = Field(default=1.0, ge=0)
+    """Strength of the previous iteration's LoRA when regenerating (iteration 2 on)."""
+    seed: int = 0
+    """Root seed; every image's seed derives from it, the iteration and the prompt."""
+
+
+class FilterParams(StrictModel):
+    """Automatic discriminators that decide which generated images are kept."""
+
+    duplicate_max_distance: int = Field(default=3, ge=0, le=64)
+    """Images whose 64-bit perceptual hashes differ in at most this many bits are duplicates."""
+    min_contrast: float = Field(default=0.02, ge=0)
+    """Minimum luminance standard deviation (0-1 scale)."""
+    min_sharpness: float = Field(default=1e-4, ge=0)
+    """Minimum variance of the Laplacian of luminance (0-1 scale); lower means blurry."""
+    exposure_range: tuple[float, float] = (0.05, 0.95)
+    """Allowed mean luminance (0-1): darker or brighter images are rejected."""
+    min_kept: int = Field(default=1, ge=1)
+    """Fewer kept images than this stops the iteration with a clear error."""
+
+    @model_validator(mode="after")
+    def _exposure_ordered(self) -> FilterParams:
+        low, high = self.exposure_range
+        if not 0 <= low < high <= 1:
+            raise ValueError("exposure_range must be [low, high] with 0 <= low < high <= 1")
+        return self
+
+
+class CaptionParams(StrictModel):
+    """Caption files written next to each training image."""
+
+    repeats: int = Field(default=1, ge=1)
+    """Kohya folder repeats (the folder is named '<repeats>_<trigger>')."""
+    include_traits: bool = False
+    """Caption the fixed traits too; off by default so the trigger absorbs them."""
+    separator: str = ", "
+    """Separator between tags."""
+
+
+class TrainParams(StrictModel):
+    """LoRA training on the UNet attention projections."""
+
+    rank: int = Field(default=4, ge=1)
+    """LoRA rank."""
+    alpha: float = Field(default=4.0, gt=0)
+    """LoRA alpha; the effective scale is alpha / rank."""
+    target_modules: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]
+    """UNet module names that receive LoRA layers."""
+    learning_rate: float = Field(default=1e-3, gt=0)
+    """AdamW learning rate."""
+    max_train_steps: int = Field(default=40, ge=1)
+    """Optimizer steps per iteration."""
+    batch_size: int = Field(default=4, ge=1)
+    """Images per step."""
+    seed: int = 0
+    """Seed for LoRA init, noise and timesteps."""
+
+
+class ClipEmbedder(StrictModel):
+    """CLIP image (and text) embeddings through transformers."""
+
+    type: Literal["clip"] = "clip"
+    path: str = "models/tiny-clip"
+    """Hub id (e.g. 'openai/clip-vit-base-patch32') or local folder with a CLIPModel."""
+
+
+class Dinov2Embedder(StrictModel):
+    """DINOv2 CLS embeddings through transformers (image only: no prompt fidelity)."""
+
+    type: Literal["dinov2"] = "dinov2"
+    path: str = "facebook/dinov2-small"
+    """Hub id or local folder with a Dinov2Model."""
+
+
+Embedder = Annotated[ClipEmbedder | Dinov2Embedder, Field(discriminator="type")]
+
+
+class HeldOutContext(StrictModel):
+    """One evaluation context; unset axes are left out of the prompt."""
+
+    style: str = ""
+    setting: str = ""
+    attire: str = ""
+    expression: str = ""
+    pose: str = ""
+
+
+class EvaluateParams(StrictModel):
+    """Evaluation on held-out contexts with fixed seeds."""
+
+    contexts: list[HeldOutContext] = Field(min_length=1)
+    """Held-out contexts, ideally absent from training prompts."""
+    seeds: list[int] = Field(default=[1000, 1001], min_length=1)
+    """Fixed seeds; every context is rendered once per seed."""
+    embedder: Embedder = ClipEmbedder()
+    """Image embedding backend for identity consistency."""
+
+
+class LoopParams(StrictModel):
+    """The outer generate-train loop."""
+
+    max_iterations: int = Field(default=2, ge=1)
+    """Stop after this many iterations."""
+    convergence_epsilon: float = Field(default=0.005, ge=0)
+    """Converged when identity consistency changes by less than this between iterations."""
+    workdir: str = "runs"
+    """Folder for iteration data, relative to the params file."""
+
+
+class RegistryParams(StrictModel):
+    """MLflow tracking and model registry."""
+
+    tracking_uri: str = "sqlite:///.charloop/mlflow.db"
+    """MLflow tracking URI; relative sqlite paths are resolved against the params file."""
+    artifact_location: str = ".charloop/mlartifacts"
+    """Artifact store for new experiments (a folder, s3://..., or mlflow-artifacts:/...)."""
+    experiment: str | None = None
+    """Experiment name; default 'charloop-<character>'."""
+    model_name: str | None = None
+    """Registered model name; default '<character>-lora'."""
+
+
+class DvcParams(StrictModel):
+    """DVC versioning of datasets and adapters."""
+
+    enabled: bool = True
+    """Track every iteration's data and adapter with DVC."""
+    remote: str | None = ".charloop/dvc-remote"
+    """Remote URL or folder for `dvc push` (s3://bucket/path works); null disables pushing."""
+
+
+class Params(StrictModel):
+    """Root of params.yaml."""
+
+    character: Character
+    contexts: Contexts
+    base_model: BaseModelSpec = BaseModelSpec()
+    generate: GenerateParams = GenerateParams()
+    filter: FilterParams = FilterParams()
+    caption: CaptionParams = CaptionParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams
+    loop: LoopParams = LoopParams()
+    registry: RegistryParams = RegistryParams()
+    dvc: DvcParams = DvcParams()
+
+    @model_validator(mode="after")
+    def _template_placeholders_known(self) -> Params:
+        allowed = {"trigger", "traits", "description", *AXES}
+        used = set(re.findall(r"{(\w+)}", self.generate.prompt_template))
+        unknown = sorted(used - allowed)
+        if unknown:
+            raise ValueError(
+                f"generate.prompt_template uses unknown placeholders {unknown}; "
+                f"allowed: {sorted(allowed)}"
+            )
+        if "{trigger}" not in self.generate.prompt_template:
+            raise ValueError("generate.prompt_template must contain {trigger}")
+        return self
+
+    @property
+    def model_name(self) -> str:
+        """Registered model name."""
+        return self.registry.model_name or f"{self.character.name}-lora"
+
+    @property
+    def experiment_name(self) -> str:
+        """MLflow experiment name."""
+        return self.registry.experiment or f"charloop-{self.character.name}"

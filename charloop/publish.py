@@ -1,0 +1,84 @@
+"""Publish a finished iteration: version its folders with DVC, register it in MLflow."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from charloop import registry, versioning
+from charloop.config import Project, params_hash
+from charloop.layout import IterationPaths
+from charloop.stage import StageOutput
+
+logger = logging.getLogger(__name__)
+
+
+def prepare_stores(project: Project) -> None:
+    """Create the DVC repo and the MLflow database once, before the loop starts."""
+    if project.params.dvc.enabled:
+        versioning.ensure_repo(project.root, project.params.dvc.remote)
+    registry.init_store(project.tracking_uri)
+
+
+def publish_iteration(
+    project: Project,
+    iteration: int,
+    outputs: dict[str, StageOutput],
+    parent_version: str | None,
+    extra_summary: dict[str, Any] | None = None,
+) -> dict[str, str]:
+    """DVC-track the iteration's folders, push them, and register the adapter.
+
+    Args:
+        project: Validated params and root.
+        iteration: 1-based iteration number.
+        outputs: Stage outputs keyed 'generate', 'filter', 'caption', 'train', 'evaluate'.
+        parent_version: Model version of the previous iteration's adapter, if any.
+        extra_summary: Loop facts (convergence verdict...) stored with the run.
+
+    Returns:
+        The registry's ``run_id``, ``version`` and ``lineage_key`` plus ``dataset_hash``.
+    """
+    params = project.params
+    paths = IterationPaths.of(project.workdir, iteration)
+    dvc_hashes: dict[str, str] = {}
+    if params.dvc.enabled:
+        dvc_hashes = versioning.track(paths.versioned)
+        if params.dvc.remote:
+            pushed = versioning.push(paths.versioned)
+            logger.info("dvc: pushed %d file(s) of iteration %d", pushed, iteration)
+    dataset_md5 = dvc_hashes.get(str(paths.dataset), outputs["caption"].digest)
+    adapter, evaluation = outputs["train"], outputs["evaluate"]
+    tags = {
+        "character": params.character.name,
+        "trigger": params.character.trigger,
+        "dataset_hash": dataset_md5,
+        "dataset_sha256": outputs["caption"].digest,
+        "dataset_images": str(outputs["caption"].summary.get("images")),
+        "adapter_hash": dvc_hashes.get(str(paths.adapter), adapter.digest),
+        "adapter_sha256": str(adapter.summary["weights_sha256"]),
+        "generated_hash": dvc_hashes.get(str(paths.generated), outputs["generate"].digest),
+        "params_hash": params_hash(params),
+        "base_model": params.base_model.path,
+        "git_commit": versioning.git_commit(project.root),
+    }
+    record = registry.IterationRecord(
+        model_name=params.model_name,
+        experiment=params.experiment_name,
+        artifact_location=project.artifact_location,
+        iteration=iteration,
+        adapter_dir=adapter.path,
+        evaluation_dir=evaluation.path,
+        metrics={k: float(v) for k, v in evaluation.summary.items()},
+        params=params.model_dump(mode="json"),
+        tags=tags,
+        parent_version=parent_version,
+        dataset_path=str(paths.dataset),
+        dataset_dvc_md5=dataset_md5,
+        summary={
+            "stages": {name: out.summary for name, out in outputs.items()},
+            **(extra_summary or {}),
+        },
+    )
+    result = registry.register_iteration(project.tracking_uri, record)
+    return {**result, "dataset_hash": dataset_md5}

@@ -1,0 +1,145 @@
+"""MLflow: one run per iteration and one registered model version per adapter.
+
+Every version carries the tags that answer "which data made this LoRA?": the dataset's
+DVC md5 and content digest, the adapter's hashes, the parent version, the params hash,
+the base model and the code commit. Registration is idempotent: a version whose lineage
+key already exists is returned instead of duplicated (a resumed loop registers once).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from charloop.hashing import sha256_json
+
+logger = logging.getLogger(__name__)
+
+CANDIDATE_ALIAS = "candidate"
+
+
+@dataclass(frozen=True)
+class IterationRecord:
+    """Everything the registry needs about one finished iteration."""
+
+    model_name: str
+    experiment: str
+    artifact_location: str
+    iteration: int
+    adapter_dir: str
+    evaluation_dir: str
+    metrics: dict[str, float]
+    params: dict[str, Any]
+    tags: dict[str, str]
+    parent_version: str | None = None
+    dataset_path: str = ""
+    dataset_dvc_md5: str = ""
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def lineage_key(self) -> str:
+        """Identity of this registration: same inputs and adapter, same key."""
+        return sha256_json(
+            {
+                "model": self.model_name,
+                "iteration": self.iteration,
+                "params_hash": self.tags.get("params_hash"),
+                "adapter_sha256": self.tags.get("adapter_sha256"),
+                "dataset_hash": self.dataset_dvc_md5,
+                "parent": self.parent_version,
+            }
+        )[:24]
+
+
+def init_store(tracking_uri: str) -> None:
+    """Create (and migrate) the tracking database once, before any concurrent use."""
+    from mlflow.tracking import MlflowClient
+
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    MlflowClient(tracking_uri).search_experiments(max_results=1)
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested params as MLflow params: dotted keys, string values (lists as JSON-ish text)."""
+    flat: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = str(value)[:6000]
+    return flat
+
+
+def find_version(client: Any, model_name: str, lineage_key: str) -> Any | None:
+    """The model version registered with ``lineage_key``, if any."""
+    try:
+        versions = client.search_model_versions(
+            f"name = '{model_name}' and tags.lineage_key = '{lineage_key}'"
+        )
+    except Exception:  # the registered model does not exist yet
+        return None
+    return versions[0] if versions else None
+
+
+def register_iteration(tracking_uri: str, record: IterationRecord) -> dict[str, str]:
+    """Log the iteration's run and register its adapter as a new model version.
+
+    Returns:
+        ``{"run_id", "version", "lineage_key"}`` of the (possibly pre-existing) version.
+    """
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+    from PIL import Image
+
+    client = MlflowClient(tracking_uri)
+    key = record.lineage_key
+    if existing := find_version(client, record.model_name, key):
+        logger.info("registry: %s v%s already registered", record.model_name, existing.version)
+        return {"run_id": existing.run_id, "version": str(existing.version), "lineage_key": key}
+
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment = client.get_experiment_by_name(record.experiment)
+    experiment_id = (
+        experiment.experiment_id
+        if experiment
+        else client.create_experiment(record.experiment, artifact_location=record.artifact_location)
+    )
+    run_name = f"{record.model_name}-iter-{record.iteration:03d}"
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        mlflow.set_tags({**record.tags, "lineage_key": key, "iteration": str(record.iteration)})
+        mlflow.log_params(flatten(record.params))
+        mlflow.log_metrics(record.metrics, step=record.iteration)
+        source = resolve_dataset_source(str(Path(record.dataset_path).resolve()))
+        dataset = MetaDataset(source, name="captioned-dataset", digest=record.dataset_dvc_md5[:36])
+        mlflow.log_input(dataset, context="training")
+        mlflow.log_artifacts(record.adapter_dir, artifact_path="adapter")
+        mlflow.log_artifact(str(Path(record.evaluation_dir) / "metrics.json"), "evaluation")
+        with Image.open(Path(record.evaluation_dir) / "contact_sheet.png") as sheet:
+            mlflow.log_image(sheet.copy(), key="contact_sheet", step=record.iteration)
+        if record.summary:
+            mlflow.log_dict(record.summary, "summary.json")
+        run_id = run.info.run_id
+        artifact_uri = run.info.artifact_uri
+
+    try:
+        client.create_registered_model(
+            record.model_name, description="charloop LoRA iterations for one character"
+        )
+    except MlflowException as exc:
+        if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+            raise
+    tags = {**record.tags, "lineage_key": key, "iteration": str(record.iteration)}
+    tags["parent_version"] = record.parent_version or "none"
+    version = client.create_model_version(
+        record.model_name, source=f"{artifact_uri}/adapter", run_id=run_id, tags=tags
+    )
+    client.set_registered_model_alias(record.model_name, CANDIDATE_ALIAS, version.version)
+    logger.info("registry: registered %s v%s", record.model_name, version.version)
+    return {"run_id": run_id, "version": str(version.version), "lineage_key": key}

@@ -1,0 +1,178 @@
+"""Tiny real models built in code: the embedded default when no hub is reachable.
+
+They are the same classes as a real SD1.5 checkpoint and a real CLIP model (only smaller),
+saved in diffusers/transformers format and loaded back through ``from_pretrained``, so
+every stage exercises the code path a real checkpoint takes. Built deterministically
+from a seed: ``charloop build-tiny-models`` recreates ``models/`` exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+PROMPT_WORDS = tuple(
+    """
+    a an the and with of in on at by for to from wearing holding standing sitting walking running
+    jumping waving arms crossed looking viewer side back front portrait full body close up shot
+    girl boy woman man person character hero knight wizard robot cat dog fox
+    red orange yellow green blue purple pink white black gray grey brown silver gold golden teal
+    hair eyes eye skin short long curly straight spiky ponytail braid bob twin tails bangs
+    freckles scar glasses hat cap hood scarf cape cloak jacket coat hoodie dress skirt shirt
+    armor uniform suit boots gloves backpack sword staff bag earrings necklace mask helmet
+    smiling smile laughing sad angry surprised serious neutral determined shy sleepy crying
+    flat colors color watercolor sketch pencil ink pixel art anime cartoon comic oil painting
+    colours colors smiles eyes boots gloves stars glowing
+    photo realistic cel shaded outlined lineart digital illustration style 3d render low poly
+    forest spaceship bar beach city street desert mountain snow rain night day sunset cafe
+    library castle classroom office kitchen park garden river lake ocean space station
+    underwater cave village market rooftop field meadow temple ruins neon alley indoors outdoors
+    background simple detailed lowres blurry deformed extra limbs watermark text signature
+    bad anatomy worst quality high best masterpiece cropped jpeg artifacts ugly duplicate
+    """.split()
+)
+"""Words that become single tokens in the tiny tokenizer; anything else splits into characters."""
+
+
+def _clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Byte-level CLIP BPE vocab and merges, trained in code so ``PROMPT_WORDS`` are whole tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    symbols = list(bytes_to_unicode().values())
+    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=100_000, initial_alphabet=symbols, end_of_word_suffix="</w>", show_progress=False
+    )
+    bpe.train_from_iterator([" ".join(PROMPT_WORDS)], trainer)
+    merges = [tuple(pair) for pair in json.loads(bpe.to_str())["model"]["merges"]]
+    tokens = symbols + [s + "</w>" for s in symbols] + [a + b for a, b in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
+    return vocab, merges  # type: ignore[return-value]
+
+
+def build_tokenizer():  # -> CLIPTokenizer (transformers types are heavy to import at module load)
+    """A CLIP tokenizer whose vocabulary is generated in code."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = _clip_vocab()
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def _text_config(vocab_size: int):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=32,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
+
+
+def build_tiny_sd15(out_dir: str | Path, seed: int = 0) -> Path:
+    """Build and save a tiny SD1.5-architecture pipeline (64 px images, 8x8 latents).
+
+    Args:
+        out_dir: Destination folder (diffusers ``save_pretrained`` layout).
+        seed: Seed for the random initialisation.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    text_encoder = CLIPTextModel(_text_config(len(tokenizer)))
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 32, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    out = Path(out_dir)
+    pipe.save_pretrained(out, safe_serialization=True)
+    logger.info("tiny SD1.5 pipeline written to %s", out)
+    return out
+
+
+def build_tiny_clip(out_dir: str | Path, seed: int = 0) -> Path:
+    """Build and save a tiny CLIPModel (text + vision towers) with its processor."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    text = _text_config(len(tokenizer)).to_dict()
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=64,
+        patch_size=8,
+        projection_dim=32,
+    )
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=32))
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 64}, crop_size=64)
+    processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    out = Path(out_dir)
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    logger.info("tiny CLIP model written to %s", out)
+    return out
+
+
+def build_all(models_dir: str | Path = "models", seed: int = 0) -> list[Path]:
+    """Build every embedded default model under ``models_dir``."""
+    models_dir = Path(models_dir)
+    return [
+        build_tiny_sd15(models_dir / "tiny-sd15", seed),
+        build_tiny_clip(models_dir / "tiny-clip", seed),
+    ]

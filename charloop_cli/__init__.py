@@ -1,0 +1,1 @@
+"""The ``charloop`` command: the application layer above flows, tasks and the library."""

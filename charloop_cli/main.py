@@ -1,0 +1,179 @@
+"""``charloop``: validate params, run the loop, run single stages (for DVC), build tiny models."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from charloop.config import ParamsError, Project, load_project
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False)
+stage_app = typer.Typer(help="Run one stage on explicit folders (what dvc.yaml calls).")
+app.add_typer(stage_app, name="stage")
+console = Console(stderr=True)
+
+EXIT_INVALID = 2
+ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="Path to params.yaml.")]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("httpx", "urllib3", "alembic", "dvc", "mlflow", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _load_or_exit(path: Path) -> Project:
+    try:
+        return load_project(path)
+    except ParamsError as exc:
+        console.print(f"[red]invalid params[/red] {exc.source}:")
+        for problem in exc.problems:
+            console.print(f"  - {problem}")
+        raise typer.Exit(EXIT_INVALID) from None
+
+
+@app.command()
+def validate(params: Annotated[Path, typer.Argument(help="params.yaml to check.")] = Path("params.yaml")) -> None:
+    """Check params.yaml against the schema: prints OK, or every error (exit code 2)."""
+    project = _load_or_exit(params)
+    typer.echo(f"OK: {params} (character '{project.params.character.name}')")
+
+
+@app.command()
+def run(
+    params: ParamsOption = Path("params.yaml"),
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the character loop (a Prefect flow) and print a summary table."""
+    project = _load_or_exit(params)
+    _setup_logging(verbose)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.character_loop import character_loop
+
+    rows = character_loop(params_file=str(project.params_file))
+    console.print(summary_table(rows))
+
+
+def summary_table(rows: list[dict[str, Any]]) -> Table:
+    """The end-of-run table: one row per iteration."""
+    table = Table(title="charloop iterations")
+    for name in ("iteration", "generated", "kept", "identity", "prompt fid.", "version", "decision"):
+        table.add_column(name)
+    for row in rows:
+        fidelity = row.get("prompt_fidelity")
+        table.add_row(
+            str(row["iteration"]),
+            str(row["generated"]),
+            str(row["kept"]),
+            f"{row['identity_consistency']:.4f} (base {row['base_identity_consistency']:.4f})",
+            "-" if fidelity is None else f"{fidelity:.4f}",
+            str(row["version"]),
+            row["decision"],
+        )
+    return table
+
+
+@app.command("build-tiny-models")
+def build_tiny_models(
+    out: Annotated[Path, typer.Option(help="Folder for the models.")] = Path("models"),
+    seed: int = 0,
+) -> None:
+    """Rebuild the embedded tiny SD1.5 pipeline and CLIP embedder, deterministically."""
+    from charloop.tiny_models import build_all
+
+    _setup_logging(False)
+    for path in build_all(out, seed):
+        typer.echo(str(path))
+
+
+@stage_app.command("generate")
+def stage_generate(
+    out: Path,
+    params: ParamsOption = Path("params.yaml"),
+    iteration: int = 1,
+    adapter: Annotated[Path | None, typer.Option(help="Previous LoRA folder.")] = None,
+) -> None:
+    """Generate one iteration's images into OUT."""
+    from charloop.generate import AdapterRef, run_generate
+    from charloop.stage import read_output
+
+    project = _load_or_exit(params)
+    _setup_logging(False)
+    ref = None
+    if adapter is not None:
+        trained = read_output(adapter)
+        ref = AdapterRef(trained.path, str(trained.summary["weights_sha256"]))
+    _report(run_generate(project, iteration, ref, out))
+
+
+@stage_app.command("filter")
+def stage_filter(generated: Path, out: Path, params: ParamsOption = Path("params.yaml")) -> None:
+    """Filter GENERATED into OUT (report.jsonl, kept.jsonl)."""
+    from charloop.filter import run_filter
+    from charloop.stage import read_output
+
+    project = _load_or_exit(params)
+    _setup_logging(False)
+    _report(run_filter(project, read_output(generated), out))
+
+
+@stage_app.command("caption")
+def stage_caption(
+    generated: Path, filtered: Path, out: Path, params: ParamsOption = Path("params.yaml")
+) -> None:
+    """Caption the kept images of GENERATED (per FILTERED) into the dataset folder OUT."""
+    from charloop.caption import run_caption
+    from charloop.stage import read_output
+
+    project = _load_or_exit(params)
+    _setup_logging(False)
+    _report(run_caption(project, read_output(generated), read_output(filtered), out))
+
+
+@stage_app.command("train")
+def stage_train(
+    dataset: Path, out: Path, params: ParamsOption = Path("params.yaml"), iteration: int = 1
+) -> None:
+    """Train a LoRA on DATASET into OUT."""
+    from charloop.config import params_hash
+    from charloop.stage import read_output
+    from charloop.train import run_train
+
+    project = _load_or_exit(params)
+    _setup_logging(False)
+    data = read_output(dataset)
+    provenance = {"iteration": iteration, "dataset_sha256": data.digest,
+                  "params_hash": params_hash(project.params)}
+    _report(run_train(project, data, out, provenance))
+
+
+@stage_app.command("evaluate")
+def stage_evaluate(
+    adapter: Path, dataset: Path, out: Path, params: ParamsOption = Path("params.yaml")
+) -> None:
+    """Evaluate ADAPTER (trained on DATASET) into OUT."""
+    from charloop.evaluate import run_evaluate
+    from charloop.stage import read_output
+
+    project = _load_or_exit(params)
+    _setup_logging(False)
+    _report(run_evaluate(project, read_output(adapter), read_output(dataset), out))
+
+
+def _report(output: Any) -> None:
+    typer.echo(f"{output.name}: {output.path} digest={output.digest[:12]} {output.summary}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    sys.exit(app())

@@ -1,0 +1,1 @@
+"""Prefect flows: orchestration only; every stage's work lives in ``tasks/`` and ``charloop``."""

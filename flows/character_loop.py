@@ -1,0 +1,76 @@
+"""The character loop: generate -> filter -> caption -> train -> evaluate -> publish, repeated."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_table_artifact
+
+from charloop.config import load_project, params_hash
+from charloop.convergence import decide
+from charloop.generate import AdapterRef
+from tasks.stages import (
+    caption_task,
+    evaluate_task,
+    filter_task,
+    generate_task,
+    prepare_stores_task,
+    publish_task,
+    train_task,
+)
+
+
+@flow(name="character-loop", flow_run_name="{params_file}", validate_parameters=True)
+def character_loop(params_file: str = "params.yaml") -> list[dict[str, Any]]:
+    """Run iterations until the metrics converge or ``loop.max_iterations`` is reached.
+
+    Args:
+        params_file: Path to params.yaml; relative paths inside it resolve against its folder.
+
+    Returns:
+        One summary row per iteration (images, metrics, model version, stop reason).
+    """
+    project = load_project(params_file)
+    params = project.params
+    prepare_stores_task(project)
+    adapter: AdapterRef | None = None
+    parent_version: str | None = None
+    history: list[dict[str, float]] = []
+    rows: list[dict[str, Any]] = []
+    for iteration in range(1, params.loop.max_iterations + 1):
+        # Data: render with the previous LoRA, keep what the discriminators pass, caption it.
+        generated = generate_task(project, iteration, adapter)
+        filtered = filter_task(project, iteration, generated)
+        dataset = caption_task(project, iteration, generated, filtered)
+        # Model: train a LoRA on the new dataset and score it on held-out contexts.
+        provenance = {
+            "iteration": iteration,
+            "character": params.character.name,
+            "trigger": params.character.trigger,
+            "base_model": params.base_model.path,
+            "dataset_sha256": dataset.digest,
+            "parent_adapter_sha256": adapter.sha256 if adapter else "none",
+            "parent_version": parent_version or "none",
+            "params_hash": params_hash(params),
+        }
+        trained = train_task(project, iteration, dataset, provenance)
+        evaluation = evaluate_task(project, iteration, trained, dataset)
+        history.append(evaluation.summary)
+        verdict = decide(history, params.loop.convergence_epsilon, params.loop.max_iterations)
+        # Lineage: version the folders with DVC and register the adapter in MLflow.
+        outputs = {"generate": generated, "filter": filtered, "caption": dataset,
+                   "train": trained, "evaluate": evaluation}
+        published = publish_task(project, iteration, outputs, parent_version,
+                                 {"stop": verdict.stop, "reason": verdict.reason})
+        rows.append({"iteration": iteration, "generated": generated.summary["images"],
+                     "kept": filtered.summary["kept"], **evaluation.summary,
+                     "version": published["version"], "dataset_hash": published["dataset_hash"],
+                     "decision": verdict.reason})
+        if verdict.stop:
+            break
+        adapter = AdapterRef(trained.path, str(trained.summary["weights_sha256"]))
+        parent_version = published["version"]
+    create_table_artifact(key=f"{params.character.name}-loop-summary".replace("_", "-"),
+                          table=rows, description="charloop iterations")
+    return rows

@@ -1,0 +1,107 @@
+"""One Prefect task per loop stage. Each passes paths and digests, never images or tensors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.logging import get_run_logger
+
+from charloop import atomic
+from charloop.caption import run_caption
+from charloop.config import Project
+from charloop.evaluate import run_evaluate
+from charloop.filter import run_filter
+from charloop.generate import AdapterRef, run_generate
+from charloop.layout import IterationPaths
+from charloop.publish import prepare_stores, publish_iteration
+from charloop.stage import StageOutput
+from charloop.train import run_train
+from tasks.caching import output_cache_key, retry_transient
+
+_CACHED: dict[str, Any] = dict(persist_result=True, retries=1, retry_condition_fn=retry_transient)
+
+
+def _paths(parameters: dict[str, Any]) -> IterationPaths:
+    return IterationPaths.of(parameters["project"].workdir, parameters["iteration"])
+
+
+def _artifact_key(project: Project, iteration: int, what: str) -> str:
+    return f"{project.params.character.name}-iter-{iteration}-{what}".replace("_", "-").lower()
+
+
+@task(name="prepare-stores", retries=2, retry_delay_seconds=2)
+def prepare_stores_task(project: Project) -> None:
+    """Create the DVC repo and MLflow database once, before any stage runs."""
+    prepare_stores(project)
+
+
+@task(name="generate", cache_key_fn=output_cache_key(lambda p: _paths(p).generated), **_CACHED)
+def generate_task(project: Project, iteration: int, adapter: AdapterRef | None) -> StageOutput:
+    """Render the iteration's prompt matrix (with the previous LoRA from iteration 2 on)."""
+    return run_generate(project, iteration, adapter, IterationPaths.of(project.workdir, iteration).generated)
+
+
+@task(name="filter", cache_key_fn=output_cache_key(lambda p: _paths(p).filtered), **_CACHED)
+def filter_task(project: Project, iteration: int, generated: StageOutput) -> StageOutput:
+    """Apply the discriminators; publish the per-image decisions as a table artifact."""
+    output = run_filter(project, generated, IterationPaths.of(project.workdir, iteration).filtered)
+    report = atomic.read_jsonl(Path(output.path) / "report.jsonl")
+    create_table_artifact(
+        key=_artifact_key(project, iteration, "filter"),
+        table=[{"id": r["id"], "decision": r["decision"], "reasons": "; ".join(r["reasons"])} for r in report],
+        description=f"Filter decisions, iteration {iteration}: kept {output.summary['kept']}",
+    )
+    return output
+
+
+@task(name="caption", cache_key_fn=output_cache_key(lambda p: _paths(p).dataset), **_CACHED)
+def caption_task(
+    project: Project, iteration: int, generated: StageOutput, filtered: StageOutput
+) -> StageOutput:
+    """Write the captioned, kohya-style dataset folder."""
+    return run_caption(project, generated, filtered, IterationPaths.of(project.workdir, iteration).dataset)
+
+
+@task(name="train", cache_key_fn=output_cache_key(lambda p: _paths(p).adapter), **_CACHED)
+def train_task(
+    project: Project, iteration: int, dataset: StageOutput, provenance: dict[str, Any]
+) -> StageOutput:
+    """Train the iteration's LoRA adapter."""
+    output = run_train(project, dataset, IterationPaths.of(project.workdir, iteration).adapter, provenance)
+    get_run_logger().info("train: %s", output.summary)
+    return output
+
+
+@task(name="evaluate", cache_key_fn=output_cache_key(lambda p: _paths(p).evaluation), **_CACHED)
+def evaluate_task(
+    project: Project, iteration: int, adapter: StageOutput, dataset: StageOutput
+) -> StageOutput:
+    """Score the adapter on held-out contexts; publish the metrics as a markdown artifact."""
+    output = run_evaluate(project, adapter, dataset, IterationPaths.of(project.workdir, iteration).evaluation)
+    lines = [f"| {name} | {value:.4f} |" for name, value in output.summary.items()]
+    create_markdown_artifact(
+        key=_artifact_key(project, iteration, "metrics"),
+        markdown="\n".join(
+            [f"### Iteration {iteration}", "", "| metric | value |", "|---|---|", *lines, "",
+             f"Contact sheet: `{Path(output.path) / 'contact_sheet.png'}`"]
+        ),
+        description=f"Evaluation metrics, iteration {iteration}",
+    )
+    return output
+
+
+@task(name="publish", retries=2, retry_delay_seconds=3)
+def publish_task(
+    project: Project,
+    iteration: int,
+    outputs: dict[str, StageOutput],
+    parent_version: str | None,
+    extra_summary: dict[str, Any],
+) -> dict[str, str]:
+    """DVC-version the iteration and register its adapter (idempotent, so safe to retry)."""
+    result = publish_iteration(project, iteration, outputs, parent_version, extra_summary)
+    get_run_logger().info("published %s v%s", project.params.model_name, result["version"])
+    return result
