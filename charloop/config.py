@@ -124,7 +124,9 @@ def format_errors(exc: ValidationError, model: type[BaseModel] = Params) -> list
         message = error["msg"]
         if error["type"] == "extra_forbidden":
             allowed = _allowed_fields(model, error["loc"][:-1])
-            message = "unknown field" + (f"; allowed fields: {', '.join(allowed)}" if allowed else "")
+            message = "unknown field" + (
+                f"; allowed fields: {', '.join(allowed)}" if allowed else ""
+            )
         elif error["type"] == "missing":
             message = "required field is missing"
         lines.append(f"{field}: {message}")

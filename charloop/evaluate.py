@@ -122,7 +122,9 @@ def run_evaluate(
     ]
     texts = embedder.embed_texts(fidelity_prompts)
     rows = atomic.read_jsonl(Path(dataset.path) / "metadata.jsonl")
-    train_emb = embedder.embed_images(_load_images(Path(dataset.path), [r["file_name"] for r in rows]))
+    train_emb = embedder.embed_images(
+        _load_images(Path(dataset.path), [r["file_name"] for r in rows])
+    )
     groups = [context_id(job.context) for job in jobs]
     lora = consistency_metrics(embedder.embed_images(lora_images), texts, train_emb, groups)
     base = consistency_metrics(embedder.embed_images(base_images), texts, train_emb, groups)
@@ -140,8 +142,12 @@ def run_evaluate(
         for job, lora_img, base_img in zip(jobs, lora_images, base_images, strict=True):
             (staging / "images" / f"lora-{job.id}.png").write_bytes(png_bytes(lora_img))
             (staging / "images" / f"base-{job.id}.png").write_bytes(png_bytes(base_img))
-        labels = [render_prompt("{trigger}, {style}, {setting}", params.character, job.context,
-                                trigger=False) for job in jobs[:: len(params.evaluate.seeds)]]
+        labels = [
+            render_prompt(
+                "{trigger}, {style}, {setting}", params.character, job.context, trigger=False
+            )
+            for job in jobs[:: len(params.evaluate.seeds)]
+        ]
         sheet = contact_sheet(
             {"with LoRA": lora_images, "base model": base_images},
             columns=len(params.evaluate.seeds),

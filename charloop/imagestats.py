@@ -14,11 +14,7 @@ def luminance(image: Image.Image) -> np.ndarray:
 def laplacian_variance(gray: np.ndarray) -> float:
     """Variance of the 4-neighbour Laplacian: a standard blur score (higher is sharper)."""
     lap = (
-        -4 * gray[1:-1, 1:-1]
-        + gray[:-2, 1:-1]
-        + gray[2:, 1:-1]
-        + gray[1:-1, :-2]
-        + gray[1:-1, 2:]
+        -4 * gray[1:-1, 1:-1] + gray[:-2, 1:-1] + gray[2:, 1:-1] + gray[1:-1, :-2] + gray[1:-1, 2:]
     )
     return float(lap.var())
 

@@ -39,7 +39,9 @@ def context_matrix(contexts: Contexts, max_prompts: int | None, seed: int) -> li
     return diagonal + rest[: max_prompts - widest]
 
 
-def render_prompt(template: str, character: Character, context: Context, trigger: bool = True) -> str:
+def render_prompt(
+    template: str, character: Character, context: Context, trigger: bool = True
+) -> str:
     """Fill the template; empty placeholders and their separators disappear.
 
     Args:

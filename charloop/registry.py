@@ -117,7 +117,9 @@ def register_iteration(tracking_uri: str, record: IterationRecord) -> dict[str, 
         mlflow.log_params(flatten(record.params))
         mlflow.log_metrics(record.metrics, step=record.iteration)
         source = resolve_dataset_source(str(Path(record.dataset_path).resolve()))
-        dataset = MetaDataset(source, name="captioned-dataset", digest=record.dataset_dvc_md5[:36])
+        dataset = MetaDataset(  # type: ignore[abstract]  # concrete at runtime
+            source, name="captioned-dataset", digest=record.dataset_dvc_md5[:36]
+        )
         mlflow.log_input(dataset, context="training")
         mlflow.log_artifacts(record.adapter_dir, artifact_path="adapter")
         mlflow.log_artifact(str(Path(record.evaluation_dir) / "metrics.json"), "evaluation")

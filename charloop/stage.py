@@ -50,7 +50,9 @@ def completed(out_dir: str | Path, expected_fingerprint: str) -> StageOutput | N
     return StageOutput(**record)
 
 
-def seal(name: str, staging_dir: Path, final_dir: Path, fp: str, summary: dict[str, Any]) -> StageOutput:
+def seal(
+    name: str, staging_dir: Path, final_dir: Path, fp: str, summary: dict[str, Any]
+) -> StageOutput:
     """Write the marker into the staging folder; the caller then renames it into place."""
     output = StageOutput(
         name=name,

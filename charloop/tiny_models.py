@@ -40,7 +40,7 @@ PROMPT_WORDS = tuple(
 
 
 def _clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Byte-level CLIP BPE vocab and merges, trained in code so ``PROMPT_WORDS`` are whole tokens."""
+    """Byte-level CLIP BPE vocab and merges, trained so ``PROMPT_WORDS`` are whole tokens."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -55,7 +55,7 @@ def _clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
     tokens = symbols + [s + "</w>" for s in symbols] + [a + b for a, b in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
-    return vocab, merges  # type: ignore[return-value]
+    return vocab, merges
 
 
 def build_tokenizer():  # -> CLIPTokenizer (transformers types are heavy to import at module load)
@@ -63,7 +63,8 @@ def build_tokenizer():  # -> CLIPTokenizer (transformers types are heavy to impo
     from transformers import CLIPTokenizer
 
     vocab, merges = _clip_vocab()
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    # transformers 5 takes merge pairs as tuples; its annotation still says list[str].
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)  # type: ignore[arg-type]
 
 
 def _text_config(vocab_size: int):
@@ -90,7 +91,12 @@ def build_tiny_sd15(out_dir: str | Path, seed: int = 0) -> Path:
         out_dir: Destination folder (diffusers ``save_pretrained`` layout).
         seed: Seed for the random initialisation.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
@@ -138,7 +144,7 @@ def build_tiny_sd15(out_dir: str | Path, seed: int = 0) -> Path:
         requires_safety_checker=False,
     )
     out = Path(out_dir)
-    pipe.save_pretrained(out, safe_serialization=True)
+    pipe.save_pretrained(out, safe_serialization=True)  # type: ignore[attr-defined]
     logger.info("tiny SD1.5 pipeline written to %s", out)
     return out
 

@@ -90,13 +90,15 @@ def lora_config(tp: TrainParams):  # -> peft.LoraConfig
 
     return LoraConfig(
         r=tp.rank,
-        lora_alpha=tp.alpha,
+        lora_alpha=tp.alpha,  # type: ignore[arg-type]  # peft accepts float alphas
         init_lora_weights="gaussian",
         target_modules=list(tp.target_modules),
     )
 
 
-def train_lora(unet: Any, noise_scheduler: Any, data: EncodedDataset, tp: TrainParams) -> list[float]:
+def train_lora(
+    unet: Any, noise_scheduler: Any, data: EncodedDataset, tp: TrainParams
+) -> list[float]:
     """Optimise a fresh LoRA on ``unet`` in place; returns the loss of every step.
 
     Raises:

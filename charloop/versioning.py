@@ -43,7 +43,11 @@ def git_commit(root: Path) -> str:
 
 def _git_toplevel(root: Path) -> Path:
     out = subprocess.run(
-        ["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True, check=True
+        ["git", "rev-parse", "--show-toplevel"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return Path(out.stdout.strip()).resolve()
 

@@ -44,7 +44,9 @@ def _load_or_exit(path: Path) -> Project:
 
 
 @app.command()
-def validate(params: Annotated[Path, typer.Argument(help="params.yaml to check.")] = Path("params.yaml")) -> None:
+def validate(
+    params: Annotated[Path, typer.Argument(help="params.yaml to check.")] = Path("params.yaml"),
+) -> None:
     """Check params.yaml against the schema: prints OK, or every error (exit code 2)."""
     project = _load_or_exit(params)
     typer.echo(f"OK: {params} (character '{project.params.character.name}')")
@@ -68,7 +70,15 @@ def run(
 def summary_table(rows: list[dict[str, Any]]) -> Table:
     """The end-of-run table: one row per iteration."""
     table = Table(title="charloop iterations")
-    for name in ("iteration", "generated", "kept", "identity", "prompt fid.", "version", "decision"):
+    for name in (
+        "iteration",
+        "generated",
+        "kept",
+        "identity",
+        "prompt fid.",
+        "version",
+        "decision",
+    ):
         table.add_column(name)
     for row in rows:
         fidelity = row.get("prompt_fidelity")
@@ -153,8 +163,11 @@ def stage_train(
     project = _load_or_exit(params)
     _setup_logging(False)
     data = read_output(dataset)
-    provenance = {"iteration": iteration, "dataset_sha256": data.digest,
-                  "params_hash": params_hash(project.params)}
+    provenance = {
+        "iteration": iteration,
+        "dataset_sha256": data.digest,
+        "params_hash": params_hash(project.params),
+    }
     _report(run_train(project, data, out, provenance))
 
 

@@ -59,18 +59,38 @@ def character_loop(params_file: str = "params.yaml") -> list[dict[str, Any]]:
         history.append(evaluation.summary)
         verdict = decide(history, params.loop.convergence_epsilon, params.loop.max_iterations)
         # Lineage: version the folders with DVC and register the adapter in MLflow.
-        outputs = {"generate": generated, "filter": filtered, "caption": dataset,
-                   "train": trained, "evaluate": evaluation}
-        published = publish_task(project, iteration, outputs, parent_version,
-                                 {"stop": verdict.stop, "reason": verdict.reason})
-        rows.append({"iteration": iteration, "generated": generated.summary["images"],
-                     "kept": filtered.summary["kept"], **evaluation.summary,
-                     "version": published["version"], "dataset_hash": published["dataset_hash"],
-                     "decision": verdict.reason})
+        outputs = {
+            "generate": generated,
+            "filter": filtered,
+            "caption": dataset,
+            "train": trained,
+            "evaluate": evaluation,
+        }
+        published = publish_task(
+            project,
+            iteration,
+            outputs,
+            parent_version,
+            {"stop": verdict.stop, "reason": verdict.reason},
+        )
+        rows.append(
+            {
+                "iteration": iteration,
+                "generated": generated.summary["images"],
+                "kept": filtered.summary["kept"],
+                **evaluation.summary,
+                "version": published["version"],
+                "dataset_hash": published["dataset_hash"],
+                "decision": verdict.reason,
+            }
+        )
         if verdict.stop:
             break
         adapter = AdapterRef(trained.path, str(trained.summary["weights_sha256"]))
         parent_version = published["version"]
-    create_table_artifact(key=f"{params.character.name}-loop-summary".replace("_", "-"),
-                          table=rows, description="charloop iterations")
+    create_table_artifact(
+        key=f"{params.character.name}-loop-summary".replace("_", "-"),
+        table=rows,
+        description="charloop iterations",
+    )
     return rows

@@ -50,8 +50,6 @@ def output_cache_key(output_dir: Callable[[dict[str, Any]], Path]) -> Callable[.
     return key
 
 
-
-
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     """Retry unless the failure is deterministic (bad data, diverged loss, bad input)."""
     from charloop.filter import NotEnoughImages

@@ -41,7 +41,9 @@ def prepare_stores_task(project: Project) -> None:
 @task(name="generate", cache_key_fn=output_cache_key(lambda p: _paths(p).generated), **_CACHED)
 def generate_task(project: Project, iteration: int, adapter: AdapterRef | None) -> StageOutput:
     """Render the iteration's prompt matrix (with the previous LoRA from iteration 2 on)."""
-    return run_generate(project, iteration, adapter, IterationPaths.of(project.workdir, iteration).generated)
+    return run_generate(
+        project, iteration, adapter, IterationPaths.of(project.workdir, iteration).generated
+    )
 
 
 @task(name="filter", cache_key_fn=output_cache_key(lambda p: _paths(p).filtered), **_CACHED)
@@ -51,7 +53,10 @@ def filter_task(project: Project, iteration: int, generated: StageOutput) -> Sta
     report = atomic.read_jsonl(Path(output.path) / "report.jsonl")
     create_table_artifact(
         key=_artifact_key(project, iteration, "filter"),
-        table=[{"id": r["id"], "decision": r["decision"], "reasons": "; ".join(r["reasons"])} for r in report],
+        table=[
+            {"id": r["id"], "decision": r["decision"], "reasons": "; ".join(r["reasons"])}
+            for r in report
+        ],
         description=f"Filter decisions, iteration {iteration}: kept {output.summary['kept']}",
     )
     return output
@@ -62,7 +67,9 @@ def caption_task(
     project: Project, iteration: int, generated: StageOutput, filtered: StageOutput
 ) -> StageOutput:
     """Write the captioned, kohya-style dataset folder."""
-    return run_caption(project, generated, filtered, IterationPaths.of(project.workdir, iteration).dataset)
+    return run_caption(
+        project, generated, filtered, IterationPaths.of(project.workdir, iteration).dataset
+    )
 
 
 @task(name="train", cache_key_fn=output_cache_key(lambda p: _paths(p).adapter), **_CACHED)
@@ -70,7 +77,9 @@ def train_task(
     project: Project, iteration: int, dataset: StageOutput, provenance: dict[str, Any]
 ) -> StageOutput:
     """Train the iteration's LoRA adapter."""
-    output = run_train(project, dataset, IterationPaths.of(project.workdir, iteration).adapter, provenance)
+    output = run_train(
+        project, dataset, IterationPaths.of(project.workdir, iteration).adapter, provenance
+    )
     get_run_logger().info("train: %s", output.summary)
     return output
 
@@ -80,13 +89,22 @@ def evaluate_task(
     project: Project, iteration: int, adapter: StageOutput, dataset: StageOutput
 ) -> StageOutput:
     """Score the adapter on held-out contexts; publish the metrics as a markdown artifact."""
-    output = run_evaluate(project, adapter, dataset, IterationPaths.of(project.workdir, iteration).evaluation)
+    output = run_evaluate(
+        project, adapter, dataset, IterationPaths.of(project.workdir, iteration).evaluation
+    )
     lines = [f"| {name} | {value:.4f} |" for name, value in output.summary.items()]
     create_markdown_artifact(
         key=_artifact_key(project, iteration, "metrics"),
         markdown="\n".join(
-            [f"### Iteration {iteration}", "", "| metric | value |", "|---|---|", *lines, "",
-             f"Contact sheet: `{Path(output.path) / 'contact_sheet.png'}`"]
+            [
+                f"### Iteration {iteration}",
+                "",
+                "| metric | value |",
+                "|---|---|",
+                *lines,
+                "",
+                f"Contact sheet: `{Path(output.path) / 'contact_sheet.png'}`",
+            ]
         ),
         description=f"Evaluation metrics, iteration {iteration}",
     )

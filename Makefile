@@ -1,0 +1,39 @@
+# charloop developer commands. `make run` and `make test` each set everything up first.
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+
+.PHONY: help setup run test test-full lint format bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install charloop with dev tools
+
+run: $(STAMP)  ## run the full loop on the embedded default model (params.yaml)
+	$(BIN)/charloop run --params params.yaml
+
+test: $(STAMP)  ## fast tests plus one end-to-end loop (what CI runs)
+	$(BIN)/pytest -m "not slow and not gpu"
+
+test-full: $(STAMP)  ## every test except GPU ones
+	$(BIN)/pytest -m "not gpu"
+
+lint: $(STAMP)  ## ruff lint + format check, mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)  ## apply ruff fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:  ## remove loop outputs and local stores (keeps .venv)
+	rm -rf runs data .charloop

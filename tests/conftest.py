@@ -1,0 +1,82 @@
+"""Shared fixtures: tiny projects on the embedded models, one Prefect harness per session."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+# Before prefect is imported anywhere: no telemetry, results kept out of ~/.prefect.
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", tempfile.mkdtemp(prefix="charloop-results-"))
+os.environ.setdefault("GIT_AUTHOR_NAME", "charloop-tests")
+os.environ.setdefault("GIT_AUTHOR_EMAIL", "tests@charloop.invalid")
+os.environ.setdefault("GIT_COMMITTER_NAME", "charloop-tests")
+os.environ.setdefault("GIT_COMMITTER_EMAIL", "tests@charloop.invalid")
+
+from charloop.config import Project, load_project
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = REPO / "models"
+
+
+def tiny_params(**sections: dict[str, Any]) -> dict[str, Any]:
+    """A small, fast params dict on the embedded models; ``sections`` override whole keys."""
+    data: dict[str, Any] = {
+        "character": {
+            "name": "kira",
+            "trigger": "zxq kira",
+            "traits": ["teal hair", "green eyes"],
+        },
+        "contexts": {
+            "styles": ["flat colors", "watercolor"],
+            "settings": ["in a forest", "on a beach"],
+            "expressions": ["smiling"],
+        },
+        "base_model": {"path": str(MODELS / "tiny-sd15"), "device": "cpu"},
+        "generate": {"images_per_prompt": 2, "batch_size": 4, "num_inference_steps": 2},
+        "filter": {"min_kept": 2},
+        "train": {"max_train_steps": 6, "batch_size": 2},
+        "evaluate": {
+            "contexts": [
+                {"style": "sketch", "setting": "in a library"},
+                {"style": "anime", "setting": "in a desert"},
+            ],
+            "seeds": [7],
+            "embedder": {"type": "clip", "path": str(MODELS / "tiny-clip")},
+        },
+        "loop": {"max_iterations": 2, "convergence_epsilon": 0.0},
+    }
+    data.update(sections)
+    return data
+
+
+def write_params(folder: Path, data: dict[str, Any]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def make_project(tmp_path: Path):
+    """Factory: a validated Project in a fresh temp folder."""
+
+    def make(**sections: dict[str, Any]) -> Project:
+        return load_project(write_params(tmp_path, tiny_params(**sections)))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One temporary Prefect API for every flow test in the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

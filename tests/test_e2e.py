@@ -1,0 +1,117 @@
+"""The whole loop through Prefect, with DVC and MLflow, in a temporary git repository."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from charloop import atomic
+from charloop.config import load_project
+from charloop.layout import IterationPaths
+from tests.conftest import tiny_params, write_params
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def git_project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("studio")
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    params = write_params(root, tiny_params())
+    subprocess.run(["git", "add", "params.yaml"], cwd=root, check=True)
+    subprocess.run(["git", "commit", "-qm", "params"], cwd=root, check=True)
+    return load_project(params)
+
+
+@pytest.fixture(scope="module")
+def loop_result(git_project, prefect_harness):
+    from flows.character_loop import character_loop
+
+    started = time.perf_counter()
+    rows = character_loop(params_file=str(git_project.params_file))
+    return rows, time.perf_counter() - started
+
+
+def _client(project):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(project.tracking_uri)
+
+
+def _versions(project):
+    client = _client(project)
+    found = client.search_model_versions(f"name = '{project.params.model_name}'")
+    return sorted(found, key=lambda v: int(v.version))
+
+
+def test_two_iterations_register_two_chained_versions(loop_result, git_project):
+    rows, _ = loop_result
+    assert [r["iteration"] for r in rows] == [1, 2]
+    v1, v2 = _versions(git_project)
+    assert (str(v1.version), str(v2.version)) == ("1", "2")
+    assert v1.tags["parent_version"] == "none"
+    assert v2.tags["parent_version"] == str(v1.version)
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"],
+        cwd=git_project.root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    for version in (v1, v2):
+        assert version.tags["git_commit"].startswith(commit)
+        assert len(version.tags["params_hash"]) == 16
+        assert version.tags["adapter_sha256"] == version.tags["adapter_sha256"].lower()
+    client = _client(git_project)
+    assert (
+        str(client.get_model_version_by_alias(git_project.params.model_name, "candidate").version)
+        == "2"
+    )
+    run = client.get_run(v2.run_id)
+    assert "identity_consistency" in run.data.metrics
+    assert run.inputs.dataset_inputs[0].dataset.digest == v2.tags["dataset_hash"][:36]
+
+
+def test_dataset_hash_is_the_dvc_hash_of_the_training_files(loop_result, git_project):
+    from dvc.api import DVCFileSystem
+
+    from charloop.hashing import sha256_file
+
+    fs = DVCFileSystem(str(git_project.root))
+    for version in _versions(git_project):
+        paths = IterationPaths.of(git_project.workdir, int(version.tags["iteration"]))
+        relative = paths.dataset.relative_to(git_project.root).as_posix()
+        assert fs.info(relative)["dvc_info"]["md5"] == version.tags["dataset_hash"]
+        weights = paths.adapter / "pytorch_lora_weights.safetensors"
+        assert sha256_file(weights) == version.tags["adapter_sha256"]
+        assert Path(f"{paths.dataset}.dvc").is_file() and Path(f"{paths.adapter}.dvc").is_file()
+    remote = git_project.resolve(".charloop/dvc-remote")
+    assert any(remote.rglob("*")), "iterations are pushed to the local DVC remote"
+
+
+def test_iteration_two_was_generated_with_iteration_one_adapter(loop_result, git_project):
+    first = IterationPaths.of(git_project.workdir, 1)
+    second = IterationPaths.of(git_project.workdir, 2)
+    rows = atomic.read_jsonl(second.generated / "manifest.jsonl")
+    from charloop.hashing import sha256_file
+
+    expected = sha256_file(first.adapter / "pytorch_lora_weights.safetensors")
+    assert rows and all(r["adapter"]["path"] == str(first.adapter) for r in rows)
+    assert all(r["adapter"]["sha256"] == expected for r in rows)
+    first_rows = atomic.read_jsonl(first.generated / "manifest.jsonl")
+    assert all(r["adapter"] is None for r in first_rows)
+
+
+def test_rerun_reuses_everything_and_registers_nothing_new(loop_result, git_project):
+    from flows.character_loop import character_loop
+
+    rows, first_seconds = loop_result
+    started = time.perf_counter()
+    again = character_loop(params_file=str(git_project.params_file))
+    elapsed = time.perf_counter() - started
+    assert [r["version"] for r in again] == [r["version"] for r in rows]
+    assert len(_versions(git_project)) == 2
+    assert elapsed < first_seconds, (elapsed, first_seconds)

@@ -1,0 +1,207 @@
+"""Each stage on the embedded tiny model, plus resume and LoRA round-trip checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from charloop import atomic
+from charloop.caption import run_caption
+from charloop.config import load_project
+from charloop.evaluate import run_evaluate
+from charloop.filter import NotEnoughImages, run_filter
+from charloop.generate import AdapterRef, ImageJob, plan_jobs, render, run_generate
+from charloop.hashing import sha256_file
+from charloop.pipeline import load_pipeline, lora_applied
+from charloop.stage import MARKER
+from charloop.train import TrainingDiverged, run_train
+from tests.conftest import tiny_params, write_params
+
+
+@pytest.fixture(scope="module")
+def loop_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("stages")
+
+
+@pytest.fixture(scope="module")
+def project(loop_dir):
+    return load_project(write_params(loop_dir, tiny_params()))
+
+
+@pytest.fixture(scope="module")
+def outputs(project, loop_dir):
+    generated = run_generate(project, 1, None, loop_dir / "gen")
+    filtered = run_filter(project, generated, loop_dir / "filt")
+    dataset = run_caption(project, generated, filtered, loop_dir / "data")
+    adapter = run_train(project, dataset, loop_dir / "adapter", {"iteration": 1})
+    evaluation = run_evaluate(project, adapter, dataset, loop_dir / "eval")
+    return {
+        "generate": generated,
+        "filter": filtered,
+        "caption": dataset,
+        "train": adapter,
+        "evaluate": evaluation,
+    }
+
+
+def _pipe(project):
+    return load_pipeline(
+        project.model_ref(project.params.base_model.path), project.params.base_model
+    )
+
+
+def test_generate_writes_manifest_rows_matching_files(outputs, project):
+    folder = Path(outputs["generate"].path)
+    rows = atomic.read_jsonl(folder / "manifest.jsonl")
+    assert len(rows) == 4 * 2 == outputs["generate"].summary["images"]
+    for row in rows:
+        assert sha256_file(folder / row["file"]) == row["sha256"]
+        assert row["prompt"].startswith("zxq kira")
+        assert row["adapter"] is None and row["iteration"] == 1
+        assert set(row) >= {"negative_prompt", "seed", "context", "base_model"}
+    assert len({r["seed"] for r in rows}) == len(rows)
+
+
+def test_an_image_regenerates_from_its_manifest_row(outputs, project):
+    folder = Path(outputs["generate"].path)
+    row = atomic.read_jsonl(folder / "manifest.jsonl")[3]
+    job = ImageJob(row["id"], row["prompt"], row["negative_prompt"], row["seed"], row["context"])
+    again = np.asarray(render(_pipe(project), [job], project.params.generate)[0], dtype=np.int16)
+    original = np.asarray(Image.open(folder / row["file"]), dtype=np.int16)
+    assert np.abs(again - original).max() <= 1  # batch of 4 vs batch of 1: float noise only
+
+
+def test_filter_report_and_kept_rows(outputs):
+    folder = Path(outputs["filter"].path)
+    report = atomic.read_jsonl(folder / "report.jsonl")
+    kept = atomic.read_jsonl(folder / "kept.jsonl")
+    assert len(report) == 8
+    assert (
+        len(kept)
+        == outputs["filter"].summary["kept"]
+        == sum(r["decision"] == "keep" for r in report)
+    )
+    assert all(r["reasons"] for r in report if r["decision"] == "reject")
+
+
+def test_filter_refuses_an_empty_kept_set(project, outputs, tmp_path):
+    strict = load_project(write_params(tmp_path, tiny_params(filter={"min_contrast": 0.99})))
+    with pytest.raises(NotEnoughImages, match="min_kept"):
+        run_filter(strict, outputs["generate"], tmp_path / "filt")
+
+
+def test_caption_folder_is_kohya_style(outputs):
+    folder = Path(outputs["caption"].path)
+    subset = folder / "1_zxq_kira"
+    texts = sorted(subset.glob("*.txt"))
+    assert len(texts) == outputs["filter"].summary["kept"]
+    for text in texts:
+        assert (subset / f"{text.stem}.png").is_file()
+        assert text.read_text().startswith("zxq kira, ")
+    metadata = atomic.read_jsonl(folder / "metadata.jsonl")
+    assert {m["file_name"] for m in metadata} == {f"1_zxq_kira/{t.stem}.png" for t in texts}
+
+
+def test_trained_adapter_loads_and_changes_the_output(outputs, project):
+    adapter = Path(outputs["train"].path)
+    weights = adapter / "pytorch_lora_weights.safetensors"
+    assert sha256_file(weights) == outputs["train"].summary["weights_sha256"]
+    losses = json.loads((adapter / "train_log.json").read_text())["loss"]
+    assert len(losses) == 6 and all(np.isfinite(losses))
+    pipe = _pipe(project)
+    job = plan_jobs(project, 1)[0]
+    base = np.asarray(render(pipe, [job], project.params.generate)[0], dtype=np.int16)
+    with lora_applied(pipe, adapter):
+        with_lora = np.asarray(render(pipe, [job], project.params.generate)[0], dtype=np.int16)
+    after = np.asarray(render(pipe, [job], project.params.generate)[0], dtype=np.int16)
+    assert np.abs(with_lora - base).max() > 0, "the LoRA must change the image"
+    assert np.array_equal(after, base), "the LoRA must be fully removed afterwards"
+
+
+def test_saved_lora_reproduces_the_trained_unet(outputs, project, tmp_path):
+    """The file on disk, loaded by diffusers, computes what the trained UNet computed."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    from charloop.params import TrainParams
+    from charloop.train import encode_dataset, save_adapter, train_lora
+
+    pipe = _pipe(project)
+    ref = project.model_ref(project.params.base_model.path)
+    data = encode_dataset(pipe, Path(outputs["caption"].path), 64)
+    unet = UNet2DConditionModel.from_pretrained(ref, subfolder="unet")
+    tp = TrainParams(rank=4, alpha=8, max_train_steps=3, batch_size=2, learning_rate=1e-2)
+    train_lora(unet, DDPMScheduler.from_config(pipe.scheduler.config), data, tp)
+    save_adapter(unet, tmp_path, {"test": "1"})
+    sample = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    hidden = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(1))
+    unet.eval()
+    with torch.no_grad():
+        trained = unet(sample, 10, hidden).sample
+        with lora_applied(pipe, tmp_path):
+            loaded = pipe.unet(sample, 10, hidden).sample
+        base = pipe.unet(sample, 10, hidden).sample
+    assert not torch.allclose(trained, base, atol=1e-4), "training must have changed the UNet"
+    assert torch.allclose(loaded, trained, atol=1e-5), "alpha/rank scale must survive saving"
+
+
+def test_training_is_reproducible(outputs, project, tmp_path):
+    again = run_train(project, outputs["caption"], tmp_path / "again", {"iteration": 1})
+    assert again.summary["weights_sha256"] == outputs["train"].summary["weights_sha256"]
+
+
+def test_nan_loss_stops_training(outputs, tmp_path):
+    bad = load_project(
+        write_params(
+            tmp_path,
+            tiny_params(train={"learning_rate": 1e30, "max_train_steps": 6, "batch_size": 2}),
+        )
+    )
+    with pytest.raises(TrainingDiverged, match="learning_rate"):
+        run_train(bad, outputs["caption"], tmp_path / "adapter", {"iteration": 1})
+    assert not (tmp_path / "adapter").exists(), "nothing half-written"
+
+
+def test_evaluate_writes_metrics_and_contact_sheet(outputs):
+    folder = Path(outputs["evaluate"].path)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    for key in (
+        "identity_consistency",
+        "base_identity_consistency",
+        "prompt_fidelity",
+        "nearest_train_similarity",
+    ):
+        assert -1.0 <= metrics[key] <= 1.0
+    assert len(metrics["per_context"]) == 2
+    assert metrics["adapter_sha256"] == outputs["train"].summary["weights_sha256"]
+    with Image.open(folder / "contact_sheet.png") as sheet:
+        assert sheet.width > 2 * 96 and sheet.height > 2 * 96
+    assert len(list((folder / "images").glob("lora-*.png"))) == 2
+
+
+def test_finished_stages_are_not_redone(outputs, project, loop_dir, monkeypatch):
+    import charloop.generate as generate_module
+
+    def explode(*args, **kwargs):
+        raise AssertionError("generation must not run again")
+
+    monkeypatch.setattr(generate_module, "render", explode)
+    again = run_generate(project, 1, None, loop_dir / "gen")
+    assert again == outputs["generate"]
+    (Path(again.path) / MARKER).unlink()  # a damaged folder is redone
+    with pytest.raises(AssertionError, match="must not run again"):
+        run_generate(project, 1, None, loop_dir / "gen")
+    monkeypatch.undo()
+    assert run_generate(project, 1, None, loop_dir / "gen").digest == outputs["generate"].digest
+
+
+def test_iteration_two_generates_with_the_previous_adapter(outputs, project, tmp_path):
+    adapter = AdapterRef(outputs["train"].path, outputs["train"].summary["weights_sha256"])
+    second = run_generate(project, 2, adapter, tmp_path / "gen2")
+    rows = atomic.read_jsonl(Path(second.path) / "manifest.jsonl")
+    assert all(r["adapter"]["sha256"] == adapter.sha256 for r in rows)
+    assert all(r["id"].startswith("i002-") for r in rows)

@@ -1,0 +1,37 @@
+"""Prefect tasks called through ``.fn()`` and their content-keyed cache."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from charloop.layout import IterationPaths
+from tasks.caching import output_cache_key
+from tasks.stages import caption_task, filter_task, generate_task
+
+
+def test_cache_key_needs_a_finished_output_and_tracks_its_content(make_project, tmp_path):
+    project = make_project()
+    key_fn = output_cache_key(
+        lambda p: IterationPaths.of(p["project"].workdir, p["iteration"]).generated
+    )
+    context = SimpleNamespace(task=SimpleNamespace(name="generate"))
+    parameters = {"project": project, "iteration": 1, "adapter": None}
+    assert key_fn(context, parameters) is None  # nothing on disk: never serve a cached result
+    output = generate_task.fn(project, 1, None)
+    first = key_fn(context, parameters)
+    assert first and first == key_fn(context, parameters)
+    assert key_fn(context, {**parameters, "iteration": 2}) is None
+    image = next(p for p in IterationPaths.of(project.workdir, 1).generated.glob("*.png"))
+    image.write_bytes(image.read_bytes() + b"\0")  # edited output: a different key
+    assert key_fn(context, parameters) not in (None, first)
+    assert output.summary["images"] == 8
+
+
+def test_stage_tasks_chain_through_fn(make_project, prefect_harness):
+    project = make_project()
+    generated = generate_task.fn(project, 1, None)
+    filtered = filter_task.fn(project, 1, generated)  # also publishes a table artifact
+    assert filtered.summary["candidates"] == 8
+    dataset = caption_task.fn(project, 1, generated, filtered)
+    assert dataset.summary["images"] == filtered.summary["kept"]
+    assert dataset.path == str(IterationPaths.of(project.workdir, 1).dataset)

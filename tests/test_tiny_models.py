@@ -1,0 +1,43 @@
+"""The embedded models: real classes, loadable from disk, rebuilt deterministically."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from charloop.tiny_models import PROMPT_WORDS, build_tiny_clip, build_tokenizer
+from tests.conftest import MODELS
+
+
+def test_prompt_words_are_single_tokens_and_unknown_words_still_encode():
+    tokenizer = build_tokenizer()
+    for word in ("forest", "watercolor", "smiling", "teal", "ponytail"):
+        assert word in PROMPT_WORDS
+        assert tokenizer.tokenize(word) == [f"{word}</w>"]
+    ids = tokenizer("zxq kira").input_ids
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    assert len(ids) > 4  # unknown words fall back to characters, never to <unk>
+
+
+def test_committed_pipeline_loads_through_from_pretrained():
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(MODELS / "tiny-sd15", safety_checker=None)
+    assert type(pipe.unet).__name__ == "UNet2DConditionModel"
+    assert pipe.vae_scale_factor == 8
+    assert pipe.tokenizer("a girl in a forest").input_ids[1:-1] == [
+        pipe.tokenizer.convert_tokens_to_ids(f"{w}</w>") for w in ("a", "girl", "in", "a", "forest")
+    ]
+
+
+def test_build_is_deterministic(tmp_path):
+    build_tiny_clip(tmp_path / "a", seed=0)
+    build_tiny_clip(tmp_path / "b", seed=0)
+    a = load_file(tmp_path / "a" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    committed = json.loads((MODELS / "tiny-clip" / "config.json").read_text())
+    rebuilt = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert committed["vision_config"]["hidden_size"] == rebuilt["vision_config"]["hidden_size"]

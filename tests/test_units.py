@@ -1,0 +1,153 @@
+"""Pure functions: prompt matrix, seeds, image statistics, filter decisions, captions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from charloop.caption import caption_text, subset_folder
+from charloop.convergence import decide
+from charloop.embedder import mean_pairwise_cosine
+from charloop.evaluate import consistency_metrics
+from charloop.filter import judge
+from charloop.hashing import sha256_bytes, tree_digest
+from charloop.imagestats import dhash, hamming, quality_scores
+from charloop.params import AXES, CaptionParams, Character, Contexts, FilterParams
+from charloop.prompts import context_matrix, derive_seed, render_prompt
+
+CONTEXTS = Contexts(
+    styles=["flat", "watercolor", "pixel art"],
+    settings=["forest", "beach", "city", "bar"],
+    attire=["coat", "dress"],
+    expressions=["smiling", "serious"],
+)
+CHARACTER = Character(name="kira", trigger="zxq kira", traits=["teal hair", "green eyes"])
+
+
+def test_full_matrix_is_the_product():
+    assert len(context_matrix(CONTEXTS, None, 0)) == 3 * 4 * 2 * 2
+
+
+@pytest.mark.parametrize("cap", [4, 5, 11])
+def test_capped_matrix_covers_every_value_and_is_deterministic(cap):
+    combos = context_matrix(CONTEXTS, cap, seed=3)
+    assert len(combos) == cap
+    assert len({tuple(c.values()) for c in combos}) == cap
+    for axis, values in CONTEXTS.axis_values().items():
+        assert {c[axis] for c in combos} == set(values)
+    assert combos == context_matrix(CONTEXTS, cap, seed=3)
+    assert combos != context_matrix(CONTEXTS, cap, seed=4) or cap == 4
+
+
+def test_cap_below_widest_axis_is_an_error():
+    with pytest.raises(ValueError, match="at least 4"):
+        context_matrix(CONTEXTS, 3, 0)
+
+
+def test_render_prompt_drops_empty_parts_and_can_omit_trigger():
+    template = "{trigger}, {traits}, {style}, {setting}, {attire}, {expression}, {pose}"
+    context = {"style": "flat", "setting": "forest", "attire": "", "expression": "smiling"}
+    assert render_prompt(template, CHARACTER, context) == (
+        "zxq kira, teal hair, green eyes, flat, forest, smiling"
+    )
+    assert render_prompt(template, CHARACTER, context, trigger=False).startswith("teal hair")
+
+
+def test_derived_seeds_are_stable_and_distinct():
+    assert derive_seed(0, 1, "abc", 0) == derive_seed(0, 1, "abc", 0)
+    seeds = {derive_seed(0, it, "abc", k) for it in range(3) for k in range(10)}
+    assert len(seeds) == 30
+    assert all(0 <= s < 2**31 for s in seeds)
+
+
+def _noise(seed: int, size: int = 64) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    smooth = rng.random((8, 8, 3)) * 255
+    return Image.fromarray(smooth.astype("uint8")).resize((size, size), Image.Resampling.BICUBIC)
+
+
+def test_dhash_separates_different_images_and_matches_near_copies():
+    a, b = _noise(1), _noise(2)
+    brighter = Image.eval(a, lambda v: min(255, v + 6))
+    assert hamming(dhash(a), dhash(brighter)) <= 3
+    assert hamming(dhash(a), dhash(b)) > 10
+
+
+def test_quality_scores_flag_flat_and_dark_images():
+    flat = quality_scores(Image.new("RGB", (64, 64), (128, 128, 128)))
+    assert flat["contrast"] == 0 and flat["sharpness"] == 0
+    dark = quality_scores(Image.new("RGB", (64, 64), (2, 2, 2)))
+    assert dark["exposure"] < 0.05
+    textured = quality_scores(_noise(3))
+    assert textured["contrast"] > 0.05 and textured["sharpness"] > 1e-4
+
+
+def _manifest(tmp_path, images):
+    rows = []
+    for i, image in enumerate(images):
+        path = tmp_path / f"{i}.png"
+        image.save(path)
+        rows.append({"id": f"img{i}", "file": path.name, "sha256": sha256_bytes(path.read_bytes())})
+    return rows
+
+
+def test_judge_records_a_reason_for_every_rejection(tmp_path):
+    good, other = _noise(1), _noise(2)
+    images = [
+        good,
+        good.copy(),
+        Image.eval(good, lambda v: min(255, v + 4)),
+        other,
+        Image.new("RGB", (64, 64), (128, 128, 128)),
+    ]
+    rows = _manifest(tmp_path, images)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    rows.append({"id": "broken", "file": "broken.png", "sha256": "x"})
+    decisions = {d.id: d for d in judge(rows, tmp_path, FilterParams())}
+    assert decisions["img0"].kept and decisions["img3"].kept
+    assert "exact duplicate of img0" in decisions["img1"].reasons
+    assert any("near duplicate of img0" in r for r in decisions["img2"].reasons)
+    assert any("contrast" in r for r in decisions["img4"].reasons)
+    assert any("unreadable" in r for r in decisions["broken"].reasons)
+
+
+def test_caption_puts_trigger_first_and_omits_traits_by_default():
+    context = {"style": "flat", "setting": "forest", "attire": "", "expression": "smiling"}
+    text = caption_text(CHARACTER, context, CaptionParams())
+    assert text == "zxq kira, flat, forest, smiling"
+    with_traits = caption_text(CHARACTER, context, CaptionParams(include_traits=True))
+    assert with_traits.startswith("zxq kira, teal hair, green eyes, flat")
+    assert subset_folder("zxq kira!", 3) == "3_zxq_kira"
+
+
+def test_mean_pairwise_cosine_and_consistency_metrics():
+    same = np.tile(np.array([[1.0, 0.0]]), (4, 1))
+    assert mean_pairwise_cosine(same) == pytest.approx(1.0)
+    orthogonal = np.eye(3)
+    assert mean_pairwise_cosine(orthogonal) == pytest.approx(0.0)
+    metrics = consistency_metrics(orthogonal, orthogonal, orthogonal[:1], ["a", "a", "b"])
+    assert metrics["prompt_fidelity"] == pytest.approx(1.0)
+    assert metrics["nearest_train_similarity"] == pytest.approx(1 / 3)
+    assert set(metrics["per_context"]) == {"a", "b"}
+
+
+def test_convergence_rule():
+    assert not decide([{"identity_consistency": 0.5}], 0.01, 5).stop
+    converged = decide([{"identity_consistency": 0.5}, {"identity_consistency": 0.505}], 0.01, 5)
+    assert converged.stop and "converged" in converged.reason
+    moving = decide([{"identity_consistency": 0.5}, {"identity_consistency": 0.6}], 0.01, 2)
+    assert moving.stop and "budget" in moving.reason
+
+
+def test_tree_digest_sees_content_and_names(tmp_path):
+    (tmp_path / "a.txt").write_text("x")
+    first = tree_digest(tmp_path)
+    (tmp_path / "a.txt").write_text("y")
+    second = tree_digest(tmp_path)
+    (tmp_path / "a.txt").rename(tmp_path / "b.txt")
+    assert len({first, second, tree_digest(tmp_path)}) == 3
+
+
+def test_axes_order_matches_contexts():
+    assert tuple(CONTEXTS.axis_values()) == AXES
