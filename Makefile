@@ -4,15 +4,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: help setup run test test-full lint format bench clean
+.PHONY: help setup run test test-full lint format bench lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv and install charloop with dev tools
@@ -34,6 +34,13 @@ lint: $(STAMP)  ## ruff lint + format check, mypy
 format: $(STAMP)  ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+bench: $(STAMP)  ## benchmarks, each printed as a ratio against a naive reference
+	$(BIN)/python bench/bench_generate.py
+
+lock: $(STAMP)  ## pin the current environment's versions into constraints.txt
+	echo '# Exact versions that `make setup` installs (pip constraints); refresh with `make lock`.' > constraints.txt
+	$(BIN)/pip freeze --exclude-editable | grep -v '^charloop' >> constraints.txt
 
 clean:  ## remove loop outputs and local stores (keeps .venv)
 	rm -rf runs data .charloop

@@ -23,6 +23,7 @@ from charloop.hashing import sha256_file
 from charloop.params import TrainParams
 from charloop.pipeline import load_pipeline
 from charloop.progress import progress_bar
+from charloop.safetensors_header import canonicalize
 from charloop.stage import StageOutput, completed, fingerprint, seal
 
 logger = logging.getLogger(__name__)
@@ -152,7 +153,10 @@ def train_lora(
 
 
 def save_adapter(unet: Any, out_dir: Path, metadata: dict[str, str]) -> Path:
-    """Write the diffusers-format LoRA file that ``pipe.load_lora_weights`` loads."""
+    """Write the diffusers-format LoRA file that ``pipe.load_lora_weights`` loads.
+
+    The header is made deterministic and carries ``metadata`` as ``charloop.*`` keys.
+    """
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
@@ -164,8 +168,10 @@ def save_adapter(unet: Any, out_dir: Path, metadata: dict[str, str]) -> Path:
         safe_serialization=True,
         unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
     )
+    weights = out_dir / WEIGHTS_NAME
+    canonicalize(weights, {f"charloop.{k}": v for k, v in metadata.items()})
     atomic.write_json(out_dir / "provenance.json", metadata)
-    return out_dir / WEIGHTS_NAME
+    return weights
 
 
 def run_train(

@@ -64,7 +64,7 @@ def run(
     from flows.character_loop import character_loop
 
     rows = character_loop(params_file=str(project.params_file))
-    console.print(summary_table(rows))
+    Console(width=None if sys.stdout.isatty() else 160).print(summary_table(rows))
 
 
 def summary_table(rows: list[dict[str, Any]]) -> Table:
@@ -190,3 +190,7 @@ def _report(output: Any) -> None:
 
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -205,3 +205,45 @@ def test_iteration_two_generates_with_the_previous_adapter(outputs, project, tmp
     rows = atomic.read_jsonl(Path(second.path) / "manifest.jsonl")
     assert all(r["adapter"]["sha256"] == adapter.sha256 for r in rows)
     assert all(r["id"].startswith("i002-") for r in rows)
+
+
+def test_adapter_header_is_sorted_and_carries_provenance(outputs):
+    from charloop.safetensors_header import read_header
+
+    header = read_header(Path(outputs["train"].path) / "pytorch_lora_weights.safetensors")
+    metadata = header["__metadata__"]
+    assert list(metadata) == sorted(metadata)
+    assert metadata["charloop.iteration"] == "1"
+    lora_meta = json.loads(metadata["lora_adapter_metadata"])
+    assert lora_meta["unet.target_modules"] == sorted(lora_meta["unet.target_modules"])
+    tensors = [k for k in header if k != "__metadata__"]
+    assert tensors == sorted(tensors) and all(k.startswith("unet.") for k in tensors)
+
+
+def test_adapter_bytes_do_not_depend_on_the_process(outputs, loop_dir, tmp_path):
+    """Two processes with different hash seeds write byte-identical adapters."""
+    import os
+    import subprocess
+    import sys
+
+    digests = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"adapter{seed}"
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "charloop_cli.main",
+                "stage",
+                "train",
+                outputs["caption"].path,
+                str(out),
+                "--params",
+                str(loop_dir / "params.yaml"),
+            ],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            check=True,
+            capture_output=True,
+        )
+        digests.append(sha256_file(out / "pytorch_lora_weights.safetensors"))
+    assert digests[0] == digests[1]

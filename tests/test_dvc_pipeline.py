@@ -1,0 +1,37 @@
+"""`dvc repro` runs dvc.yaml's stages through the CLI on a copy of the project."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, tiny_params
+
+pytestmark = pytest.mark.slow
+
+
+def test_dvc_repro_runs_one_iteration(tmp_path):
+    archive = subprocess.run(["git", "archive", "HEAD"], cwd=REPO, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive.stdout, check=True)
+    params = tiny_params()
+    params["base_model"]["path"] = "models/tiny-sd15"
+    params["evaluate"]["embedder"]["path"] = "models/tiny-clip"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "x"]):
+        subprocess.run(command, cwd=tmp_path, check=True)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    subprocess.run(["dvc", "repro"], cwd=tmp_path, env=env, check=True, capture_output=True)
+    metrics = json.loads((tmp_path / "data/05_evaluation/metrics.json").read_text())
+    assert -1 <= metrics["identity_consistency"] <= 1
+    lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"generate", "filter", "caption", "train", "evaluate"}
+    status = subprocess.run(
+        ["dvc", "status"], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
+    )
+    assert "up to date" in status.stdout.lower()
