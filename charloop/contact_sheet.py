@@ -14,18 +14,15 @@ def contact_sheet(
     row_labels: list[str] | None = None,
     tile: int = 96,
 ) -> Image.Image:
-    """Side-by-side grids, one per panel; rows are contexts, columns are seeds.
+    """Side-by-side grids, one per panel (e.g. rows are contexts, columns are seeds).
 
     Args:
-        panels: Panel title -> images in row-major order (all panels the same length).
+        panels: Panel title -> images in row-major order (lengths may differ).
         columns: Images per row.
         row_labels: Optional caption drawn above each row.
         tile: Edge length each image is scaled to.
     """
-    lengths = {len(images) for images in panels.values()}
-    if len(lengths) != 1:
-        raise ValueError("every panel needs the same number of images")
-    count = lengths.pop()
+    count = max((len(images) for images in panels.values()), default=0)
     rows = max(1, -(-count // columns))
     row_height = tile + _LABEL_HEIGHT
     panel_width = columns * tile + (columns - 1) * _GAP
@@ -35,7 +32,7 @@ def contact_sheet(
     draw = ImageDraw.Draw(sheet)
     for p, (title, images) in enumerate(panels.items()):
         x0 = p * (panel_width + 3 * _GAP)
-        draw.text((x0, 1), title, fill="black")
+        draw.text((x0, 1), f"{title} ({len(images)})", fill="black")
         for i, image in enumerate(images):
             r, c = divmod(i, columns)
             y = _LABEL_HEIGHT + r * row_height

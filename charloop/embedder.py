@@ -96,3 +96,11 @@ def mean_pairwise_cosine(embeddings: np.ndarray) -> float:
         return 1.0
     sims = embeddings @ embeddings.T
     return float((sims.sum() - np.trace(sims)) / (n * (n - 1)))
+
+
+def embed_in_batches(embedder: Embedder, images: list[Image.Image], batch_size: int) -> np.ndarray:
+    """Embed many images in fixed-size batches (bounded memory); rows follow ``images``."""
+    chunks = [
+        embedder.embed_images(images[i : i + batch_size]) for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)

@@ -1,22 +1,34 @@
 """Filter: automatic discriminators decide which generated images become training data.
 
-Every decision carries its reasons and scores in ``report.jsonl``, and ``kept.jsonl``
-holds the manifest rows of the images that passed.
+Every decision carries its reasons and scores in ``report.jsonl``; ``kept.jsonl`` holds
+the manifest rows of the images that passed, and ``contact_sheet.png`` shows kept vs
+rejected.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import Image
 
 from charloop import atomic
 from charloop.config import Project
-from charloop.imagestats import dhash, hamming, quality_scores
-from charloop.params import FilterParams
+from charloop.contact_sheet import contact_sheet
+from charloop.discriminators import (
+    Decision,
+    apply_threshold,
+    check_duplicates,
+    check_quality,
+    identity_scores,
+)
+from charloop.embedder import Embedder, embed_in_batches, load_embedder
+from charloop.hashing import tree_digest
+from charloop.params_filter import FilterParams
+from charloop.prompts import render_prompt
+from charloop.references import load_references, open_image
 from charloop.stage import StageOutput, completed, fingerprint, seal
 
 logger = logging.getLogger(__name__)
@@ -26,97 +38,106 @@ class NotEnoughImages(RuntimeError):
     """The filter kept fewer images than ``filter.min_kept``; the iteration stops."""
 
 
-@dataclass
-class Decision:
-    """The filter's verdict on one image."""
+def judge(
+    rows: list[dict[str, Any]],
+    image_dir: Path,
+    rules: FilterParams,
+    embedder: Embedder | None = None,
+    references: np.ndarray | None = None,
+    texts: list[str] | None = None,
+) -> tuple[list[Decision], dict[str, Any]]:
+    """Score and decide every manifest row, running the discriminators in configured order.
 
-    id: str
-    file: str
-    scores: dict[str, float] = field(default_factory=dict)
-    reasons: list[str] = field(default_factory=list)
+    Args:
+        rows: Manifest rows (``id``, ``file``, ``sha256``).
+        image_dir: Folder holding the files.
+        rules: Filter params.
+        embedder: Needed by the identity and prompt-adherence checks.
+        references: Embeddings of the reference images (identity anchor), if any.
+        texts: Per-row prompts without the trigger (prompt adherence).
 
-    @property
-    def kept(self) -> bool:
-        return not self.reasons
-
-    def as_row(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "file": self.file,
-            "decision": "keep" if self.kept else "reject",
-            "reasons": self.reasons,
-            "scores": self.scores,
-        }
-
-
-def quality_reasons(scores: dict[str, float], rules: FilterParams) -> list[str]:
-    """Reasons an image fails the quality check (empty when it passes)."""
-    reasons = []
-    low, high = rules.exposure_range
-    if not low <= scores["exposure"] <= high:
-        reasons.append(f"exposure {scores['exposure']:.3f} outside [{low}, {high}]")
-    if scores["contrast"] < rules.min_contrast:
-        reasons.append(f"contrast {scores['contrast']:.4f} < {rules.min_contrast}")
-    if scores["sharpness"] < rules.min_sharpness:
-        reasons.append(f"sharpness {scores['sharpness']:.2e} < {rules.min_sharpness} (blurry)")
-    return reasons
-
-
-def judge(rows: list[dict[str, Any]], image_dir: Path, rules: FilterParams) -> list[Decision]:
-    """Score and decide every manifest row, in manifest order.
-
-    Exact duplicates (same sha256) and perceptual duplicates (dHash distance within
-    ``rules.duplicate_max_distance`` of an earlier kept image) are rejected, as are
-    unreadable files and images failing the quality thresholds.
+    Returns:
+        The decisions (manifest order) and facts about the run (identity anchor...).
     """
-    decisions = []
-    kept_hashes: list[tuple[str, int]] = []
-    seen_sha: dict[str, str] = {}
-    for row in rows:
-        decision = Decision(id=row["id"], file=row["file"])
-        decisions.append(decision)
-        if row["sha256"] in seen_sha:
-            decision.reasons.append(f"exact duplicate of {seen_sha[row['sha256']]}")
+    decisions = [Decision(id=row["id"], file=row["file"]) for row in rows]
+    images: dict[str, Image.Image] = {}
+    first_by_sha: dict[str, str] = {}
+    for row, decision in zip(rows, decisions, strict=True):
+        if rules.check("duplicates") and row["sha256"] in first_by_sha:
+            decision.reasons.append(f"exact duplicate of {first_by_sha[row['sha256']]}")
             continue
-        seen_sha[row["sha256"]] = row["id"]
+        first_by_sha.setdefault(row["sha256"], row["id"])
         try:
-            with Image.open(image_dir / row["file"]) as handle:
-                image = handle.convert("RGB")
-        except (OSError, UnidentifiedImageError) as exc:
+            images[row["id"]] = open_image(image_dir / row["file"])
+        except OSError as exc:
             decision.reasons.append(f"unreadable image: {exc}")
-            continue
-        decision.scores = quality_scores(image)
-        decision.reasons.extend(quality_reasons(decision.scores, rules))
-        phash = dhash(image)
-        near = [(other, hamming(phash, h)) for other, h in kept_hashes]
-        close = [(other, d) for other, d in near if d <= rules.duplicate_max_distance]
-        if close:
-            other, distance = min(close, key=lambda pair: pair[1])
-            decision.reasons.append(f"near duplicate of {other} (dHash distance {distance})")
-        decision.scores["dhash"] = float(phash)
-        if decision.kept:
-            kept_hashes.append((row["id"], phash))
-    return decisions
+    readable = [d for d in decisions if d.id in images]
+    facts: dict[str, Any] = {}
+    embeddings: np.ndarray | None = None
+    for rule in rules.discriminators:
+        if rule.type == "quality":
+            for decision in readable:
+                check_quality(decision, images[decision.id], rule)
+        elif rule.type == "duplicates":
+            check_duplicates(decisions, images, rule)
+        elif readable:
+            if embedder is None:
+                raise ValueError(f"the {rule.type} discriminator needs an embedder")
+            if embeddings is None:
+                pictures = [images[d.id] for d in readable]
+                embeddings = embed_in_batches(embedder, pictures, rules.embed_batch_size)
+            if rule.type == "identity":
+                scores, facts["identity"] = identity_scores(embeddings, references, rule)
+                apply_threshold(readable, scores, "identity", rule)
+            else:
+                by_id = dict(zip([r["id"] for r in rows], texts or [], strict=False))
+                text_emb = embedder.embed_texts([by_id[d.id] for d in readable])
+                assert text_emb is not None  # validated: prompt adherence needs CLIP
+                apply_threshold(readable, np.sum(embeddings * text_emb, 1), "prompt", rule)
+    return decisions, facts
 
 
 def run_filter(project: Project, generated: StageOutput, out_dir: str | Path) -> StageOutput:
-    """Write ``report.jsonl`` (every decision) and ``kept.jsonl`` (kept manifest rows).
+    """Write ``report.jsonl``, ``kept.jsonl`` and a kept/rejected contact sheet.
 
     Raises:
         NotEnoughImages: fewer than ``filter.min_kept`` images passed.
     """
-    rules = project.params.filter
-    fp = fingerprint("filter", rules=rules.model_dump(), generated=generated.digest)
+    params = project.params
+    rules = params.filter
+    refs_dir = project.resolve(params.character.references) if params.character.references else None
+    needs_embedder = any(r.type in ("identity", "prompt_adherence") for r in rules.discriminators)
+    embedder_ref = project.model_ref(rules.embedder.path) if needs_embedder else None
+    fp = fingerprint(
+        "filter",
+        rules=rules.model_dump(exclude={"review"}),
+        generated=generated.digest,
+        embedder=embedder_ref,
+        references=tree_digest(refs_dir) if refs_dir and refs_dir.is_dir() else None,
+        character=params.character.model_dump(),
+    )
     out_dir = Path(out_dir)
     output = completed(out_dir, fp)
     if output is None:
         rows = atomic.read_jsonl(Path(generated.path) / "manifest.jsonl")
-        decisions = judge(rows, Path(generated.path), rules)
+        refs = load_references(refs_dir)
+        embedder = load_embedder(rules.embedder, embedder_ref) if embedder_ref else None
+        ref_emb = embed_in_batches(embedder, refs.images, 64) if embedder and refs.images else None
+        template = params.generate.prompt_template
+        texts = [render_prompt(template, params.character, r["context"], False) for r in rows]
+        decisions, facts = judge(rows, Path(generated.path), rules, embedder, ref_emb, texts)
         kept_ids = {d.id for d in decisions if d.kept}
         with atomic.staged_dir(out_dir) as staging:
             atomic.write_jsonl(staging / "report.jsonl", [d.as_row() for d in decisions])
             atomic.write_jsonl(staging / "kept.jsonl", [r for r in rows if r["id"] in kept_ids])
-            summary = {"candidates": len(rows), "kept": len(kept_ids)}
+            _sheet(Path(generated.path), decisions).save(staging / "contact_sheet.png")
+            summary = {
+                "candidates": len(rows),
+                "kept": len(kept_ids),
+                "references_used": len(refs.files),
+                "references_skipped": refs.skipped,
+                **facts,
+            }
             output = seal("filter", staging, out_dir, fp, summary)
         logger.info("filter: kept %d of %d images", len(kept_ids), len(rows))
     if output.summary["kept"] < rules.min_kept:
@@ -126,3 +147,15 @@ def run_filter(project: Project, generated: StageOutput, out_dir: str | Path) ->
             "the reasons and loosen the thresholds or generate more images"
         )
     return output
+
+
+def _sheet(image_dir: Path, decisions: list[Decision], columns: int = 8) -> Image.Image:
+    """Kept and rejected images side by side (unreadable files are left out)."""
+    panels: dict[str, list[Image.Image]] = {"kept": [], "rejected": []}
+    for decision in decisions:
+        try:
+            image = open_image(image_dir / decision.file)
+        except OSError:
+            continue
+        panels["kept" if decision.kept else "rejected"].append(image)
+    return contact_sheet(panels, columns=columns, tile=64)

@@ -7,18 +7,26 @@ Pluggable backends (the image embedder) are discriminated unions on ``type``.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-AXES = ("style", "setting", "attire", "expression", "pose")
-"""Context axes in prompt order; ``contexts`` holds one list per axis (plural names)."""
+from charloop.params_filter import (
+    ClipEmbedder,
+    Dinov2Embedder,
+    Embedder,
+    FilterParams,
+)
+from charloop.schema_base import AXES, StrictModel
 
-
-class StrictModel(BaseModel):
-    """Base for every params section: unknown keys are errors, values are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+__all__ = [
+    "AXES",
+    "ClipEmbedder",
+    "Dinov2Embedder",
+    "Embedder",
+    "FilterParams",
+    "StrictModel",
+]
 
 
 class Character(StrictModel):
@@ -32,6 +40,9 @@ class Character(StrictModel):
     """Free-text description, recorded in manifests and model cards."""
     traits: list[str] = []
     """Fixed traits that define the identity (hair, eyes, outfit details...)."""
+    references: str | None = None
+    """Folder of reference images: the identity anchor for filtering (relative to params).
+    Unreadable or non-image files in it are skipped with a reason."""
 
 
 class Contexts(StrictModel):
@@ -100,28 +111,6 @@ class GenerateParams(StrictModel):
     """Root seed; every image's seed derives from it, the iteration and the prompt."""
 
 
-class FilterParams(StrictModel):
-    """Automatic discriminators that decide which generated images are kept."""
-
-    duplicate_max_distance: int = Field(default=3, ge=0, le=64)
-    """Images whose 64-bit perceptual hashes differ in at most this many bits are duplicates."""
-    min_contrast: float = Field(default=0.02, ge=0)
-    """Minimum luminance standard deviation (0-1 scale)."""
-    min_sharpness: float = Field(default=1e-4, ge=0)
-    """Minimum variance of the Laplacian of luminance (0-1 scale); lower means blurry."""
-    exposure_range: tuple[float, float] = (0.05, 0.95)
-    """Allowed mean luminance (0-1): darker or brighter images are rejected."""
-    min_kept: int = Field(default=1, ge=1)
-    """Fewer kept images than this stops the iteration with a clear error."""
-
-    @model_validator(mode="after")
-    def _exposure_ordered(self) -> FilterParams:
-        low, high = self.exposure_range
-        if not 0 <= low < high <= 1:
-            raise ValueError("exposure_range must be [low, high] with 0 <= low < high <= 1")
-        return self
-
-
 class CaptionParams(StrictModel):
     """Caption files written next to each training image."""
 
@@ -150,25 +139,6 @@ class TrainParams(StrictModel):
     """Images per step."""
     seed: int = 0
     """Seed for LoRA init, noise and timesteps."""
-
-
-class ClipEmbedder(StrictModel):
-    """CLIP image (and text) embeddings through transformers."""
-
-    type: Literal["clip"] = "clip"
-    path: str = "models/tiny-clip"
-    """Hub id (e.g. 'openai/clip-vit-base-patch32') or local folder with a CLIPModel."""
-
-
-class Dinov2Embedder(StrictModel):
-    """DINOv2 CLS embeddings through transformers (image only: no prompt fidelity)."""
-
-    type: Literal["dinov2"] = "dinov2"
-    path: str = "facebook/dinov2-small"
-    """Hub id or local folder with a Dinov2Model."""
-
-
-Embedder = Annotated[ClipEmbedder | Dinov2Embedder, Field(discriminator="type")]
 
 
 class HeldOutContext(StrictModel):

@@ -40,7 +40,16 @@ def tiny_params(**sections: dict[str, Any]) -> dict[str, Any]:
         },
         "base_model": {"path": str(MODELS / "tiny-sd15"), "device": "cpu"},
         "generate": {"images_per_prompt": 2, "batch_size": 4, "num_inference_steps": 2},
-        "filter": {"min_kept": 2},
+        "filter": {
+            "min_kept": 2,
+            "embedder": {"type": "clip", "path": str(MODELS / "tiny-clip")},
+            "discriminators": [
+                {"type": "duplicates"},
+                {"type": "quality"},
+                {"type": "identity"},
+                {"type": "prompt_adherence"},
+            ],
+        },
         "train": {"max_train_steps": 6, "batch_size": 2},
         "evaluate": {
             "contexts": [

@@ -95,10 +95,22 @@ def test_cli_validate_ok_and_error_exit_code(tmp_path):
     runner = CliRunner()
     ok = runner.invoke(app, ["validate", str(REPO / "params.yaml")])
     assert ok.exit_code == 0 and "OK" in ok.output
-    bad = tiny_params(filter={"exposure_range": [0.9, 0.1]})
+    bad = tiny_params(
+        filter={"discriminators": [{"type": "quality", "exposure_range": [0.9, 0.1]}]}
+    )
     result = runner.invoke(app, ["validate", str(write_params(tmp_path, bad))])
     assert result.exit_code == 2
-    assert "filter: " in result.output and "exposure_range" in result.output
+    assert "filter.discriminators.0.quality" in result.output and "exposure_range" in result.output
+
+
+def test_prompt_adherence_needs_a_clip_embedder(tmp_path):
+    data = tiny_params(
+        filter={
+            "embedder": {"type": "dinov2", "path": "x"},
+            "discriminators": [{"type": "prompt_adherence"}],
+        }
+    )
+    assert any("text tower" in p for p in _problems(tmp_path, data))
 
 
 def test_cli_validate_missing_file(tmp_path):

@@ -90,7 +90,12 @@ def test_filter_report_and_kept_rows(outputs):
 
 
 def test_filter_refuses_an_empty_kept_set(project, outputs, tmp_path):
-    strict = load_project(write_params(tmp_path, tiny_params(filter={"min_contrast": 0.99})))
+    strict = load_project(
+        write_params(
+            tmp_path,
+            tiny_params(filter={"discriminators": [{"type": "quality", "min_contrast": 0.99}]}),
+        )
+    )
     with pytest.raises(NotEnoughImages, match="min_kept"):
         run_filter(strict, outputs["generate"], tmp_path / "filt")
 
@@ -247,3 +252,65 @@ def test_adapter_bytes_do_not_depend_on_the_process(outputs, loop_dir, tmp_path)
         )
         digests.append(sha256_file(out / "pytorch_lora_weights.safetensors"))
     assert digests[0] == digests[1]
+
+
+def test_filter_scores_identity_and_prompt_and_draws_a_sheet(outputs):
+    folder = Path(outputs["filter"].path)
+    report = atomic.read_jsonl(folder / "report.jsonl")
+    readable = [r for r in report if "identity" in r["scores"]]
+    assert len(readable) == 8
+    assert all(
+        -1 <= r["scores"]["identity"] <= 1 and -1 <= r["scores"]["prompt"] <= 1 for r in readable
+    )
+    assert outputs["filter"].summary["identity"]["anchor"] == "cohesive cluster"
+    with Image.open(folder / "contact_sheet.png") as sheet:
+        assert sheet.width >= 8 * 64
+
+
+def test_filter_uses_readable_references_and_reports_skipped_ones(outputs, tmp_path):
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for row in atomic.read_jsonl(Path(outputs["generate"].path) / "manifest.jsonl")[:3]:
+        (refs / row["file"]).write_bytes(
+            (Path(outputs["generate"].path) / row["file"]).read_bytes()
+        )
+    (refs / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    data = tiny_params()
+    data["character"]["references"] = "refs"
+    project = load_project(write_params(tmp_path, data))
+    result = run_filter(project, outputs["generate"], tmp_path / "filt")
+    assert result.summary["identity"] == {"anchor": "references", "references": 3}
+    assert result.summary["references_used"] == 3
+    assert "broken.jpg" in result.summary["references_skipped"]
+
+
+def test_dinov2_backend_embeds_and_drives_the_identity_check(outputs, tmp_path):
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    from charloop.discriminators import identity_scores
+    from charloop.embedder import embed_in_batches, load_embedder
+    from charloop.params import Dinov2Embedder
+    from charloop.params_filter import IdentityCheck
+
+    torch.manual_seed(0)
+    config = Dinov2Config(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=56,
+        patch_size=14,
+    )
+    Dinov2Model(config).save_pretrained(tmp_path / "dino")
+    BitImageProcessor(
+        size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}
+    ).save_pretrained(tmp_path / "dino")
+    embedder = load_embedder(Dinov2Embedder(path=str(tmp_path / "dino")), str(tmp_path / "dino"))
+    folder = Path(outputs["generate"].path)
+    images = [Image.open(p).convert("RGB") for p in sorted(folder.glob("*.png"))]
+    embeddings = embed_in_batches(embedder, images, batch_size=3)
+    assert embeddings.shape == (8, 32)
+    assert np.allclose(np.linalg.norm(embeddings, axis=1), 1, atol=1e-5)
+    assert embedder.embed_texts(["x"]) is None
+    scores, info = identity_scores(embeddings, None, IdentityCheck(cluster_divisor=4))
+    assert info["clusters"] == 2 and scores.shape == (8,)

@@ -14,6 +14,7 @@ from charloop.filter import judge
 from charloop.hashing import sha256_bytes, tree_digest
 from charloop.imagestats import dhash, hamming, quality_scores
 from charloop.params import AXES, CaptionParams, Character, Contexts, FilterParams
+from charloop.params_filter import DuplicatesCheck, IdentityCheck, QualityCheck
 from charloop.prompts import context_matrix, derive_seed, render_prompt
 
 CONTEXTS = Contexts(
@@ -104,7 +105,8 @@ def test_judge_records_a_reason_for_every_rejection(tmp_path):
     rows = _manifest(tmp_path, images)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
     rows.append({"id": "broken", "file": "broken.png", "sha256": "x"})
-    decisions = {d.id: d for d in judge(rows, tmp_path, FilterParams())}
+    rules = FilterParams(discriminators=[DuplicatesCheck(), QualityCheck()])
+    decisions = {d.id: d for d in judge(rows, tmp_path, rules)[0]}
     assert decisions["img0"].kept and decisions["img3"].kept
     assert "exact duplicate of img0" in decisions["img1"].reasons
     assert any("near duplicate of img0" in r for r in decisions["img2"].reasons)
@@ -151,3 +153,45 @@ def test_tree_digest_sees_content_and_names(tmp_path):
 
 def test_axes_order_matches_contexts():
     assert tuple(CONTEXTS.axis_values()) == AXES
+
+
+def test_identity_anchor_from_the_most_cohesive_cluster():
+    from charloop.discriminators import identity_scores
+
+    rng = np.random.default_rng(0)
+    centre = np.array([1.0, 0.0, 0.0, 0.0])
+    tight = centre + rng.normal(0, 0.02, (30, 4))
+    loose = rng.normal(0, 1.0, (10, 4))
+    points = np.concatenate([tight, loose])
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    scores, info = identity_scores(points, None, IdentityCheck(cluster_divisor=10))
+    assert info["anchor"] == "cohesive cluster" and info["clusters"] == 4
+    assert scores[:30].min() > 0.95
+    assert scores[30:].mean() < scores[:30].mean() - 0.3
+
+
+def test_identity_outliers_are_rejected_with_reasons(tmp_path):
+    from charloop.discriminators import Decision, apply_threshold
+
+    decisions = [Decision(id=str(i), file="") for i in range(20)]
+    scores = np.array([0.9] * 19 + [0.1]) + np.linspace(0, 0.01, 20)
+    apply_threshold(decisions, scores, "identity", IdentityCheck(max_outlier_z=2.0))
+    assert [d.kept for d in decisions] == [True] * 19 + [False]
+    assert "outlier" in decisions[-1].reasons[0]
+    floor = [Decision(id="a", file="")]
+    apply_threshold(floor, np.array([0.5]), "identity", IdentityCheck(min_similarity=0.6))
+    assert floor[0].reasons == ["identity 0.5000 < 0.6"]
+
+
+def test_references_skip_bad_files_with_reasons(tmp_path):
+    from charloop.references import load_references
+
+    _noise(1).save(tmp_path / "good.png")
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "fake.png").write_bytes(b"not a png")
+    data = (tmp_path / "good.png").read_bytes()
+    (tmp_path / "truncated.png").write_bytes(data[: len(data) // 2])
+    refs = load_references(tmp_path)
+    assert refs.files == ["good.png"]
+    assert set(refs.skipped) == {"notes.txt", "fake.png", "truncated.png"}
+    assert "not an image file type" in refs.skipped["notes.txt"]

@@ -1,0 +1,57 @@
+"""Reference images: read what can be read, and say why the rest was skipped."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+@dataclass
+class ReferenceSet:
+    """Loaded reference images and the files that were skipped, with reasons."""
+
+    images: list[Image.Image] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def open_image(path: Path) -> Image.Image:
+    """Decode an image fully (so truncated files fail here, not later) as RGB.
+
+    Raises:
+        OSError: unreadable, truncated or not an image.
+    """
+    try:
+        with Image.open(path) as handle:
+            handle.load()
+            return handle.convert("RGB")
+    except UnidentifiedImageError as exc:
+        raise OSError(f"not an image ({exc})") from None
+
+
+def load_references(folder: Path | None) -> ReferenceSet:
+    """Every readable image in ``folder`` (sorted by name); other files are skipped."""
+    refs = ReferenceSet()
+    if folder is None:
+        return refs
+    if not folder.is_dir():
+        raise FileNotFoundError(f"character.references folder {folder} does not exist")
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            refs.skipped[path.name] = f"not an image file type ({path.suffix or 'no suffix'})"
+            continue
+        try:
+            refs.images.append(open_image(path))
+            refs.files.append(path.name)
+        except OSError as exc:
+            refs.skipped[path.name] = f"unreadable: {exc}"
+    for name, reason in refs.skipped.items():
+        logger.warning("reference %s skipped: %s", name, reason)
+    return refs
