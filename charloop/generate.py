@@ -13,6 +13,7 @@ from PIL import Image
 
 from charloop import atomic
 from charloop.config import Project
+from charloop.control import control_maps, controlnet_pipeline
 from charloop.hashing import sha256_bytes
 from charloop.params import GenerateParams
 from charloop.pipeline import load_pipeline, lora_applied
@@ -64,12 +65,29 @@ def plan_jobs(project: Project, iteration: int) -> list[ImageJob]:
     return jobs
 
 
-def render(pipe: Any, jobs: list[ImageJob], gen: GenerateParams) -> list[Image.Image]:
-    """Render jobs in batches of ``gen.batch_size``; each image gets its own seeded generator."""
+def render(
+    pipe: Any,
+    jobs: list[ImageJob],
+    gen: GenerateParams,
+    controls: list[Image.Image] | None = None,
+) -> list[Image.Image]:
+    """Render jobs in batches of ``gen.batch_size``; each image gets its own seeded generator.
+
+    Args:
+        pipe: A text-to-image pipeline, or a ControlNet pipeline when ``controls`` is given.
+        jobs: What to render.
+        gen: Generation params.
+        controls: One control map per job (ControlNet), or None.
+    """
     images: list[Image.Image] = []
-    batches = [jobs[i : i + gen.batch_size] for i in range(0, len(jobs), gen.batch_size)]
-    for batch in progress_bar(batches, "generate", unit="batch"):
+    starts = range(0, len(jobs), gen.batch_size)
+    for start in progress_bar(starts, "generate", unit="batch"):
+        batch = jobs[start : start + gen.batch_size]
         generators = [torch.Generator("cpu").manual_seed(job.seed) for job in batch]
+        extra: dict[str, Any] = {}
+        if controls is not None and gen.controlnet is not None:
+            extra["image"] = controls[start : start + gen.batch_size]
+            extra["controlnet_conditioning_scale"] = gen.controlnet.conditioning_scale
         result = pipe(
             prompt=[job.prompt for job in batch],
             negative_prompt=[job.negative_prompt for job in batch],
@@ -78,6 +96,7 @@ def render(pipe: Any, jobs: list[ImageJob], gen: GenerateParams) -> list[Image.I
             guidance_scale=gen.guidance_scale,
             height=gen.resolution,
             width=gen.resolution,
+            **extra,
         )
         images.extend(result.images)
     return images
@@ -103,8 +122,12 @@ def run_generate(
     """
     params = project.params
     base_ref = project.model_ref(params.base_model.path)
+    cn = params.generate.controlnet
+    maps = control_maps(project.resolve(cn.images), cn, params.generate.resolution) if cn else []
     fp = fingerprint(
         "generate",
+        controls=[m.sha256 for m in maps],
+        controlnet=project.model_ref(cn.model) if cn else None,
         character=params.character.model_dump(),
         contexts=params.contexts.model_dump(),
         base_model=params.base_model.model_dump() | {"ref": base_ref},
@@ -118,12 +141,16 @@ def run_generate(
         return done
     jobs = plan_jobs(project, iteration)
     pipe = load_pipeline(base_ref, params.base_model)
+    chosen = [maps[derive_seed("control", job.seed) % len(maps)] for job in jobs] if maps else []
+    renderer = controlnet_pipeline(pipe, project.model_ref(cn.model)) if cn else pipe
+    controls = [m.image for m in chosen] if chosen else None
     with lora_applied(pipe, adapter.path if adapter else None, params.generate.lora_scale):
-        images = render(pipe, jobs, params.generate)
+        images = render(renderer, jobs, params.generate, controls)
     with atomic.staged_dir(out_dir) as staging:
         rows = []
-        for job, image in zip(jobs, images, strict=True):
+        for index, (job, image) in enumerate(zip(jobs, images, strict=True)):
             data = png_bytes(image)
+            control = chosen[index] if chosen else None
             (staging / f"{job.id}.png").write_bytes(data)
             rows.append(
                 asdict(job)
@@ -137,6 +164,9 @@ def run_generate(
                     "steps": params.generate.num_inference_steps,
                     "guidance_scale": params.generate.guidance_scale,
                     "resolution": params.generate.resolution,
+                    "control": {"source": control.source, "sha256": control.sha256}
+                    if control
+                    else None,
                 }
             )
         atomic.write_jsonl(staging / "manifest.jsonl", rows)

@@ -86,6 +86,24 @@ class BaseModelSpec(StrictModel):
     """Weights dtype for inference: 'auto' is float16 on CUDA and float32 elsewhere."""
 
 
+class ControlNetParams(StrictModel):
+    """ControlNet conditioning for pose and expression variety."""
+
+    model: str
+    """Hub id (e.g. 'lllyasviel/control_v11p_sd15_canny') or local ControlNetModel folder."""
+    images: str
+    """Folder of pose/expression reference images; each job gets one, deterministically."""
+    preprocessor: Literal["canny"] = "canny"
+    """controlnet-aux preprocessor that turns references into control maps (canny needs
+    no weights)."""
+    conditioning_scale: float = Field(default=1.0, ge=0)
+    """How strongly the control map steers generation."""
+    canny_low: int = Field(default=100, ge=0, le=255)
+    """Canny lower hysteresis threshold."""
+    canny_high: int = Field(default=200, ge=0, le=255)
+    """Canny upper hysteresis threshold."""
+
+
 class GenerateParams(StrictModel):
     """Synthetic image generation."""
 
@@ -109,6 +127,8 @@ class GenerateParams(StrictModel):
     """Strength of the previous iteration's LoRA when regenerating (iteration 2 on)."""
     seed: int = 0
     """Root seed; every image's seed derives from it, the iteration and the prompt."""
+    controlnet: ControlNetParams | None = None
+    """Optional ControlNet conditioning (null: plain text-to-image)."""
 
 
 class CaptionParams(StrictModel):

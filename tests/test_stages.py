@@ -314,3 +314,38 @@ def test_dinov2_backend_embeds_and_drives_the_identity_check(outputs, tmp_path):
     assert embedder.embed_texts(["x"]) is None
     scores, info = identity_scores(embeddings, None, IdentityCheck(cluster_divisor=4))
     assert info["clusters"] == 2 and scores.shape == (8,)
+
+
+def test_controlnet_canny_conditions_generation(outputs, project, tmp_path):
+    """A tiny ControlNet (from the tiny UNet, non-zero output convs) steers the images."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    ref = project.model_ref(project.params.base_model.path)
+    controlnet = ControlNetModel.from_unet(
+        UNet2DConditionModel.from_pretrained(ref, subfolder="unet")
+    )
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for block in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+            block.weight.normal_(0, 0.5)
+    controlnet.save_pretrained(tmp_path / "controlnet")
+    poses = tmp_path / "poses"
+    poses.mkdir()
+    for row in atomic.read_jsonl(Path(outputs["generate"].path) / "manifest.jsonl")[:2]:
+        (poses / row["file"]).write_bytes(
+            (Path(outputs["generate"].path) / row["file"]).read_bytes()
+        )
+    (poses / "readme.txt").write_text("not an image")
+    data = tiny_params()
+    data["generate"] = {
+        **data["generate"],
+        "controlnet": {"model": "controlnet", "images": "poses"},
+    }
+    controlled = load_project(write_params(tmp_path, data))
+    result = run_generate(controlled, 1, None, tmp_path / "gen")
+    rows = atomic.read_jsonl(Path(result.path) / "manifest.jsonl")
+    assert {r["control"]["source"] for r in rows} <= set(p.name for p in poses.glob("*.png"))
+    assert all(len(r["control"]["sha256"]) == 64 for r in rows)
+    plain = atomic.read_jsonl(Path(outputs["generate"].path) / "manifest.jsonl")
+    assert [r["seed"] for r in rows] == [r["seed"] for r in plain]
+    assert [r["sha256"] for r in rows] != [r["sha256"] for r in plain]
