@@ -38,6 +38,21 @@ def caption_text(character: Character, context: dict[str, str], rules: CaptionPa
     return rules.separator.join(caption_tags(character, context, rules))
 
 
+def common_word_tokens(tokenizer: Any, trigger: str) -> list[str]:
+    """Words of the trigger that the tokenizer keeps whole: common words the base model
+    already associates with something, so the LoRA must fight that prior.
+
+    CLIP's BPE splits rare strings ('zxq') into pieces; a word that is one whole-word
+    token ('fox</w>') is in the vocabulary as a word.
+    """
+    common = []
+    for word in re.findall(r"[A-Za-z]+", trigger):
+        tokens = tokenizer.tokenize(word.lower())
+        if len(word) >= 3 and tokens == [f"{word.lower()}</w>"]:
+            common.append(word)
+    return common
+
+
 def subset_folder(trigger: str, repeats: int) -> str:
     """Kohya subset folder name: ``<repeats>_<trigger with unsafe characters replaced>``."""
     return f"{repeats}_{re.sub(r'[^A-Za-z0-9_-]+', '_', trigger).strip('_')}"
@@ -60,6 +75,14 @@ def run_caption(
         logger.info("caption: reusing %s", out_dir)
         return done
     kept = atomic.read_jsonl(Path(filtered.path) / "kept.jsonl")
+    common = common_word_tokens(_tokenizer(project), params.character.trigger)
+    if common:
+        logger.warning(
+            "trigger %r tokenizes into common words %s: prefer a rare token sequence "
+            "(e.g. 'zxq kira') so the LoRA does not fight the base model's prior",
+            params.character.trigger,
+            common,
+        )
     folder = subset_folder(params.character.trigger, params.caption.repeats)
     with atomic.staged_dir(out_dir) as staging:
         (staging / folder).mkdir()
@@ -72,6 +95,18 @@ def run_caption(
             metadata.append({"file_name": image_name, "text": text, "id": row["id"]})
         atomic.write_jsonl(staging / "metadata.jsonl", metadata)
         atomic.write_jsonl(staging / "manifest.jsonl", kept)
-        output = seal("caption", staging, out_dir, fp, {"images": len(metadata)})
+        summary = {"images": len(metadata), "trigger_common_words": common}
+        output = seal("caption", staging, out_dir, fp, summary)
     logger.info("caption: %d captioned images in %s", len(metadata), out_dir)
     return output
+
+
+def _tokenizer(project: Project) -> Any:
+    """The base model's tokenizer (loaded on its own: no UNet or VAE needed)."""
+    from transformers import CLIPTokenizer
+
+    spec = project.params.base_model
+    ref = project.model_ref(spec.path)
+    return CLIPTokenizer.from_pretrained(
+        ref, subfolder="tokenizer", revision=spec.revision or "main"
+    )

@@ -195,3 +195,12 @@ def test_references_skip_bad_files_with_reasons(tmp_path):
     assert refs.files == ["good.png"]
     assert set(refs.skipped) == {"notes.txt", "fake.png", "truncated.png"}
     assert "not an image file type" in refs.skipped["notes.txt"]
+
+
+def test_common_word_triggers_are_detected():
+    from charloop.caption import common_word_tokens
+    from charloop.tiny_models import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    assert common_word_tokens(tokenizer, "zxq kira") == []
+    assert common_word_tokens(tokenizer, "red fox") == ["red", "fox"]
