@@ -22,7 +22,6 @@ from charloop.generate import ImageJob, png_bytes, render
 from charloop.pipeline import load_pipeline, lora_applied
 from charloop.prompts import context_id, render_prompt
 from charloop.stage import StageOutput, completed, fingerprint, seal
-from charloop.train import WEIGHTS_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -159,8 +158,3 @@ def run_evaluate(
         output = seal("evaluate", staging, out_dir, fp, headline)
     logger.info("evaluate: %s", {k: round(v, 4) for k, v in headline.items()})
     return output
-
-
-def adapter_weights(adapter: StageOutput) -> Path:
-    """Path of the adapter's weights file."""
-    return Path(adapter.path) / WEIGHTS_NAME

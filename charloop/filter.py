@@ -110,7 +110,7 @@ def run_filter(project: Project, generated: StageOutput, out_dir: str | Path) ->
     embedder_ref = project.model_ref(rules.embedder.path) if needs_embedder else None
     fp = fingerprint(
         "filter",
-        rules=rules.model_dump(exclude={"review"}),
+        rules=rules.model_dump(),
         generated=generated.digest,
         embedder=embedder_ref,
         references=tree_digest(refs_dir) if refs_dir and refs_dir.is_dir() else None,

@@ -1,4 +1,4 @@
-"""Params for pluggable backends: image embedders, filter discriminators, human review."""
+"""Params for pluggable backends: image embedders and filter discriminators."""
 
 from __future__ import annotations
 
@@ -85,19 +85,8 @@ Discriminator = Annotated[
 ]
 
 
-class ReviewParams(StrictModel):
-    """The optional human review gate after the automatic filter."""
-
-    enabled: bool = False
-    """Pause the flow for accept/reject decisions by image id."""
-    timeout_seconds: int = Field(default=3600, ge=1)
-    """How long the flow waits for a reviewer."""
-    on_timeout: Literal["keep_automatic", "fail"] = "keep_automatic"
-    """At timeout: keep the automatic decisions, or fail the iteration."""
-
-
 class FilterParams(StrictModel):
-    """Automatic discriminators (run in order) and the optional human review."""
+    """Automatic discriminators, run in order."""
 
     discriminators: list[Discriminator] = [DuplicatesCheck(), QualityCheck(), IdentityCheck()]
     """Checks, each a scored rule with its own thresholds; reasons are recorded per image."""
@@ -107,8 +96,6 @@ class FilterParams(StrictModel):
     """Images per embedder forward pass."""
     min_kept: int = Field(default=1, ge=1)
     """Fewer kept images than this stops the iteration with a clear error."""
-    review: ReviewParams = ReviewParams()
-    """Human review gate."""
 
     @model_validator(mode="after")
     def _prompt_check_needs_text_tower(self) -> FilterParams:
