@@ -50,7 +50,7 @@ def run(rows, folder, batch_size, embedder) -> float:
     )
     texts = ["a girl, flat colors, in a forest"] * len(rows)
     started = time.perf_counter()
-    decisions, _ = judge(rows, folder, rules, embedder, None, texts)
+    decisions, _, _ = judge(rows, folder, rules, embedder, None, texts)
     elapsed = time.perf_counter() - started
     assert len(decisions) == len(rows)
     return elapsed

@@ -18,10 +18,10 @@ def kmeans(points: np.ndarray, k: int, seed: int = 0, iterations: int = 50) -> n
         centroids.append(points[rng.choice(n, p=probabilities)])
     centers = np.array(centroids)
     labels = np.zeros(n, dtype=int)
-    for _ in range(iterations):
+    for step in range(iterations):
         distances = ((points[:, None, :] - centers[None]) ** 2).sum(-1)
         new_labels = distances.argmin(1)
-        if np.array_equal(new_labels, labels) and _ > 0:
+        if step > 0 and np.array_equal(new_labels, labels):
             break
         labels = new_labels
         for j in range(k):

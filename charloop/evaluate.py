@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from charloop import atomic
 from charloop.config import Project
@@ -21,6 +20,7 @@ from charloop.embedder import load_embedder, mean_pairwise_cosine
 from charloop.generate import ImageJob, png_bytes, render
 from charloop.pipeline import load_pipeline, lora_applied
 from charloop.prompts import context_id, render_prompt
+from charloop.references import open_image
 from charloop.stage import StageOutput, completed, fingerprint, seal
 
 logger = logging.getLogger(__name__)
@@ -80,14 +80,6 @@ def consistency_metrics(
     return metrics
 
 
-def _load_images(folder: Path, files: list[str]) -> list[Image.Image]:
-    images = []
-    for name in files:
-        with Image.open(folder / name) as handle:
-            images.append(handle.convert("RGB"))
-    return images
-
-
 def run_evaluate(
     project: Project, adapter: StageOutput, dataset: StageOutput, out_dir: str | Path
 ) -> StageOutput:
@@ -122,7 +114,7 @@ def run_evaluate(
     texts = embedder.embed_texts(fidelity_prompts)
     rows = atomic.read_jsonl(Path(dataset.path) / "metadata.jsonl")
     train_emb = embedder.embed_images(
-        _load_images(Path(dataset.path), [r["file_name"] for r in rows])
+        [open_image(Path(dataset.path) / r["file_name"]) for r in rows]
     )
     groups = [context_id(job.context) for job in jobs]
     lora = consistency_metrics(embedder.embed_images(lora_images), texts, train_emb, groups)

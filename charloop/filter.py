@@ -45,7 +45,7 @@ def judge(
     embedder: Embedder | None = None,
     references: np.ndarray | None = None,
     texts: list[str] | None = None,
-) -> tuple[list[Decision], dict[str, Any]]:
+) -> tuple[list[Decision], dict[str, Any], dict[str, Image.Image]]:
     """Score and decide every manifest row, running the discriminators in configured order.
 
     Args:
@@ -57,7 +57,8 @@ def judge(
         texts: Per-row prompts without the trigger (prompt adherence).
 
     Returns:
-        The decisions (manifest order) and facts about the run (identity anchor...).
+        The decisions (manifest order), facts about the run (identity anchor...), and the
+        decoded images by id (exact duplicates and unreadable files are absent).
     """
     decisions = [Decision(id=row["id"], file=row["file"]) for row in rows]
     images: dict[str, Image.Image] = {}
@@ -94,7 +95,7 @@ def judge(
                 text_emb = embedder.embed_texts([by_id[d.id] for d in readable])
                 assert text_emb is not None  # validated: prompt adherence needs CLIP
                 apply_threshold(readable, np.sum(embeddings * text_emb, 1), "prompt", rule)
-    return decisions, facts
+    return decisions, facts, images
 
 
 def run_filter(project: Project, generated: StageOutput, out_dir: str | Path) -> StageOutput:
@@ -122,15 +123,21 @@ def run_filter(project: Project, generated: StageOutput, out_dir: str | Path) ->
         rows = atomic.read_jsonl(Path(generated.path) / "manifest.jsonl")
         refs = load_references(refs_dir)
         embedder = load_embedder(rules.embedder, embedder_ref) if embedder_ref else None
-        ref_emb = embed_in_batches(embedder, refs.images, 64) if embedder and refs.images else None
+        ref_emb = (
+            embed_in_batches(embedder, refs.images, rules.embed_batch_size)
+            if embedder and refs.images
+            else None
+        )
         template = params.generate.prompt_template
         texts = [render_prompt(template, params.character, r["context"], False) for r in rows]
-        decisions, facts = judge(rows, Path(generated.path), rules, embedder, ref_emb, texts)
+        decisions, facts, images = judge(
+            rows, Path(generated.path), rules, embedder, ref_emb, texts
+        )
         kept_ids = {d.id for d in decisions if d.kept}
         with atomic.staged_dir(out_dir) as staging:
             atomic.write_jsonl(staging / "report.jsonl", [d.as_row() for d in decisions])
             atomic.write_jsonl(staging / "kept.jsonl", [r for r in rows if r["id"] in kept_ids])
-            _sheet(Path(generated.path), decisions).save(staging / "contact_sheet.png")
+            _sheet(decisions, images).save(staging / "contact_sheet.png")
             summary = {
                 "candidates": len(rows),
                 "kept": len(kept_ids),
@@ -149,13 +156,12 @@ def run_filter(project: Project, generated: StageOutput, out_dir: str | Path) ->
     return output
 
 
-def _sheet(image_dir: Path, decisions: list[Decision], columns: int = 8) -> Image.Image:
-    """Kept and rejected images side by side (unreadable files are left out)."""
+def _sheet(
+    decisions: list[Decision], images: dict[str, Image.Image], columns: int = 8
+) -> Image.Image:
+    """Kept and rejected images side by side (files that were never decoded are left out)."""
     panels: dict[str, list[Image.Image]] = {"kept": [], "rejected": []}
     for decision in decisions:
-        try:
-            image = open_image(image_dir / decision.file)
-        except OSError:
-            continue
-        panels["kept" if decision.kept else "rejected"].append(image)
+        if decision.id in images:
+            panels["kept" if decision.kept else "rejected"].append(images[decision.id])
     return contact_sheet(panels, columns=columns, tile=64)

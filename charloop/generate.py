@@ -14,7 +14,7 @@ from PIL import Image
 from charloop import atomic
 from charloop.config import Project
 from charloop.control import control_maps, controlnet_pipeline
-from charloop.hashing import sha256_bytes
+from charloop.hashing import sha256_bytes, tree_digest
 from charloop.params import GenerateParams
 from charloop.pipeline import load_pipeline, lora_applied
 from charloop.progress import progress_bar
@@ -123,10 +123,11 @@ def run_generate(
     params = project.params
     base_ref = project.model_ref(params.base_model.path)
     cn = params.generate.controlnet
-    maps = control_maps(project.resolve(cn.images), cn, params.generate.resolution) if cn else []
     fp = fingerprint(
         "generate",
-        controls=[m.sha256 for m in maps],
+        # Control maps are a pure function of the folder, the params and the code: hash the
+        # folder so a resumed run need not import controlnet-aux and run the detector.
+        controls=tree_digest(project.resolve(cn.images)) if cn else None,
         controlnet=project.model_ref(cn.model) if cn else None,
         character=params.character.model_dump(),
         contexts=params.contexts.model_dump(),
@@ -141,6 +142,7 @@ def run_generate(
         return done
     jobs = plan_jobs(project, iteration)
     pipe = load_pipeline(base_ref, params.base_model)
+    maps = control_maps(project.resolve(cn.images), cn, params.generate.resolution) if cn else []
     chosen = [maps[derive_seed("control", job.seed) % len(maps)] for job in jobs] if maps else []
     renderer = controlnet_pipeline(pipe, project.model_ref(cn.model)) if cn else pipe
     controls = [m.image for m in chosen] if chosen else None
