@@ -5,7 +5,13 @@ Layout of the dataset folder::
     <repeats>_<trigger-slug>/<id>.png   the kept image
     <repeats>_<trigger-slug>/<id>.txt   its caption
     metadata.jsonl                      {"file_name", "text"} rows for diffusers' imagefolder
-    manifest.jsonl                      the generation rows of the kept images
+    manifest.jsonl                      generation rows of the kept images, each with its
+                                        review record (automatic and final decision, who
+                                        decided) and caption
+    dataset.toml                        kohya sd-scripts dataset config (keep_tokens=1 keeps
+                                        the trigger first if a trainer shuffles tags)
+
+Captions are never shuffled here: the trigger is always the first tag.
 """
 
 from __future__ import annotations
@@ -33,9 +39,35 @@ def caption_tags(character: Character, context: dict[str, str], rules: CaptionPa
     return tags
 
 
-def caption_text(character: Character, context: dict[str, str], rules: CaptionParams) -> str:
-    """The caption line written to ``<id>.txt``."""
-    return rules.separator.join(caption_tags(character, context, rules))
+def caption_text(
+    character: Character,
+    context: dict[str, str],
+    rules: CaptionParams,
+    description: str = "",
+) -> str:
+    """The caption line written to ``<id>.txt``: tags, then the model's description if any."""
+    tags = caption_tags(character, context, rules)
+    return rules.separator.join([*tags, description] if description else tags)
+
+
+def kohya_dataset_toml(folder: str, repeats: int, resolution: int) -> str:
+    """A kohya sd-scripts dataset config for the subset folder, trigger protected."""
+    return "\n".join(
+        [
+            "[general]",
+            'caption_extension = ".txt"',
+            "keep_tokens = 1  # the trigger (first tag) never moves when shuffle_caption is on",
+            "shuffle_caption = false",
+            "",
+            "[[datasets]]",
+            f"resolution = {resolution}",
+            "",
+            "  [[datasets.subsets]]",
+            f'  image_dir = "{folder}"',
+            f"  num_repeats = {repeats}",
+            "",
+        ]
+    )
 
 
 def common_word_tokens(tokenizer: Any, trigger: str) -> list[str]:
@@ -59,22 +91,35 @@ def subset_folder(trigger: str, repeats: int) -> str:
 
 
 def run_caption(
-    project: Project, generated: StageOutput, filtered: StageOutput, out_dir: str | Path
+    project: Project, generated: StageOutput, selected: StageOutput, out_dir: str | Path
 ) -> StageOutput:
-    """Copy kept images into a captioned dataset folder."""
+    """Copy the selected images (the review stage's ``kept.jsonl``) into a captioned dataset.
+
+    Args:
+        project: Validated params and root.
+        generated: The generate stage (image files).
+        selected: The review stage (which images, with their decision records).
+        out_dir: Dataset folder, written atomically.
+    """
     params = project.params
+    captioner = params.caption.captioner
+    captioner_ref = project.model_ref(captioner.path) if captioner.type == "vlm" else None
     fp = fingerprint(
         "caption",
         rules=params.caption.model_dump(),
+        captioner=captioner_ref,
         character=params.character.model_dump(),
+        resolution=params.generate.resolution,
         generated=generated.digest,
-        filtered=filtered.digest,
+        selected=selected.digest,
     )
     out_dir = Path(out_dir)
     if done := completed(out_dir, fp):
         logger.info("caption: reusing %s", out_dir)
         return done
-    kept = atomic.read_jsonl(Path(filtered.path) / "kept.jsonl")
+    kept = atomic.read_jsonl(Path(selected.path) / "kept.jsonl")
+    files = [Path(generated.path) / row["file"] for row in kept]
+    descriptions = _describe(project, captioner_ref, files)
     common = common_word_tokens(_tokenizer(project), params.character.trigger)
     if common:
         logger.warning(
@@ -87,18 +132,37 @@ def run_caption(
     with atomic.staged_dir(out_dir) as staging:
         (staging / folder).mkdir()
         metadata: list[dict[str, Any]] = []
-        for row in kept:
-            text = caption_text(params.character, row["context"], params.caption)
+        manifest: list[dict[str, Any]] = []
+        for row, description in zip(kept, descriptions, strict=True):
+            text = caption_text(params.character, row["context"], params.caption, description)
             image_name = f"{folder}/{row['file']}"
             shutil.copyfile(Path(generated.path) / row["file"], staging / image_name)
             (staging / folder / f"{row['id']}.txt").write_text(text + "\n", encoding="utf-8")
             metadata.append({"file_name": image_name, "text": text, "id": row["id"]})
+            manifest.append(row | {"caption": text, "description": description})
         atomic.write_jsonl(staging / "metadata.jsonl", metadata)
-        atomic.write_jsonl(staging / "manifest.jsonl", kept)
-        summary = {"images": len(metadata), "trigger_common_words": common}
+        atomic.write_jsonl(staging / "manifest.jsonl", manifest)
+        toml = kohya_dataset_toml(folder, params.caption.repeats, params.generate.resolution)
+        (staging / "dataset.toml").write_text(toml, encoding="utf-8")
+        summary = {
+            "images": len(metadata),
+            "trigger_common_words": common,
+            "captioner": params.caption.captioner.type,
+        }
         output = seal("caption", staging, out_dir, fp, summary)
     logger.info("caption: %d captioned images in %s", len(metadata), out_dir)
     return output
+
+
+def _describe(project: Project, captioner_ref: str | None, files: list[Path]) -> list[str]:
+    """The VLM's description of each file, or empty strings with the template captioner."""
+    spec = project.params.caption.captioner
+    if captioner_ref is None or spec.type != "vlm":
+        return [""] * len(files)
+    from charloop.captioner import load_captioner
+    from charloop.references import open_image
+
+    return load_captioner(spec, captioner_ref).describe([open_image(f) for f in files])
 
 
 def _tokenizer(project: Project) -> Any:

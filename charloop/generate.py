@@ -15,10 +15,12 @@ from charloop import atomic
 from charloop.config import Project
 from charloop.control import control_maps, controlnet_pipeline
 from charloop.hashing import sha256_bytes, tree_digest
+from charloop.identity_conditioning import ip_adapter_applied
 from charloop.params import GenerateParams
 from charloop.pipeline import load_pipeline, lora_applied
 from charloop.progress import progress_bar
 from charloop.prompts import context_id, context_matrix, derive_seed, render_prompt
+from charloop.references import load_references
 from charloop.stage import StageOutput, completed, fingerprint, seal
 
 logger = logging.getLogger(__name__)
@@ -70,6 +72,7 @@ def render(
     jobs: list[ImageJob],
     gen: GenerateParams,
     controls: list[Image.Image] | None = None,
+    conditioning: dict[str, Any] | None = None,
 ) -> list[Image.Image]:
     """Render jobs in batches of ``gen.batch_size``; each image gets its own seeded generator.
 
@@ -78,13 +81,14 @@ def render(
         jobs: What to render.
         gen: Generation params.
         controls: One control map per job (ControlNet), or None.
+        conditioning: Extra pipeline kwargs shared by every batch (IP-Adapter embeddings).
     """
     images: list[Image.Image] = []
     starts = range(0, len(jobs), gen.batch_size)
     for start in progress_bar(starts, "generate", unit="batch"):
         batch = jobs[start : start + gen.batch_size]
         generators = [torch.Generator("cpu").manual_seed(job.seed) for job in batch]
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = dict(conditioning or {})
         if controls is not None and gen.controlnet is not None:
             extra["image"] = controls[start : start + gen.batch_size]
             extra["controlnet_conditioning_scale"] = gen.controlnet.conditioning_scale
@@ -123,12 +127,17 @@ def run_generate(
     params = project.params
     base_ref = project.model_ref(params.base_model.path)
     cn = params.generate.controlnet
+    ip = params.generate.ip_adapter
+    refs = params.character.references
+    refs_dir = project.resolve(refs) if ip and refs else None
     fp = fingerprint(
         "generate",
         # Control maps are a pure function of the folder, the params and the code: hash the
         # folder so a resumed run need not import controlnet-aux and run the detector.
         controls=tree_digest(project.resolve(cn.images)) if cn else None,
         controlnet=project.model_ref(cn.model) if cn else None,
+        ip_adapter=project.model_ref(ip.model) if ip else None,
+        references=tree_digest(refs_dir) if refs_dir and refs_dir.is_dir() else None,
         character=params.character.model_dump(),
         contexts=params.contexts.model_dump(),
         base_model=params.base_model.model_dump() | {"ref": base_ref},
@@ -146,8 +155,12 @@ def run_generate(
     chosen = [maps[derive_seed("control", job.seed) % len(maps)] for job in jobs] if maps else []
     renderer = controlnet_pipeline(pipe, project.model_ref(cn.model)) if cn else pipe
     controls = [m.image for m in chosen] if chosen else None
-    with lora_applied(pipe, adapter.path if adapter else None, params.generate.lora_scale):
-        images = render(renderer, jobs, params.generate, controls)
+    anchors = load_references(refs_dir).images if refs_dir else []
+    with (
+        lora_applied(pipe, adapter.path if adapter else None, params.generate.lora_scale),
+        ip_adapter_applied(pipe, ip, project.model_ref(ip.model) if ip else None, anchors) as cond,
+    ):
+        images = render(renderer, jobs, params.generate, controls, cond)
     with atomic.staged_dir(out_dir) as staging:
         rows = []
         for index, (job, image) in enumerate(zip(jobs, images, strict=True)):
@@ -168,6 +181,9 @@ def run_generate(
                     "resolution": params.generate.resolution,
                     "control": {"source": control.source, "sha256": control.sha256}
                     if control
+                    else None,
+                    "ip_adapter": {"model": ip.model, "scale": ip.scale, "references": len(anchors)}
+                    if ip
                     else None,
                 }
             )

@@ -25,18 +25,37 @@ class IterationPaths:
         return self.root / "02_filtered"
 
     @property
+    def reviewed(self) -> Path:
+        return self.root / "03_reviewed"
+
+    @property
     def dataset(self) -> Path:
-        return self.root / "03_dataset"
+        return self.root / "04_dataset"
 
     @property
     def adapter(self) -> Path:
-        return self.root / "04_adapter"
+        return self.root / "05_adapter"
 
     @property
     def evaluation(self) -> Path:
-        return self.root / "05_evaluation"
+        return self.root / "06_evaluation"
+
+    @property
+    def review_desk(self) -> Path:
+        """Where a person works on the review: the exported sheet and applied decisions.
+
+        Not a stage folder: its files are inputs to the review stage, edited by hand.
+        """
+        return self.root / "review"
 
     @property
     def versioned(self) -> list[Path]:
         """Every folder DVC tracks for this iteration."""
-        return [self.generated, self.filtered, self.dataset, self.adapter, self.evaluation]
+        return [
+            self.generated,
+            self.filtered,
+            self.reviewed,
+            self.dataset,
+            self.adapter,
+            self.evaluation,
+        ]

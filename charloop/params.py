@@ -7,7 +7,7 @@ Pluggable backends (the image embedder) are discriminated unions on ``type``.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -16,15 +16,21 @@ from charloop.params_filter import (
     Dinov2Embedder,
     Embedder,
     FilterParams,
+    ReviewParams,
 )
+from charloop.params_generate import ControlNetParams, GenerateParams, IPAdapterParams
 from charloop.schema_base import AXES, StrictModel
 
 __all__ = [
     "AXES",
     "ClipEmbedder",
+    "ControlNetParams",
     "Dinov2Embedder",
     "Embedder",
     "FilterParams",
+    "GenerateParams",
+    "IPAdapterParams",
+    "ReviewParams",
     "StrictModel",
 ]
 
@@ -86,49 +92,31 @@ class BaseModelSpec(StrictModel):
     """Weights dtype for inference: 'auto' is float16 on CUDA and float32 elsewhere."""
 
 
-class ControlNetParams(StrictModel):
-    """ControlNet conditioning for pose and expression variety."""
+class TemplateCaptioner(StrictModel):
+    """Captions from the context that produced each image only (no model)."""
 
-    model: str
-    """Hub id (e.g. 'lllyasviel/control_v11p_sd15_canny') or local ControlNetModel folder."""
-    images: str
-    """Folder of pose/expression reference images; each job gets one, deterministically."""
-    preprocessor: Literal["canny"] = "canny"
-    """controlnet-aux preprocessor that turns references into control maps (canny needs
-    no weights)."""
-    conditioning_scale: float = Field(default=1.0, ge=0)
-    """How strongly the control map steers generation."""
-    canny_low: int = Field(default=100, ge=0, le=255)
-    """Canny lower hysteresis threshold."""
-    canny_high: int = Field(default=200, ge=0, le=255)
-    """Canny upper hysteresis threshold."""
+    type: Literal["template"] = "template"
 
 
-class GenerateParams(StrictModel):
-    """Synthetic image generation."""
+class VlmCaptioner(StrictModel):
+    """A vision-language captioning model (BLIP, GIT, Florence...) through transformers.
 
-    prompt_template: str = "{trigger}, {traits}, {style}, {setting}, {attire}, {expression}, {pose}"
-    """Prompt template; placeholders: {trigger} {traits} {description} and the context axes."""
-    negative_prompt: str = "blurry, lowres, deformed, extra limbs, watermark, text"
-    """Negative prompt for every image."""
-    images_per_prompt: int = Field(default=2, ge=1)
-    """Images per context combination, each with its own derived seed."""
-    max_prompts: int | None = Field(default=None, ge=1)
-    """Cap on context combinations; a capped subset still covers every value of every axis."""
+    Its description is appended after the template tags; the trigger stays first.
+    """
+
+    type: Literal["vlm"] = "vlm"
+    path: str
+    """Hub id (e.g. 'Salesforce/blip-image-captioning-base') or local folder with the model
+    and its processor (AutoProcessor + AutoModelForImageTextToText)."""
+    prompt: str | None = None
+    """Optional text prefix for conditional captioning models (e.g. 'a picture of')."""
+    max_new_tokens: int = Field(default=30, ge=1, le=200)
+    """Longest description, in tokens."""
     batch_size: int = Field(default=8, ge=1)
-    """Images per pipeline call."""
-    resolution: int = Field(default=64, ge=32, multiple_of=8)
-    """Square image size in pixels (512 for SD1.5 checkpoints)."""
-    num_inference_steps: int = Field(default=8, ge=1)
-    """Denoising steps per image."""
-    guidance_scale: float = Field(default=5.0, ge=0)
-    """Classifier-free guidance scale."""
-    lora_scale: float = Field(default=1.0, ge=0)
-    """Strength of the previous iteration's LoRA when regenerating (iteration 2 on)."""
-    seed: int = 0
-    """Root seed; every image's seed derives from it, the iteration and the prompt."""
-    controlnet: ControlNetParams | None = None
-    """Optional ControlNet conditioning (null: plain text-to-image)."""
+    """Images per captioning call."""
+
+
+Captioner = Annotated[TemplateCaptioner | VlmCaptioner, Field(discriminator="type")]
 
 
 class CaptionParams(StrictModel):
@@ -140,6 +128,9 @@ class CaptionParams(StrictModel):
     """Caption the fixed traits too; off by default so the trigger absorbs them."""
     separator: str = ", "
     """Separator between tags."""
+    captioner: Captioner = TemplateCaptioner()
+    """Caption backend: 'template' (context tags only) or 'vlm' (tags + a model's
+    description of the image)."""
 
 
 class TrainParams(StrictModel):
@@ -223,6 +214,7 @@ class Params(StrictModel):
     base_model: BaseModelSpec = BaseModelSpec()
     generate: GenerateParams = GenerateParams()
     filter: FilterParams = FilterParams()
+    review: ReviewParams = ReviewParams()
     caption: CaptionParams = CaptionParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams
@@ -242,6 +234,11 @@ class Params(StrictModel):
             )
         if "{trigger}" not in self.generate.prompt_template:
             raise ValueError("generate.prompt_template must contain {trigger}")
+        if self.generate.ip_adapter is not None and not self.character.references:
+            raise ValueError(
+                "generate.ip_adapter needs character.references: set it to a folder of "
+                "reference images, or remove generate.ip_adapter"
+            )
         return self
 
     @property

@@ -110,3 +110,21 @@ class FilterParams(StrictModel):
     def check(self, kind: str) -> StrictModel | None:
         """The configured discriminator of type ``kind``, if any."""
         return next((d for d in self.discriminators if d.type == kind), None)
+
+
+class ReviewParams(StrictModel):
+    """The optional human review gate between filter and caption.
+
+    When enabled the loop pauses after the filter (a Prefect pause with a form listing the
+    candidates) unless decisions were already applied with ``charloop review apply``.
+    """
+
+    enabled: bool = False
+    """Pause for a person's accept/reject decisions after the automatic filter."""
+    timeout_s: int = Field(default=3600, ge=1)
+    """How long the paused flow waits for decisions."""
+    on_timeout: Literal["keep_automatic", "fail"] = "keep_automatic"
+    """With no decisions in time: keep the filter's decisions, or stop the run (re-run after
+    `charloop review apply`; finished stages are reused)."""
+    poll_interval_s: int = Field(default=10, ge=1)
+    """How often the paused flow checks for decisions."""

@@ -60,12 +60,12 @@ def load_pipeline(model_ref: str, spec: BaseModelSpec) -> Any:
         )
         pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
-        _enable_memory_efficient_attention(pipe, device)
+        enable_memory_efficient_attention(pipe, device)
         _PIPELINES[key] = pipe
     return _PIPELINES[key]
 
 
-def _enable_memory_efficient_attention(pipe: Any, device: torch.device) -> None:
+def enable_memory_efficient_attention(pipe: Any, device: torch.device) -> None:
     """xformers when installed on CUDA; otherwise diffusers' default PyTorch SDPA."""
     if device.type != "cuda":
         return

@@ -32,7 +32,8 @@ def publish_iteration(
     Args:
         project: Validated params and root.
         iteration: 1-based iteration number.
-        outputs: Stage outputs keyed 'generate', 'filter', 'caption', 'train', 'evaluate'.
+        outputs: Stage outputs keyed 'generate', 'filter', 'review', 'caption', 'train',
+            'evaluate' ('review' optional).
         parent_version: Model version of the previous iteration's adapter, if any.
         extra_summary: Loop facts (convergence verdict...) stored with the run.
 
@@ -62,6 +63,9 @@ def publish_iteration(
         "base_model": params.base_model.path,
         "git_commit": versioning.git_commit(project.root),
     }
+    if review := outputs.get("review"):
+        tags["review_via"] = str(review.summary["via"])
+        tags["reviewed_by"] = str(review.summary.get("reviewer") or "")
     record = registry.IterationRecord(
         model_name=params.model_name,
         experiment=params.experiment_name,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
@@ -12,35 +11,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from charloop.config import ParamsError, Project, load_project
+from charloop_cli.common import ParamsOption, load_or_exit, setup_logging
+from charloop_cli.review import review_app
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False)
 stage_app = typer.Typer(help="Run one stage on explicit folders (what dvc.yaml calls).")
 app.add_typer(stage_app, name="stage")
-console = Console(stderr=True)
-
-EXIT_INVALID = 2
-ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="Path to params.yaml.")]
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    for noisy in ("httpx", "urllib3", "alembic", "dvc", "mlflow", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _load_or_exit(path: Path) -> Project:
-    try:
-        return load_project(path)
-    except ParamsError as exc:
-        console.print(f"[red]invalid params[/red] {exc.source}:")
-        for problem in exc.problems:
-            console.print(f"  - {problem}")
-        raise typer.Exit(EXIT_INVALID) from None
+app.add_typer(review_app, name="review")
 
 
 @app.command()
@@ -48,7 +25,7 @@ def validate(
     params: Annotated[Path, typer.Argument(help="params.yaml to check.")] = Path("params.yaml"),
 ) -> None:
     """Check params.yaml against the schema: prints OK, or every error (exit code 2)."""
-    project = _load_or_exit(params)
+    project = load_or_exit(params)
     typer.echo(f"OK: {params} (character '{project.params.character.name}')")
 
 
@@ -58,8 +35,8 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the character loop (a Prefect flow) and print a summary table."""
-    project = _load_or_exit(params)
-    _setup_logging(verbose)
+    project = load_or_exit(params)
+    setup_logging(verbose)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.character_loop import character_loop
 
@@ -102,7 +79,7 @@ def build_tiny_models(
     """Rebuild the embedded tiny SD1.5 pipeline and CLIP embedder, deterministically."""
     from charloop.tiny_models import build_all
 
-    _setup_logging(False)
+    setup_logging(False)
     for path in build_all(out, seed):
         typer.echo(str(path))
 
@@ -118,8 +95,8 @@ def stage_generate(
     from charloop.generate import AdapterRef, run_generate
     from charloop.stage import read_output
 
-    project = _load_or_exit(params)
-    _setup_logging(False)
+    project = load_or_exit(params)
+    setup_logging(False)
     ref = None
     if adapter is not None:
         trained = read_output(adapter)
@@ -133,22 +110,47 @@ def stage_filter(generated: Path, out: Path, params: ParamsOption = Path("params
     from charloop.filter import run_filter
     from charloop.stage import read_output
 
-    project = _load_or_exit(params)
-    _setup_logging(False)
+    project = load_or_exit(params)
+    setup_logging(False)
     _report(run_filter(project, read_output(generated), out))
+
+
+@stage_app.command("review")
+def stage_review(
+    generated: Path,
+    filtered: Path,
+    out: Path,
+    params: ParamsOption = Path("params.yaml"),
+    desk: Annotated[Path | None, typer.Option(help="Review desk with decisions.json.")] = None,
+) -> None:
+    """Merge FILTERED's decisions with a person's (from DESK, if any) into OUT."""
+    from charloop.review import load_decisions, run_review
+    from charloop.stage import read_output
+
+    project = load_or_exit(params)
+    setup_logging(False)
+    decisions = load_decisions(desk) if desk else None
+    out_stage = run_review(
+        read_output(generated),
+        read_output(filtered),
+        decisions,
+        out,
+        project.params.filter.min_kept,
+    )
+    _report(out_stage)
 
 
 @stage_app.command("caption")
 def stage_caption(
-    generated: Path, filtered: Path, out: Path, params: ParamsOption = Path("params.yaml")
+    generated: Path, reviewed: Path, out: Path, params: ParamsOption = Path("params.yaml")
 ) -> None:
-    """Caption the kept images of GENERATED (per FILTERED) into the dataset folder OUT."""
+    """Caption the images REVIEWED selected from GENERATED into the dataset folder OUT."""
     from charloop.caption import run_caption
     from charloop.stage import read_output
 
-    project = _load_or_exit(params)
-    _setup_logging(False)
-    _report(run_caption(project, read_output(generated), read_output(filtered), out))
+    project = load_or_exit(params)
+    setup_logging(False)
+    _report(run_caption(project, read_output(generated), read_output(reviewed), out))
 
 
 @stage_app.command("train")
@@ -160,8 +162,8 @@ def stage_train(
     from charloop.stage import read_output
     from charloop.train import run_train
 
-    project = _load_or_exit(params)
-    _setup_logging(False)
+    project = load_or_exit(params)
+    setup_logging(False)
     data = read_output(dataset)
     provenance = {
         "iteration": iteration,
@@ -179,8 +181,8 @@ def stage_evaluate(
     from charloop.evaluate import run_evaluate
     from charloop.stage import read_output
 
-    project = _load_or_exit(params)
-    _setup_logging(False)
+    project = load_or_exit(params)
+    setup_logging(False)
     _report(run_evaluate(project, read_output(adapter), read_output(dataset), out))
 
 

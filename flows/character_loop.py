@@ -10,6 +10,7 @@ from prefect.artifacts import create_table_artifact
 from charloop.config import load_project, params_hash
 from charloop.convergence import decide
 from charloop.generate import AdapterRef
+from flows.review_gate import review_gate
 from tasks.stages import (
     caption_task,
     evaluate_task,
@@ -39,10 +40,12 @@ def character_loop(params_file: str = "params.yaml") -> list[dict[str, Any]]:
     history: list[dict[str, float]] = []
     rows: list[dict[str, Any]] = []
     for iteration in range(1, params.loop.max_iterations + 1):
-        # Data: render with the previous LoRA, keep what the discriminators pass, caption it.
+        # Data: render with the previous LoRA, keep what the discriminators (and, when
+        # enabled, a person) pass, caption it.
         generated = generate_task(project, iteration, adapter)
         filtered = filter_task(project, iteration, generated)
-        dataset = caption_task(project, iteration, generated, filtered)
+        reviewed = review_gate(project, iteration, generated, filtered)
+        dataset = caption_task(project, iteration, generated, reviewed)
         # Model: train a LoRA on the new dataset and score it on held-out contexts.
         provenance = {
             "iteration": iteration,
@@ -62,6 +65,7 @@ def character_loop(params_file: str = "params.yaml") -> list[dict[str, Any]]:
         outputs = {
             "generate": generated,
             "filter": filtered,
+            "review": reviewed,
             "caption": dataset,
             "train": trained,
             "evaluate": evaluation,
@@ -77,7 +81,7 @@ def character_loop(params_file: str = "params.yaml") -> list[dict[str, Any]]:
             {
                 "iteration": iteration,
                 "generated": generated.summary["images"],
-                "kept": filtered.summary["kept"],
+                "kept": reviewed.summary["kept"],
                 **evaluation.summary,
                 "version": published["version"],
                 "dataset_hash": published["dataset_hash"],

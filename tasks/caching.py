@@ -53,11 +53,12 @@ def output_cache_key(output_dir: Callable[[dict[str, Any]], Path]) -> Callable[.
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     """Retry unless the failure is deterministic (bad data, diverged loss, bad input)."""
     from charloop.filter import NotEnoughImages
+    from charloop.review import ReviewTimedOut
     from charloop.train import TrainingDiverged
 
     try:
         state.result()
-    except (NotEnoughImages, TrainingDiverged, ValueError, FileNotFoundError):
+    except (NotEnoughImages, TrainingDiverged, ReviewTimedOut, ValueError, FileNotFoundError):
         return False
     except Exception:
         return True

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
 from charloop import atomic
@@ -17,11 +19,20 @@ from charloop.filter import run_filter
 from charloop.generate import AdapterRef, run_generate
 from charloop.layout import IterationPaths
 from charloop.publish import prepare_stores, publish_iteration
+from charloop.review import HumanDecisions, export_sheet, run_review
 from charloop.stage import StageOutput
 from charloop.train import run_train
 from tasks.caching import output_cache_key, retry_transient
 
 _CACHED: dict[str, Any] = dict(persist_result=True, retries=1, retry_condition_fn=retry_transient)
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The run logger inside a task run; a plain logger when called through ``.fn()``."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
 
 
 def _paths(parameters: dict[str, Any]) -> IterationPaths:
@@ -62,13 +73,54 @@ def filter_task(project: Project, iteration: int, generated: StageOutput) -> Sta
     return output
 
 
+@task(name="export-review")
+def export_review_task(
+    project: Project, iteration: int, generated: StageOutput, filtered: StageOutput
+) -> str:
+    """Write the review sheet to the iteration's desk and publish the candidates."""
+    paths = IterationPaths.of(project.workdir, iteration)
+    sheet = export_sheet(generated, filtered, paths.review_desk)
+    report = atomic.read_jsonl(Path(filtered.path) / "report.jsonl")
+    create_table_artifact(
+        key=_artifact_key(project, iteration, "review-candidates"),
+        table=[
+            {"id": r["id"], "automatic": r["decision"], "reasons": "; ".join(r["reasons"])}
+            for r in report
+        ],
+        description=f"Review candidates, iteration {iteration}; sheet: {sheet}",
+    )
+    return str(sheet)
+
+
+@task(name="review", cache_key_fn=output_cache_key(lambda p: _paths(p).reviewed), **_CACHED)
+def review_task(
+    project: Project,
+    iteration: int,
+    generated: StageOutput,
+    filtered: StageOutput,
+    decisions: HumanDecisions | None,
+    timed_out: bool = False,
+) -> StageOutput:
+    """Merge a person's decisions (if any) with the filter's; record who decided what."""
+    output = run_review(
+        generated,
+        filtered,
+        decisions,
+        IterationPaths.of(project.workdir, iteration).reviewed,
+        project.params.filter.min_kept,
+        timed_out,
+    )
+    _logger().info("review: %s", output.summary)
+    return output
+
+
 @task(name="caption", cache_key_fn=output_cache_key(lambda p: _paths(p).dataset), **_CACHED)
 def caption_task(
-    project: Project, iteration: int, generated: StageOutput, filtered: StageOutput
+    project: Project, iteration: int, generated: StageOutput, reviewed: StageOutput
 ) -> StageOutput:
     """Write the captioned, kohya-style dataset folder."""
     return run_caption(
-        project, generated, filtered, IterationPaths.of(project.workdir, iteration).dataset
+        project, generated, reviewed, IterationPaths.of(project.workdir, iteration).dataset
     )
 
 
@@ -80,7 +132,7 @@ def train_task(
     output = run_train(
         project, dataset, IterationPaths.of(project.workdir, iteration).adapter, provenance
     )
-    get_run_logger().info("train: %s", output.summary)
+    _logger().info("train: %s", output.summary)
     return output
 
 
@@ -121,5 +173,5 @@ def publish_task(
 ) -> dict[str, str]:
     """DVC-version the iteration and register its adapter (idempotent, so safe to retry)."""
     result = publish_iteration(project, iteration, outputs, parent_version, extra_summary)
-    get_run_logger().info("published %s v%s", project.params.model_name, result["version"])
+    _logger().info("published %s v%s", project.params.model_name, result["version"])
     return result

@@ -26,11 +26,12 @@ def test_dvc_repro_runs_one_iteration(tmp_path):
     for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "x"]):
         subprocess.run(command, cwd=tmp_path, check=True)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    subprocess.run(["dvc", "repro"], cwd=tmp_path, env=env, check=True, capture_output=True)
-    metrics = json.loads((tmp_path / "data/05_evaluation/metrics.json").read_text())
+    repro = subprocess.run(["dvc", "repro"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert repro.returncode == 0, repro.stderr[-3000:] + repro.stdout[-3000:]
+    metrics = json.loads((tmp_path / "data/06_evaluation/metrics.json").read_text())
     assert -1 <= metrics["identity_consistency"] <= 1
     lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"generate", "filter", "caption", "train", "evaluate"}
+    assert set(lock["stages"]) == {"generate", "filter", "review", "caption", "train", "evaluate"}
     status = subprocess.run(
         ["dvc", "status"], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
     )

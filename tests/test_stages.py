@@ -18,6 +18,7 @@ from charloop.filter import NotEnoughImages, run_filter
 from charloop.generate import AdapterRef, ImageJob, plan_jobs, render, run_generate
 from charloop.hashing import sha256_file
 from charloop.pipeline import load_pipeline, lora_applied
+from charloop.review import run_review
 from charloop.stage import MARKER
 from charloop.train import TrainingDiverged, run_train
 from tests.conftest import tiny_params, write_params
@@ -37,12 +38,14 @@ def project(loop_dir):
 def outputs(project, loop_dir):
     generated = run_generate(project, 1, None, loop_dir / "gen")
     filtered = run_filter(project, generated, loop_dir / "filt")
-    dataset = run_caption(project, generated, filtered, loop_dir / "data")
+    reviewed = run_review(generated, filtered, None, loop_dir / "review")
+    dataset = run_caption(project, generated, reviewed, loop_dir / "data")
     adapter = run_train(project, dataset, loop_dir / "adapter", {"iteration": 1})
     evaluation = run_evaluate(project, adapter, dataset, loop_dir / "eval")
     return {
         "generate": generated,
         "filter": filtered,
+        "review": reviewed,
         "caption": dataset,
         "train": adapter,
         "evaluate": evaluation,
@@ -110,6 +113,11 @@ def test_caption_folder_is_kohya_style(outputs):
         assert text.read_text().startswith("zxq kira, ")
     metadata = atomic.read_jsonl(folder / "metadata.jsonl")
     assert {m["file_name"] for m in metadata} == {f"1_zxq_kira/{t.stem}.png" for t in texts}
+    manifest = atomic.read_jsonl(folder / "manifest.jsonl")
+    assert all(row["review"]["decided_by"] == "filter" for row in manifest)
+    assert all(row["caption"].startswith("zxq kira, ") for row in manifest)
+    toml = (folder / "dataset.toml").read_text()
+    assert 'image_dir = "1_zxq_kira"' in toml and "keep_tokens = 1" in toml
 
 
 def test_trained_adapter_loads_and_changes_the_output(outputs, project):

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 from charloop.layout import IterationPaths
 from tasks.caching import output_cache_key
-from tasks.stages import caption_task, filter_task, generate_task
+from tasks.stages import caption_task, filter_task, generate_task, review_task
 
 
 def test_cache_key_needs_a_finished_output_and_tracks_its_content(make_project, tmp_path):
@@ -32,6 +32,14 @@ def test_stage_tasks_chain_through_fn(make_project, prefect_harness):
     generated = generate_task.fn(project, 1, None)
     filtered = filter_task.fn(project, 1, generated)  # also publishes a table artifact
     assert filtered.summary["candidates"] == 8
-    dataset = caption_task.fn(project, 1, generated, filtered)
+    reviewed = review_task.fn(project, 1, generated, filtered, None)
+    assert reviewed.summary == {
+        "kept": filtered.summary["kept"],
+        "overridden": 0,
+        "reviewer": None,
+        "via": "automatic",
+        "comment": "",
+    }
+    dataset = caption_task.fn(project, 1, generated, reviewed)
     assert dataset.summary["images"] == filtered.summary["kept"]
     assert dataset.path == str(IterationPaths.of(project.workdir, 1).dataset)

@@ -1,0 +1,60 @@
+"""``charloop review``: the human review gate without the Prefect UI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from charloop_cli.common import EXIT_INVALID, ParamsOption, console, load_or_exit
+
+review_app = typer.Typer(help="Human review without the Prefect UI: export a sheet, apply it.")
+
+IterationOption = Annotated[int, typer.Option("--iteration", "-i", help="Iteration number.")]
+
+
+@review_app.command("export")
+def review_export(
+    params: ParamsOption = Path("params.yaml"), iteration: IterationOption = 1
+) -> None:
+    """Write the iteration's review sheet (CSV) and contact sheet to its review desk."""
+    from charloop.layout import IterationPaths
+    from charloop.review import export_sheet
+    from charloop.stage import read_output
+
+    project = load_or_exit(params)
+    paths = IterationPaths.of(project.workdir, iteration)
+    sheet = export_sheet(
+        read_output(paths.generated), read_output(paths.filtered), paths.review_desk
+    )
+    typer.echo(f"review sheet: {sheet}\nedit the 'decision' column (keep/reject), then run:")
+    typer.echo(f"  charloop review apply {sheet} --reviewer NAME -i {iteration}")
+
+
+@review_app.command("apply")
+def review_apply(
+    sheet: Annotated[Path, typer.Argument(help="The edited review sheet.")],
+    reviewer: Annotated[str, typer.Option(help="Who reviewed (recorded).")],
+    params: ParamsOption = Path("params.yaml"),
+    iteration: IterationOption = 1,
+    comment: str = "",
+) -> None:
+    """Validate the edited SHEET and record its decisions for the loop's next run."""
+    from charloop.layout import IterationPaths
+    from charloop.review import ReviewError, candidates, read_sheet, save_decisions
+    from charloop.stage import read_output
+
+    project = load_or_exit(params)
+    paths = IterationPaths.of(project.workdir, iteration)
+    try:
+        decisions = read_sheet(sheet, reviewer, comment)
+        decisions.validate({row["id"] for row in candidates(read_output(paths.filtered))})
+    except ReviewError as exc:
+        console.print(f"[red]review not applied[/red]: {exc}")
+        raise typer.Exit(EXIT_INVALID) from None
+    saved = save_decisions(paths.review_desk, decisions)
+    typer.echo(
+        f"applied: keep {len(decisions.keep)}, reject {len(decisions.reject)} -> {saved}; "
+        "run the loop again to continue from the review"
+    )
