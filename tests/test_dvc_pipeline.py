@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from charloop.params import Params
 from tests.conftest import REPO, tiny_params
 
 pytestmark = pytest.mark.slow
@@ -22,7 +23,9 @@ def test_dvc_repro_runs_one_iteration(tmp_path):
     params = tiny_params()
     params["base_model"]["path"] = "models/tiny-sd15"
     params["evaluate"]["embedder"]["path"] = "models/tiny-clip"
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    # DVC reads each stage's params sections from the file: write every section out.
+    full = Params.model_validate(params).model_dump(mode="json", exclude_none=True)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(full))
     for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "x"]):
         subprocess.run(command, cwd=tmp_path, check=True)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
