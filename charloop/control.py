@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,27 +28,61 @@ class ControlMap:
     image: Image.Image
 
 
-def control_maps(folder: Path, spec: ControlNetParams, resolution: int) -> list[ControlMap]:
-    """Preprocess every readable image in ``folder`` into a control map (sorted by name).
+# Preprocessors whose controlnet-aux class loads weights with ``from_pretrained``.
+_WEIGHTED = {
+    "openpose": "OpenposeDetector",
+    "hed": "HEDdetector",
+    "lineart": "LineartDetector",
+    "lineart_anime": "LineartAnimeDetector",
+    "midas": "MidasDetector",
+}
 
-    Raises:
-        ValueError: no readable image in the folder.
-    """
-    from controlnet_aux.canny import CannyDetector
 
-    refs = load_references(folder)
-    if not refs.images:
-        raise ValueError(f"generate.controlnet.images {folder} holds no readable image")
-    detector = CannyDetector()
-    maps = []
-    for name, image in zip(refs.files, refs.images, strict=True):
-        control = detector(
+def preprocessor(spec: ControlNetParams, annotators_ref: str | None = None) -> Callable[..., Any]:
+    """A function ``(image, resolution) -> control map`` for ``spec.preprocessor``."""
+    import controlnet_aux
+
+    if spec.preprocessor == "canny":
+        canny = controlnet_aux.CannyDetector()
+        return lambda image, size: canny(
             image,
             low_threshold=spec.canny_low,
             high_threshold=spec.canny_high,
-            detect_resolution=resolution,
-            image_resolution=resolution,
-        ).resize((resolution, resolution))
+            detect_resolution=size,
+            image_resolution=size,
+        )
+    if spec.preprocessor == "lineart_standard":
+        lineart = controlnet_aux.LineartStandardDetector()
+        return lambda image, size: lineart(image, detect_resolution=size)
+    ref = annotators_ref or spec.annotators
+    try:
+        detector = getattr(controlnet_aux, _WEIGHTED[spec.preprocessor]).from_pretrained(ref)
+    except Exception as exc:  # hub unreachable, or a folder without the weights
+        raise ValueError(
+            f"generate.controlnet.preprocessor '{spec.preprocessor}' needs annotator weights; "
+            f"could not load them from {ref!r} ({exc}). Set generate.controlnet.annotators to "
+            "a folder holding them, or use 'canny' / 'lineart_standard' (no weights)"
+        ) from exc
+    return lambda image, size: detector(image, detect_resolution=size, image_resolution=size)
+
+
+def control_maps(
+    folder: Path, spec: ControlNetParams, resolution: int, annotators_ref: str | None = None
+) -> list[ControlMap]:
+    """Preprocess every readable image in ``folder`` into a control map (sorted by name).
+
+    Raises:
+        ValueError: no readable image in the folder, or missing annotator weights.
+    """
+    refs = load_references(folder)
+    if not refs.images:
+        raise ValueError(f"generate.controlnet.images {folder} holds no readable image")
+    detect = preprocessor(spec, annotators_ref)
+    # controlnet-aux rounds the detection size to a multiple of 64 (0 below 32 px).
+    detect_size = max(64, resolution)
+    maps = []
+    for name, image in zip(refs.files, refs.images, strict=True):
+        control = detect(image, detect_size).convert("RGB").resize((resolution, resolution))
         maps.append(ControlMap(name, sha256_bytes(control.tobytes()), control))
     return maps
 

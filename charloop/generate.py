@@ -151,7 +151,16 @@ def run_generate(
         return done
     jobs = plan_jobs(project, iteration)
     pipe = load_pipeline(base_ref, params.base_model)
-    maps = control_maps(project.resolve(cn.images), cn, params.generate.resolution) if cn else []
+    maps = (
+        control_maps(
+            project.resolve(cn.images),
+            cn,
+            params.generate.resolution,
+            project.model_ref(cn.annotators),
+        )
+        if cn
+        else []
+    )
     chosen = [maps[derive_seed("control", job.seed) % len(maps)] for job in jobs] if maps else []
     renderer = controlnet_pipeline(pipe, project.model_ref(cn.model)) if cn else pipe
     controls = [m.image for m in chosen] if chosen else None

@@ -16,9 +16,14 @@ class ControlNetParams(StrictModel):
     """Hub id (e.g. 'lllyasviel/control_v11p_sd15_canny') or local ControlNetModel folder."""
     images: str
     """Folder of pose/expression reference images; each job gets one, deterministically."""
-    preprocessor: Literal["canny"] = "canny"
-    """controlnet-aux preprocessor that turns references into control maps (canny needs
-    no weights)."""
+    preprocessor: Literal[
+        "canny", "lineart_standard", "openpose", "hed", "lineart", "lineart_anime", "midas"
+    ] = "canny"
+    """controlnet-aux preprocessor that turns references into control maps: 'canny' and
+    'lineart_standard' need no weights; the others load theirs from ``annotators``."""
+    annotators: str = "lllyasviel/Annotators"
+    """Hub id or local folder with the controlnet-aux annotator weights (openpose, hed,
+    lineart, lineart_anime, midas)."""
     conditioning_scale: float = Field(default=1.0, ge=0)
     """How strongly the control map steers generation."""
     canny_low: int = Field(default=100, ge=0, le=255)

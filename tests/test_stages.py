@@ -357,3 +357,21 @@ def test_controlnet_canny_conditions_generation(outputs, project, tmp_path):
     plain = atomic.read_jsonl(Path(outputs["generate"].path) / "manifest.jsonl")
     assert [r["seed"] for r in rows] == [r["seed"] for r in plain]
     assert [r["sha256"] for r in rows] != [r["sha256"] for r in plain]
+
+
+def test_control_preprocessors_without_weights_and_a_clear_error_with_missing_ones(tmp_path):
+    from charloop.control import control_maps
+    from charloop.params import ControlNetParams
+
+    poses = tmp_path / "poses"
+    poses.mkdir()
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(poses / "a.png")
+    lineart = ControlNetParams(model="cn", images="poses", preprocessor="lineart_standard")
+    (only,) = control_maps(poses, lineart, 32)
+    assert only.image.size == (32, 32) and only.source == "a.png"
+    canny = control_maps(poses, ControlNetParams(model="cn", images="poses"), 32)[0]
+    assert canny.sha256 != only.sha256
+    pose = ControlNetParams(model="cn", images="poses", preprocessor="openpose")
+    with pytest.raises(ValueError, match="annotators"):
+        control_maps(poses, pose, 32, str(tmp_path / "no-annotators"))
