@@ -19,6 +19,7 @@ from charloop.params_filter import (
     ReviewParams,
 )
 from charloop.params_generate import ControlNetParams, GenerateParams, IPAdapterParams
+from charloop.params_train import TrainParams
 from charloop.schema_base import AXES, StrictModel
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "IPAdapterParams",
     "ReviewParams",
     "StrictModel",
+    "TrainParams",
 ]
 
 
@@ -131,25 +133,6 @@ class CaptionParams(StrictModel):
     captioner: Captioner = TemplateCaptioner()
     """Caption backend: 'template' (context tags only) or 'vlm' (tags + a model's
     description of the image)."""
-
-
-class TrainParams(StrictModel):
-    """LoRA training on the UNet attention projections."""
-
-    rank: int = Field(default=4, ge=1)
-    """LoRA rank."""
-    alpha: float = Field(default=4.0, gt=0)
-    """LoRA alpha; the effective scale is alpha / rank."""
-    target_modules: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]
-    """UNet module names that receive LoRA layers."""
-    learning_rate: float = Field(default=1e-3, gt=0)
-    """AdamW learning rate."""
-    max_train_steps: int = Field(default=40, ge=1)
-    """Optimizer steps per iteration."""
-    batch_size: int = Field(default=4, ge=1)
-    """Images per step."""
-    seed: int = 0
-    """Seed for LoRA init, noise and timesteps."""
 
 
 class HeldOutContext(StrictModel):
