@@ -84,16 +84,23 @@ def clear_pipeline_cache() -> None:
 
 
 @contextmanager
-def lora_applied(pipe: Any, adapter_dir: str | Path | None, scale: float = 1.0) -> Iterator[Any]:
+def lora_applied(
+    pipe: Any,
+    adapter_dir: str | Path | None,
+    scale: float = 1.0,
+    weight_name: str | None = None,
+) -> Iterator[Any]:
     """Load a LoRA into the shared pipeline for the duration of the block, then remove it.
 
-    With ``adapter_dir=None`` the block runs on the plain base model.
+    With ``adapter_dir=None`` the block runs on the plain base model. ``weight_name``
+    picks a file in the folder (e.g. the kohya export); default: the diffusers file.
     """
     if adapter_dir is None:
         yield pipe
         return
     name = "charloop_active"
-    pipe.load_lora_weights(str(adapter_dir), adapter_name=name)
+    extra = {"weight_name": weight_name} if weight_name else {}
+    pipe.load_lora_weights(str(adapter_dir), adapter_name=name, **extra)
     pipe.set_adapters([name], adapter_weights=[scale])
     try:
         yield pipe

@@ -1,0 +1,201 @@
+"""Training: content-keyed caches, resume, both LoRA formats, kohya names, loss pieces."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from charloop.caption import run_caption
+from charloop.config import load_project
+from charloop.encode_cache import EncodeCache
+from charloop.filter import run_filter
+from charloop.generate import plan_jobs, render, run_generate
+from charloop.kohya import KOHYA_WEIGHTS_NAME, to_kohya
+from charloop.pipeline import load_pipeline, lora_applied
+from charloop.review import run_review
+from charloop.train import WEIGHTS_NAME, build_models, make_accelerator, run_train, save_adapter
+from charloop.train_data import ModelIdentity, encode_rows, read_rows, split_validation
+from charloop.train_loop import TrainingInterrupted, snr_weights, train_lora
+from tests.conftest import tiny_params, write_params
+
+FAST_TRAIN = {"max_train_steps": 6, "batch_size": 2, "validation": {"images": 2, "every": 3}}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("train")
+    project = load_project(write_params(folder, tiny_params()))
+    generated = run_generate(project, 1, None, folder / "gen")
+    filtered = run_filter(project, generated, folder / "filt")
+    reviewed = run_review(generated, filtered, None, folder / "rev")
+    return run_caption(project, generated, reviewed, folder / "data")
+
+
+def _project(folder: Path, **train: object):
+    return load_project(write_params(folder, tiny_params(train={**FAST_TRAIN, **train})))
+
+
+def _pipe(project):
+    return load_pipeline(
+        project.model_ref(project.params.base_model.path), project.params.base_model
+    )
+
+
+def test_encode_cache_is_keyed_by_content_and_resolution(dataset, tmp_path):
+    project = _project(tmp_path)
+    pipe, folder = _pipe(project), Path(dataset.path)
+    identity = ModelIdentity(project.model_ref(project.params.base_model.path))
+    rows = read_rows(folder)
+    cache = EncodeCache(tmp_path / "cache")
+    first = encode_rows(pipe, folder, rows, 64, identity, cache)
+    assert (cache.hits, cache.misses) == (0, 2 * len(rows))  # latents + text embeddings
+    again = encode_rows(pipe, folder, rows, 64, identity, cache)
+    assert cache.hits == 2 * len(rows) and torch.equal(again.latents, first.latents)
+    uncached = encode_rows(pipe, folder, rows, 64, identity, None)
+    assert torch.allclose(uncached.latents, first.latents, atol=1e-6)
+    # Edit one image in place, same file name: only its latent is recomputed, and it changes.
+    edited = folder / rows[0]["file_name"]
+    original = edited.read_bytes()
+    try:
+        with Image.open(edited) as image:
+            Image.eval(image.convert("RGB"), lambda v: 255 - v).save(edited)
+        before = cache.misses
+        fresh = encode_rows(pipe, folder, rows, 64, identity, cache)
+        assert cache.misses == before + 1
+        assert not torch.allclose(fresh.latents[0], first.latents[0])
+        assert torch.equal(fresh.latents[1:], first.latents[1:])
+    finally:
+        edited.write_bytes(original)
+    before = cache.misses
+    encode_rows(pipe, folder, rows[:2], 32, identity, cache)  # another resolution: new keys
+    assert cache.misses == before + 2
+
+
+def test_validation_split_is_deterministic_and_keeps_training_data():
+    rows = [{"id": f"img{i}"} for i in range(10)]
+    train, val = split_validation(rows, 3, seed=0)
+    assert len(val) == 3 and len(train) == 7
+    assert split_validation(rows, 3, seed=0) == (train, val)
+    assert split_validation(rows, 3, seed=1)[1] != val
+    assert split_validation(rows[:1], 3, seed=0) == (rows[:1], [])
+
+
+def test_min_snr_weights_clip_high_snr_timesteps():
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    weights = snr_weights(scheduler, torch.tensor([0, 500, 999]), gamma=5.0)
+    assert weights[0] < 0.01  # t=0: SNR is huge, clipped to gamma
+    assert weights[2] == pytest.approx(1.0)  # t=999: SNR < gamma, weight 1
+    assert torch.all(weights <= 1.0)
+
+
+def test_interrupted_training_resumes_to_the_same_adapter(dataset, tmp_path):
+    straight = run_train(_project(tmp_path / "a"), dataset, tmp_path / "a/out", {"iteration": 1})
+    project = _project(tmp_path / "b", checkpoint_every=2)
+    with pytest.raises(TrainingInterrupted):
+        run_train(project, dataset, tmp_path / "b/out", {"iteration": 1}, stop_after=3)
+    assert not (tmp_path / "b/out").exists()
+    checkpoints = list((tmp_path / "b").glob(".out.checkpoints/*/step-*.pt"))
+    assert [p.name for p in checkpoints] == ["step-000002.pt"]
+    resumed = run_train(project, dataset, tmp_path / "b/out", {"iteration": 1})
+    assert resumed.summary["resumed_from"] == 2
+    assert resumed.summary["weights_sha256"] == straight.summary["weights_sha256"]
+    assert resumed.summary["kohya_sha256"] == straight.summary["kohya_sha256"]
+    log = json.loads((tmp_path / "b/out/train_log.json").read_text())
+    assert log == json.loads((tmp_path / "a/out/train_log.json").read_text())
+    assert [v["step"] for v in log["validation_loss"]] == [0, 3, 6]
+    assert not list((tmp_path / "b").glob(".out.checkpoints/*/step-*.pt"))  # cleaned up
+
+
+def test_both_files_reproduce_the_trained_unet_and_text_encoder(dataset, tmp_path):
+    """diffusers and kohya files, loaded by diffusers, render what the trained models did."""
+    from diffusers import StableDiffusionPipeline
+
+    project = _project(tmp_path, train_text_encoder=True, rank=4, alpha=8, learning_rate=1e-2)
+    tp, pipe = project.params.train, _pipe(project)
+    ref = project.model_ref(project.params.base_model.path)
+    accelerator = make_accelerator(tp, torch.device("cpu"))
+    models = build_models(ref, None, tp, accelerator)
+    identity = ModelIdentity(ref)
+    data = encode_rows(pipe, Path(dataset.path), read_rows(Path(dataset.path)), 64, identity,
+                       None, with_text_embeddings=False)  # fmt: skip
+    train_lora(accelerator, models, data, tp)
+    save_adapter(accelerator, models, tmp_path, tp, {"test": "1"})
+    models.unet.eval()
+    trained = StableDiffusionPipeline(
+        **{**pipe.components, "unet": models.unet, "text_encoder": models.text_encoder}
+    )
+    trained.set_progress_bar_config(disable=True)
+    job = plan_jobs(project, 1)[0]
+    gen = project.params.generate
+
+    def image(p) -> np.ndarray:
+        with torch.no_grad():
+            return np.asarray(render(p, [job], gen)[0], dtype=np.int16)
+
+    expected, base = image(trained), image(pipe)
+    assert np.abs(expected - base).max() > 5, "training must change the output"
+    with lora_applied(pipe, tmp_path):
+        assert np.abs(image(pipe) - expected).max() <= 1
+    with lora_applied(pipe, tmp_path, weight_name=KOHYA_WEIGHTS_NAME):
+        assert np.abs(image(pipe) - expected).max() <= 1
+    assert np.array_equal(image(pipe), base)
+
+
+def test_kohya_names_for_an_sd15_shaped_unet():
+    """192 attention/projection modules of a real SD1.5 UNet, in kohya's naming."""
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    with init_empty_weights():
+        unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8)
+    targets = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj",
+               "ff.net.2")  # fmt: skip
+    modules = [n for n, _ in unet.named_modules() if n.endswith(targets) and "attentions" in n]
+    assert len(modules) == 192
+    state = {f"{m}.lora_{p}.weight": torch.zeros(1) for m in modules for p in "AB"}
+    te_state = {"encoder.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(1)}
+    keys = to_kohya(state, te_state, alpha=8.0)
+    unet_keys = [k for k in keys if k.startswith("lora_unet_")]
+    assert len(unet_keys) == 192 * 3
+    first = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    assert f"{first}.lora_down.weight" in keys
+    assert "lora_unet_mid_block_attentions_0_proj_in.alpha" in keys
+    assert "lora_unet_up_blocks_3_attentions_2_transformer_blocks_0_ff_net_2.lora_up.weight" in keys
+    assert "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight" in keys
+    assert keys["lora_unet_mid_block_attentions_0_proj_in.alpha"].item() == 8.0
+
+
+def test_gradient_checkpointing_and_accumulation_train(dataset, tmp_path):
+    plain = run_train(_project(tmp_path / "p"), dataset, tmp_path / "p/out", {"iteration": 1})
+    run_train(
+        _project(tmp_path / "c", gradient_checkpointing=True),
+        dataset,
+        tmp_path / "c/out",
+        {"iteration": 1},
+    )
+    a = json.loads((tmp_path / "p/out/train_log.json").read_text())["loss"]
+    b = json.loads((tmp_path / "c/out/train_log.json").read_text())["loss"]
+    assert np.allclose(a, b, atol=1e-5)  # recomputing activations changes nothing
+    accumulated = run_train(
+        _project(tmp_path / "g", gradient_accumulation_steps=2, lr_scheduler="cosine"),
+        dataset,
+        tmp_path / "g/out",
+        {"iteration": 1},
+    )
+    log = json.loads((tmp_path / "g/out/train_log.json").read_text())
+    assert len(log["loss"]) == 6 and log["learning_rate"][-1] == pytest.approx(0.0)
+    assert accumulated.summary["weights_sha256"] != plain.summary["weights_sha256"]
+
+
+def test_xformers_needs_cuda(dataset, tmp_path):
+    with pytest.raises(ValueError, match="xformers"):
+        run_train(_project(tmp_path, attention="xformers"), dataset, tmp_path / "o", {})
+    assert (tmp_path / "o").exists() is False
+    assert WEIGHTS_NAME == "pytorch_lora_weights.safetensors"
