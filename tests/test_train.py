@@ -199,3 +199,28 @@ def test_xformers_needs_cuda(dataset, tmp_path):
         run_train(_project(tmp_path, attention="xformers"), dataset, tmp_path / "o", {})
     assert (tmp_path / "o").exists() is False
     assert WEIGHTS_NAME == "pytorch_lora_weights.safetensors"
+
+
+def test_training_runs_under_accelerate_launch_with_two_processes(dataset, tmp_path):
+    """`accelerate launch` (torchrun underneath, gloo on CPU) runs the same stage command."""
+    import os
+    import subprocess
+    import sys
+
+    project = _project(tmp_path)
+    command = [
+        *(str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu"),
+        *("--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"),
+        *("--dynamo_backend", "no", "-m", "charloop_cli.main", "stage", "train"),
+        *(dataset.path, str(tmp_path / "out"), "-p", str(project.params_file)),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = [line for line in done.stdout.splitlines() if line.startswith("train: ")]
+    assert len(reports) == 2, done.stdout  # both ranks finished, with one shared result
+    assert len({line.split()[2] for line in reports}) == 1
+    summary = json.loads((tmp_path / "out/_stage.json").read_text())["summary"]
+    assert summary["processes"] == 2 and summary["steps"] == 6
+    log = json.loads((tmp_path / "out/train_log.json").read_text())
+    assert all(np.isfinite(log["loss"]))
