@@ -38,6 +38,7 @@ format: $(STAMP)  ## apply ruff fixes and formatting
 bench: $(STAMP)  ## benchmarks, each printed as a ratio against a naive reference
 	$(BIN)/python bench/bench_generate.py
 	$(BIN)/python bench/bench_filter.py
+	$(BIN)/python bench/bench_train.py
 
 lock: $(STAMP)  ## pin the current environment's versions into constraints.txt
 	echo '# Exact versions that `make setup` installs (pip constraints); refresh with `make lock`.' > constraints.txt

@@ -1,7 +1,8 @@
-"""The loop's stopping rule, from the metrics of consecutive iterations."""
+"""The loop's stopping rule and the change between consecutive iterations' metrics."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,3 +34,24 @@ def decide(history: list[dict[str, Any]], epsilon: float, max_iterations: int) -
     if len(history) >= max_iterations:
         return Verdict(True, f"budget: {max_iterations} iteration(s) done")
     return Verdict(False, "continuing")
+
+
+def compare(previous: dict[str, Any], current: dict[str, Any]) -> dict[str, float]:
+    """``current - previous`` for every finite float metric both iterations have.
+
+    Args:
+        previous: Headline metrics of the previous iteration.
+        current: Headline metrics of this iteration.
+
+    Returns:
+        Metric name -> change, in ``current``'s order (metrics only one side has are left out).
+    """
+    return {
+        name: float(value) - float(previous[name])
+        for name, value in current.items()
+        if _is_number(value) and _is_number(previous.get(name))
+    }
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

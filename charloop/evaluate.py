@@ -1,29 +1,34 @@
 """Evaluate: held-out contexts with fixed seeds, with and without the LoRA.
 
 Two axes, never one scalar: identity consistency (mean pairwise image-embedding cosine
-across contexts) and prompt fidelity (image-text cosine to the context, without the
-trigger). Nearest-training-image similarity flags memorisation.
+across contexts, and similarity to the reference set) and prompt fidelity (image-text
+cosine to the context, without the trigger). Nearest-training-image similarity and the
+diversity across seeds flag memorisation; the metrics themselves are in ``eval_metrics``.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from charloop import atomic
 from charloop.config import Project
 from charloop.contact_sheet import contact_sheet
-from charloop.embedder import load_embedder, mean_pairwise_cosine
+from charloop.embedder import embed_in_batches, load_embedder
+from charloop.eval_metrics import consistency_metrics, headline, validation_loss, with_and_without
 from charloop.generate import ImageJob, png_bytes, render
+from charloop.hashing import tree_digest
+from charloop.params import Params
 from charloop.pipeline import load_pipeline, lora_applied
 from charloop.prompts import context_id, render_prompt
-from charloop.references import open_image
+from charloop.references import load_references, open_image
 from charloop.stage import StageOutput, completed, fingerprint, seal
 
+__all__ = ["consistency_metrics", "eval_jobs", "run_evaluate", "seen_in_training"]
+
 logger = logging.getLogger(__name__)
+
+_EMBED_BATCH = 32
 
 
 def eval_jobs(project: Project) -> list[ImageJob]:
@@ -46,38 +51,10 @@ def eval_jobs(project: Project) -> list[ImageJob]:
     return jobs
 
 
-def consistency_metrics(
-    embeddings: np.ndarray,
-    text_embeddings: np.ndarray | None,
-    train_embeddings: np.ndarray | None,
-    groups: list[str],
-) -> dict[str, Any]:
-    """Identity, prompt fidelity and memorisation scores for one set of images.
-
-    Args:
-        embeddings: L2-normalised image embeddings, one row per image.
-        text_embeddings: Matching context-prompt embeddings (rows aligned), or None.
-        train_embeddings: Embeddings of the training images, or None.
-        groups: The context id of each image, for the per-context breakdown.
-    """
-    sims = embeddings @ embeddings.T
-    labels = np.array(groups)
-    metrics: dict[str, Any] = {"identity_consistency": mean_pairwise_cosine(embeddings)}
-    if text_embeddings is not None:
-        metrics["prompt_fidelity"] = float(np.mean(np.sum(embeddings * text_embeddings, axis=1)))
-    if train_embeddings is not None and len(train_embeddings):
-        metrics["nearest_train_similarity"] = float((embeddings @ train_embeddings.T).max(1).mean())
-    per_context = {}
-    for group in dict.fromkeys(groups):
-        inside, outside = labels == group, labels != group
-        entry = {"identity_to_other_contexts": float(sims[np.ix_(inside, outside)].mean())}
-        if text_embeddings is not None:
-            entry["prompt_fidelity"] = float(
-                np.sum(embeddings[inside] * text_embeddings[inside], axis=1).mean()
-            )
-        per_context[group] = entry
-    metrics["per_context"] = per_context
-    return metrics
+def seen_in_training(params: Params, context: dict[str, str]) -> bool:
+    """Whether the training prompt matrix can contain ``context`` (then it is not held out)."""
+    axes = params.contexts.axis_values()
+    return all(value in axes[axis] for axis, value in context.items())
 
 
 def run_evaluate(
@@ -87,6 +64,7 @@ def run_evaluate(
     params = project.params
     base_ref = project.model_ref(params.base_model.path)
     embedder_ref = project.model_ref(params.evaluate.embedder.path)
+    refs_dir = project.resolve(params.character.references) if params.character.references else None
     fp = fingerprint(
         "evaluate",
         evaluate=params.evaluate.model_dump(),
@@ -96,12 +74,17 @@ def run_evaluate(
         embedder=embedder_ref,
         adapter=adapter.digest,
         dataset=dataset.digest,
+        references=tree_digest(refs_dir) if refs_dir and refs_dir.is_dir() else None,
     )
     out_dir = Path(out_dir)
     if done := completed(out_dir, fp):
         logger.info("evaluate: reusing %s", out_dir)
         return done
     jobs = eval_jobs(project)
+    contexts = {context_id(c.model_dump()): c.model_dump() for c in params.evaluate.contexts}
+    for cid, context in contexts.items():
+        if seen_in_training(params, context):
+            logger.warning("evaluate: context %s %s is in the training matrix", cid, context)
     pipe = load_pipeline(base_ref, params.base_model)
     with lora_applied(pipe, adapter.path):
         lora_images = render(pipe, jobs, params.generate)
@@ -113,32 +96,37 @@ def run_evaluate(
     ]
     texts = embedder.embed_texts(fidelity_prompts)
     rows = atomic.read_jsonl(Path(dataset.path) / "metadata.jsonl")
-    train_emb = embedder.embed_images(
-        [open_image(Path(dataset.path) / r["file_name"]) for r in rows]
-    )
+    train_images = [open_image(Path(dataset.path) / r["file_name"]) for r in rows]
+    train_emb = embed_in_batches(embedder, train_images, _EMBED_BATCH)
+    refs = load_references(refs_dir)
+    ref_emb = embed_in_batches(embedder, refs.images, _EMBED_BATCH) if refs.images else None
     groups = [context_id(job.context) for job in jobs]
-    lora = consistency_metrics(embedder.embed_images(lora_images), texts, train_emb, groups)
-    base = consistency_metrics(embedder.embed_images(base_images), texts, train_emb, groups)
-    metrics = {
-        **{k: v for k, v in lora.items() if k != "per_context"},
-        **{f"base_{k}": v for k, v in base.items() if k != "per_context"},
-        "per_context": lora["per_context"],
-        "base_per_context": base["per_context"],
-        "contexts": {context_id(c.model_dump()): c.model_dump() for c in params.evaluate.contexts},
-        "adapter_sha256": adapter.summary.get("weights_sha256"),
-        "images": len(jobs),
-    }
+    lora_emb = embed_in_batches(embedder, lora_images, _EMBED_BATCH)
+    base_emb = embed_in_batches(embedder, base_images, _EMBED_BATCH)
+    metrics = with_and_without(
+        consistency_metrics(lora_emb, texts, train_emb, groups, ref_emb),
+        consistency_metrics(base_emb, texts, train_emb, groups, ref_emb),
+    )
+    if (loss := validation_loss(adapter.path)) is not None:
+        metrics["validation_loss"] = loss
+    metrics.update(
+        {
+            "contexts": {
+                cid: {**context, "in_training_matrix": seen_in_training(params, context)}
+                for cid, context in contexts.items()
+            },
+            "seeds": list(params.evaluate.seeds),
+            "references_used": len(refs.files),
+            "adapter_sha256": adapter.summary.get("weights_sha256"),
+            "images": len(jobs),
+        }
+    )
     with atomic.staged_dir(out_dir) as staging:
         (staging / "images").mkdir()
         for job, lora_img, base_img in zip(jobs, lora_images, base_images, strict=True):
             (staging / "images" / f"lora-{job.id}.png").write_bytes(png_bytes(lora_img))
             (staging / "images" / f"base-{job.id}.png").write_bytes(png_bytes(base_img))
-        labels = [
-            render_prompt(
-                "{trigger}, {style}, {setting}", params.character, job.context, trigger=False
-            )
-            for job in jobs[:: len(params.evaluate.seeds)]
-        ]
+        labels = [", ".join(v for v in context.values() if v) for context in contexts.values()]
         sheet = contact_sheet(
             {"with LoRA": lora_images, "base model": base_images},
             columns=len(params.evaluate.seeds),
@@ -146,7 +134,7 @@ def run_evaluate(
         )
         sheet.save(staging / "contact_sheet.png")
         atomic.write_json(staging / "metrics.json", metrics)
-        headline = {k: v for k, v in metrics.items() if isinstance(v, float)}
-        output = seal("evaluate", staging, out_dir, fp, headline)
-    logger.info("evaluate: %s", {k: round(v, 4) for k, v in headline.items()})
+        summary = headline(metrics)
+        output = seal("evaluate", staging, out_dir, fp, summary)
+    logger.info("evaluate: %s", {k: round(v, 4) for k, v in summary.items()})
     return output

@@ -49,6 +49,14 @@ class IterationPaths:
         return self.root / "review"
 
     @property
+    def reports(self) -> Path:
+        """Reports drawn when the iteration is published (metrics-over-iterations plot).
+
+        Not a stage folder and not DVC-tracked: redrawn from the metrics on every publish.
+        """
+        return self.root / "reports"
+
+    @property
     def versioned(self) -> list[Path]:
         """Every folder DVC tracks for this iteration."""
         return [

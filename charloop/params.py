@@ -19,6 +19,7 @@ from charloop.params_filter import (
     ReviewParams,
 )
 from charloop.params_generate import ControlNetParams, GenerateParams, IPAdapterParams
+from charloop.params_promote import PromoteParams
 from charloop.params_train import TrainParams
 from charloop.schema_base import AXES, StrictModel
 
@@ -31,6 +32,7 @@ __all__ = [
     "FilterParams",
     "GenerateParams",
     "IPAdapterParams",
+    "PromoteParams",
     "ReviewParams",
     "StrictModel",
     "TrainParams",
@@ -204,6 +206,7 @@ class Params(StrictModel):
     loop: LoopParams = LoopParams()
     registry: RegistryParams = RegistryParams()
     dvc: DvcParams = DvcParams()
+    promote: PromoteParams = PromoteParams()
 
     @model_validator(mode="after")
     def _template_placeholders_known(self) -> Params:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from charloop import registry, versioning
+from charloop import registry, reports, versioning
 from charloop.config import Project, params_hash
 from charloop.layout import IterationPaths
 from charloop.stage import StageOutput
 
 logger = logging.getLogger(__name__)
+
+HISTORY_PLOT = "metrics_history.png"
 
 
 def prepare_stores(project: Project) -> None:
@@ -26,6 +28,7 @@ def publish_iteration(
     outputs: dict[str, StageOutput],
     parent_version: str | None,
     extra_summary: dict[str, Any] | None = None,
+    history: list[dict[str, float]] | None = None,
 ) -> dict[str, str]:
     """DVC-track the iteration's folders, push them, and register the adapter.
 
@@ -36,6 +39,8 @@ def publish_iteration(
             'evaluate' ('review' optional).
         parent_version: Model version of the previous iteration's adapter, if any.
         extra_summary: Loop facts (convergence verdict...) stored with the run.
+        history: Headline metrics of iterations 1..``iteration``; when given, their plot
+            is drawn into the iteration's ``reports/`` folder and logged with the run.
 
     Returns:
         The registry's ``run_id``, ``version`` and ``lineage_key`` plus ``dataset_hash``.
@@ -50,6 +55,9 @@ def publish_iteration(
             logger.info("dvc: pushed %d file(s) of iteration %d", pushed, iteration)
     dataset_md5 = dvc_hashes.get(str(paths.dataset), outputs["caption"].digest)
     adapter, evaluation = outputs["train"], outputs["evaluate"]
+    images = {}
+    if history:
+        images["metrics_history"] = str(reports.plot_history(history, paths.reports / HISTORY_PLOT))
     tags = {
         "character": params.character.name,
         "trigger": params.character.trigger,
@@ -83,6 +91,7 @@ def publish_iteration(
             "stages": {name: out.summary for name, out in outputs.items()},
             **(extra_summary or {}),
         },
+        images=images,
     )
     result = registry.register_iteration(project.tracking_uri, record)
     return {**result, "dataset_hash": dataset_md5}

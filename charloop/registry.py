@@ -37,6 +37,8 @@ class IterationRecord:
     dataset_path: str = ""
     dataset_dvc_md5: str = ""
     summary: dict[str, Any] = field(default_factory=dict)
+    images: dict[str, str] = field(default_factory=dict)
+    """Extra PNGs to log as step images (MLflow key -> file), e.g. the metrics plot."""
 
     @property
     def lineage_key(self) -> str:
@@ -125,6 +127,9 @@ def register_iteration(tracking_uri: str, record: IterationRecord) -> dict[str, 
         mlflow.log_artifact(str(Path(record.evaluation_dir) / "metrics.json"), "evaluation")
         with Image.open(Path(record.evaluation_dir) / "contact_sheet.png") as sheet:
             mlflow.log_image(sheet.copy(), key="contact_sheet", step=record.iteration)
+        for image_key, image_path in record.images.items():
+            with Image.open(image_path) as image:
+                mlflow.log_image(image.copy(), key=image_key, step=record.iteration)
         if record.summary:
             mlflow.log_dict(record.summary, "summary.json")
         run_id = run.info.run_id

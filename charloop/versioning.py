@@ -110,3 +110,35 @@ def push(paths: list[Path]) -> int:
     root = dvc_root(paths[0].resolve().parent)
     with Repo(str(root)) as repo:
         return int(repo.push(targets=[f"{p}.dvc" for p in paths]))
+
+
+def restore(md5: str, dest: Path) -> Path:
+    """Materialise the DVC object ``md5`` (a file or a ``.dir``) at ``dest``.
+
+    Served from the local cache, or fetched from the default remote when the cache lacks
+    it. ``dest`` must lie inside the DVC repository; an existing ``dest`` is replaced.
+
+    Raises:
+        RuntimeError: no DVC repository above ``dest``.
+    """
+    from dvc.exceptions import CheckoutError
+    from dvc.repo import Repo
+
+    dest = dest.resolve()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    root = dvc_root(dest.parent)
+    if root is None:
+        raise RuntimeError(f"no DVC repository above {dest}")
+    dvcfile = dest.parent / f"{dest.name}.dvc"
+    dvcfile.write_text(yaml.safe_dump({"outs": [{"md5": md5, "path": dest.name, "hash": "md5"}]}))
+    try:
+        with Repo(str(root)) as repo:
+            try:
+                repo.checkout(targets=[str(dvcfile)], force=True)
+            except CheckoutError:
+                logger.info("dvc: %s not in the local cache; fetching from the remote", md5)
+                repo.fetch(targets=[str(dvcfile)])
+                repo.checkout(targets=[str(dvcfile)], force=True)
+    finally:
+        dvcfile.unlink(missing_ok=True)
+    return dest

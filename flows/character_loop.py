@@ -8,7 +8,7 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from charloop.config import load_project, params_hash
-from charloop.convergence import decide
+from charloop.convergence import compare, decide
 from charloop.generate import AdapterRef
 from flows.review_gate import review_gate
 from tasks.stages import (
@@ -58,10 +58,13 @@ def character_loop(params_file: str = "params.yaml") -> list[dict[str, Any]]:
             "params_hash": params_hash(params),
         }
         trained = train_task(project, iteration, dataset, provenance)
-        evaluation = evaluate_task(project, iteration, trained, dataset)
+        previous = history[-1] if history else None
+        evaluation = evaluate_task(project, iteration, trained, dataset, previous)
         history.append(evaluation.summary)
+        deltas = compare(previous, evaluation.summary) if previous else {}
         verdict = decide(history, params.loop.convergence_epsilon, params.loop.max_iterations)
-        # Lineage: version the folders with DVC and register the adapter in MLflow.
+        # Lineage: version the folders with DVC and register the adapter in MLflow, with
+        # the metrics-over-iterations plot of iterations 1..N.
         outputs = {
             "generate": generated,
             "filter": filtered,
@@ -75,7 +78,8 @@ def character_loop(params_file: str = "params.yaml") -> list[dict[str, Any]]:
             iteration,
             outputs,
             parent_version,
-            {"stop": verdict.stop, "reason": verdict.reason},
+            {"stop": verdict.stop, "reason": verdict.reason, "change_vs_previous": deltas},
+            list(history),
         )
         rows.append(
             {

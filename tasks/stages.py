@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,13 @@ from prefect.logging import get_run_logger
 from charloop import atomic
 from charloop.caption import run_caption
 from charloop.config import Project
+from charloop.convergence import compare
 from charloop.evaluate import run_evaluate
 from charloop.filter import run_filter
 from charloop.generate import AdapterRef, run_generate
 from charloop.layout import IterationPaths
-from charloop.publish import prepare_stores, publish_iteration
+from charloop.publish import HISTORY_PLOT, prepare_stores, publish_iteration
+from charloop.reports import history_markdown, metrics_markdown, per_context_rows
 from charloop.review import HumanDecisions, export_sheet, run_review
 from charloop.stage import StageOutput
 from charloop.train import run_train
@@ -138,27 +141,31 @@ def train_task(
 
 @task(name="evaluate", cache_key_fn=output_cache_key(lambda p: _paths(p).evaluation), **_CACHED)
 def evaluate_task(
-    project: Project, iteration: int, adapter: StageOutput, dataset: StageOutput
+    project: Project,
+    iteration: int,
+    adapter: StageOutput,
+    dataset: StageOutput,
+    previous: dict[str, float] | None = None,
 ) -> StageOutput:
-    """Score the adapter on held-out contexts; publish the metrics as a markdown artifact."""
+    """Score the adapter on held-out contexts; publish the metrics and their change since
+    the ``previous`` iteration's (a markdown artifact) and the per-context scores (a table).
+    """
     output = run_evaluate(
         project, adapter, dataset, IterationPaths.of(project.workdir, iteration).evaluation
     )
-    lines = [f"| {name} | {value:.4f} |" for name, value in output.summary.items()]
+    deltas = compare(previous, output.summary) if previous is not None else None
     create_markdown_artifact(
         key=_artifact_key(project, iteration, "metrics"),
-        markdown="\n".join(
-            [
-                f"### Iteration {iteration}",
-                "",
-                "| metric | value |",
-                "|---|---|",
-                *lines,
-                "",
-                f"Contact sheet: `{Path(output.path) / 'contact_sheet.png'}`",
-            ]
+        markdown=metrics_markdown(
+            iteration, output.summary, deltas, Path(output.path) / "contact_sheet.png"
         ),
         description=f"Evaluation metrics, iteration {iteration}",
+    )
+    metrics = json.loads((Path(output.path) / "metrics.json").read_text())
+    create_table_artifact(
+        key=_artifact_key(project, iteration, "per-context"),
+        table=per_context_rows(metrics),
+        description=f"Per held-out context, with the LoRA and base_*, iteration {iteration}",
     )
     return output
 
@@ -170,8 +177,20 @@ def publish_task(
     outputs: dict[str, StageOutput],
     parent_version: str | None,
     extra_summary: dict[str, Any],
+    history: list[dict[str, float]] | None = None,
 ) -> dict[str, str]:
-    """DVC-version the iteration and register its adapter (idempotent, so safe to retry)."""
-    result = publish_iteration(project, iteration, outputs, parent_version, extra_summary)
+    """DVC-version the iteration and register its adapter (idempotent, so safe to retry).
+
+    With ``history`` (iterations 1..``iteration``), also plot the metrics over iterations
+    and publish them as a markdown artifact.
+    """
+    result = publish_iteration(project, iteration, outputs, parent_version, extra_summary, history)
+    if history:
+        plot = IterationPaths.of(project.workdir, iteration).reports / HISTORY_PLOT
+        create_markdown_artifact(
+            key=_artifact_key(project, iteration, "history"),
+            markdown=history_markdown(history, plot),
+            description=f"Metrics over iterations 1-{len(history)}",
+        )
     _logger().info("published %s v%s", project.params.model_name, result["version"])
     return result

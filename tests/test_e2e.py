@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -20,7 +21,9 @@ pytestmark = pytest.mark.e2e
 def git_project(tmp_path_factory):
     root = tmp_path_factory.mktemp("studio")
     subprocess.run(["git", "init", "-q", str(root)], check=True)
-    params = write_params(root, tiny_params())
+    data = tiny_params()
+    data["evaluate"]["seeds"] = [7, 8]  # two seeds per context: diversity is measured
+    params = write_params(root, data)
     subprocess.run(["git", "add", "params.yaml"], cwd=root, check=True)
     subprocess.run(["git", "commit", "-qm", "params"], cwd=root, check=True)
     return load_project(params)
@@ -103,6 +106,43 @@ def test_iteration_two_was_generated_with_iteration_one_adapter(loop_result, git
     assert all(r["adapter"]["sha256"] == expected for r in rows)
     first_rows = atomic.read_jsonl(first.generated / "manifest.jsonl")
     assert all(r["adapter"] is None for r in first_rows)
+
+
+def test_evaluation_reports_reach_mlflow_and_prefect(loop_result, git_project, tmp_path):
+    from PIL import Image
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    rows, _ = loop_result
+    v1, v2 = _versions(git_project)
+    client = _client(git_project)
+    for version, row in zip((v1, v2), rows, strict=True):
+        metrics = client.get_run(version.run_id).data.metrics
+        assert {"trigger_effect", "diversity", "base_diversity"} <= set(metrics)
+        assert metrics["trigger_effect"] == pytest.approx(
+            row["identity_consistency"] - row["base_identity_consistency"]
+        )
+        images = [a.path for a in client.list_artifacts(version.run_id, "images")]
+        step = version.tags["iteration"]
+        for key in ("contact_sheet", "metrics_history"):
+            assert any(p.startswith(f"images/{key}+step+{step}+") for p in images), (key, images)
+    plot = IterationPaths.of(git_project.workdir, 2).reports / "metrics_history.png"
+    with Image.open(plot) as image:
+        assert image.format == "PNG" and image.width > 100
+    summary_file = client.download_artifacts(v2.run_id, "summary.json", str(tmp_path))
+    summary = json.loads(Path(summary_file).read_text())
+    assert summary["change_vs_previous"]["identity_consistency"] == pytest.approx(
+        rows[1]["identity_consistency"] - rows[0]["identity_consistency"]
+    )
+    keys = ["kira-iter-2-metrics", "kira-iter-2-per-context", "kira-iter-2-history"]
+    with get_client(sync_client=True) as prefect:
+        found = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys))
+        )
+    by_key = {a.key: a for a in found}
+    assert set(by_key) == set(keys)
+    assert "change vs previous" in str(by_key["kira-iter-2-metrics"].data)
+    assert "diversity" in str(by_key["kira-iter-2-per-context"].data)
 
 
 def test_rerun_reuses_everything_and_registers_nothing_new(loop_result, git_project):
