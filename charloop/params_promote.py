@@ -20,5 +20,7 @@ class PromoteParams(StrictModel):
     """Pause the promotion flow for a person's approval (approver, comment)."""
     approval_timeout_s: int = Field(default=3600, ge=1)
     """How long to wait for approval before refusing."""
+    approval_poll_s: int = Field(default=10, ge=1)
+    """How often the paused promotion checks for an answer."""
     release_dir: str = "releases"
     """Where the production adapter is exported (both formats and a model card)."""

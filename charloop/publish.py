@@ -7,6 +7,7 @@ from typing import Any
 
 from charloop import registry, reports, versioning
 from charloop.config import Project, params_hash
+from charloop.encode_cache import component_identity
 from charloop.layout import IterationPaths
 from charloop.stage import StageOutput
 
@@ -69,6 +70,9 @@ def publish_iteration(
         "generated_hash": dvc_hashes.get(str(paths.generated), outputs["generate"].digest),
         "params_hash": params_hash(params),
         "base_model": params.base_model.path,
+        "base_model_hash": component_identity(
+            project.model_ref(params.base_model.path), "", params.base_model.revision
+        ),
         "git_commit": versioning.git_commit(project.root),
     }
     if review := outputs.get("review"):

@@ -124,7 +124,8 @@ def register_iteration(tracking_uri: str, record: IterationRecord) -> dict[str, 
         )
         mlflow.log_input(dataset, context="training")
         mlflow.log_artifacts(record.adapter_dir, artifact_path="adapter")
-        mlflow.log_artifact(str(Path(record.evaluation_dir) / "metrics.json"), "evaluation")
+        for name in ("metrics.json", "contact_sheet.png"):  # the sheet is a release's sample grid
+            mlflow.log_artifact(str(Path(record.evaluation_dir) / name), "evaluation")
         with Image.open(Path(record.evaluation_dir) / "contact_sheet.png") as sheet:
             mlflow.log_image(sheet.copy(), key="contact_sheet", step=record.iteration)
         for image_key, image_path in record.images.items():
@@ -150,3 +151,29 @@ def register_iteration(tracking_uri: str, record: IterationRecord) -> dict[str, 
     client.set_registered_model_alias(record.model_name, CANDIDATE_ALIAS, version.version)
     logger.info("registry: registered %s v%s", record.model_name, version.version)
     return {"run_id": run_id, "version": str(version.version), "lineage_key": key}
+
+
+def log_experiment_run(
+    tracking_uri: str,
+    experiment: str,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    tags: dict[str, str],
+) -> str:
+    """Log one run (no model version) for side-by-side comparison, e.g. a DVC experiment.
+
+    Returns:
+        The run id.
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=tags.get("dvc_exp_name")) as run:
+        mlflow.set_tags(tags)
+        mlflow.log_params(flatten(params))
+        mlflow.log_metrics(metrics)
+        return str(run.info.run_id)

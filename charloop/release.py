@@ -117,3 +117,8 @@ def verify_restored(tags: dict[str, str], dataset: Path, adapter: Path) -> None:
     actual = sha256_file(weights) if weights.is_file() else "missing"
     if actual != tags.get("adapter_sha256"):
         raise RestoreError(f"adapter sha256 {actual[:12]} != registry {tags.get('adapter_sha256')}")
+
+
+def point_production(release_root: Path, name: str, version: str) -> Path:
+    """Record which release folder is production (``<root>/<name>/PRODUCTION``)."""
+    return atomic.write_text(release_root / name / "PRODUCTION", f"v{version}\n")

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from charloop.config import ParamsError, Project, load_project
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # error lines stay whole (grep-able)
 
 EXIT_INVALID = 2
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="Path to params.yaml.")]

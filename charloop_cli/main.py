@@ -12,12 +12,14 @@ from rich.console import Console
 from rich.table import Table
 
 from charloop_cli.common import ParamsOption, load_or_exit, setup_logging
+from charloop_cli.registry_cmds import register
 from charloop_cli.review import review_app
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False)
 stage_app = typer.Typer(help="Run one stage on explicit folders (what dvc.yaml calls).")
 app.add_typer(stage_app, name="stage")
 app.add_typer(review_app, name="review")
+register(app)
 
 
 @app.command()
@@ -184,6 +186,39 @@ def stage_evaluate(
     project = load_or_exit(params)
     setup_logging(False)
     _report(run_evaluate(project, read_output(adapter), read_output(dataset), out))
+
+
+@stage_app.command("log-run")
+def stage_log_run(
+    adapter: Path, evaluation: Path, out: Path, params: ParamsOption = Path("params.yaml")
+) -> None:
+    """Log the run's params and metrics to MLflow (what `dvc exp run` ends with), so DVC
+    experiments sit side by side in MLflow; writes the run id to OUT."""
+    from charloop import atomic
+    from charloop.config import params_hash
+    from charloop.registry import log_experiment_run
+    from charloop.stage import read_output
+    from charloop.versioning import git_commit
+
+    project = load_or_exit(params)
+    trained, scored = read_output(adapter), read_output(evaluation)
+    tags = {
+        "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "workspace"),
+        "dvc_exp_baseline": os.environ.get("DVC_EXP_BASELINE_REV", ""),
+        "git_commit": git_commit(project.root),
+        "params_hash": params_hash(project.params),
+        "adapter_sha256": str(trained.summary["weights_sha256"]),
+    }
+    metrics = {k: float(v) for k, v in scored.summary.items() if isinstance(v, int | float)}
+    run_id = log_experiment_run(
+        project.tracking_uri,
+        f"{project.params.experiment_name}-dvc",
+        project.params.model_dump(mode="json"),
+        metrics,
+        tags,
+    )
+    atomic.write_json(out, {"run_id": run_id, **tags})
+    typer.echo(f"log-run: MLflow run {run_id} ({tags['dvc_exp_name']})")
 
 
 def _report(output: Any) -> None:

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 from prefect.artifacts import create_markdown_artifact
-from prefect.client.orchestration import get_client
-from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.logging import get_run_logger
-from prefect.states import Running
 from pydantic import Field
 
 from charloop.config import Project
 from charloop.layout import IterationPaths
 from charloop.review import HumanDecisions, ReviewTimedOut, load_decisions, save_decisions
 from charloop.stage import StageOutput
+from flows.pausing import mark_running
 from tasks.stages import export_review_task, review_task
 
 
@@ -61,7 +59,7 @@ def review_gate(
             key=f"review-{iteration}",
         )
     except FlowPauseTimeout:
-        _mark_running(f"review of iteration {iteration} timed out")
+        mark_running(f"review of iteration {iteration} timed out")
         if rules.on_timeout == "fail":
             raise ReviewTimedOut(
                 f"no review decisions for iteration {iteration} within {rules.timeout_s}s; "
@@ -79,15 +77,6 @@ def review_gate(
     )
     save_decisions(desk, decisions)  # a resumed or repeated run does not ask again
     return review_task(project, iteration, generated, filtered, decisions)
-
-
-def _mark_running(message: str) -> None:
-    """Take the expired pause back to Running, or the API would fail the finished flow."""
-    context = FlowRunContext.get()
-    if context is None or context.flow_run is None:
-        return
-    with get_client(sync_client=True) as client:
-        client.set_flow_run_state(context.flow_run.id, Running(message=message), force=True)
 
 
 def _instructions(iteration: int, filtered: StageOutput, sheet: str) -> str:

@@ -34,8 +34,30 @@ def test_dvc_repro_runs_one_iteration(tmp_path):
     metrics = json.loads((tmp_path / "data/06_evaluation/metrics.json").read_text())
     assert -1 <= metrics["identity_consistency"] <= 1
     lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"generate", "filter", "review", "caption", "train", "evaluate"}
+    stages = {"generate", "filter", "review", "caption", "train", "evaluate", "log"}
+    assert set(lock["stages"]) == stages
     status = subprocess.run(
         ["dvc", "status"], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
     )
     assert "up to date" in status.stdout.lower()
+    # A one-parameter experiment: only train, evaluate and log rerun; both land in MLflow.
+    subprocess.run(["git", "add", "-A"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "commit", "-qm", "baseline"], cwd=tmp_path, check=True)
+    exp = subprocess.run(
+        ["dvc", "exp", "run", "-S", "train.rank=8"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert exp.returncode == 0, exp.stderr[-3000:] + exp.stdout[-3000:]
+    assert "Running stage 'generate'" not in exp.stdout
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/.charloop/mlflow.db")
+    experiment = client.get_experiment_by_name("charloop-kira-dvc")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.data.params["train.rank"] for r in runs) == ["4", "8"]
+    names = {r.data.params["train.rank"]: r.data.tags["dvc_exp_name"] for r in runs}
+    assert names["4"] == "workspace" and names["8"] not in ("", "workspace")
+    assert all("identity_consistency" in r.data.metrics for r in runs)

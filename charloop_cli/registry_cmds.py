@@ -1,0 +1,176 @@
+"""``charloop lineage|checkout|promote|rollback|generate``: the registry side of the CLI."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from charloop_cli.common import ParamsOption, console, load_or_exit, setup_logging
+
+EXIT_REFUSED = 3
+SpecArgument = Annotated[str, typer.Argument(help="MODEL, MODEL@alias or MODEL:version.")]
+
+
+def _client(project: Any) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(project.tracking_uri)
+
+
+def _resolve(project: Any, spec: str) -> Any:
+    from charloop.lineage import LineageError, parse_spec, resolve_version
+
+    try:
+        return resolve_version(_client(project), parse_spec(spec))
+    except LineageError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EXIT_REFUSED) from None
+
+
+def lineage(spec: SpecArgument, params: ParamsOption = Path("params.yaml")) -> None:
+    """The chain from a version back to the base model: data, metrics, changed params."""
+    from charloop.lineage import LineageError, chain
+
+    project = load_or_exit(params)
+    version = _resolve(project, spec)
+    try:
+        steps = chain(_client(project), version.name, version)
+    except LineageError as exc:
+        console.print(f"[red]broken lineage[/red]: {exc}")
+        raise typer.Exit(EXIT_REFUSED) from None
+    table = Table(title=f"lineage of {spec}")
+    for column in ("version", "aliases", "iter", "dataset (DVC md5)", "images", "identity",
+                   "prompt fid.", "params changed vs parent"):  # fmt: skip
+        table.add_column(column)
+    for step in steps:
+        changed = "; ".join(f"{k}: {a} -> {b}" for k, (a, b) in step.changed_params.items())
+        fidelity = step.metrics.get("prompt_fidelity")
+        table.add_row(
+            step.version,
+            ",".join(step.aliases),
+            str(step.iteration),
+            step.tags.get("dataset_hash", "?"),
+            step.tags.get("dataset_images", "?"),
+            f"{step.metrics.get('identity_consistency', float('nan')):.4f}",
+            "-" if fidelity is None else f"{fidelity:.4f}",
+            changed or ("(root)" if step.parent is None else "-"),
+        )
+    base = steps[-1].tags
+    Console(width=200).print(table)
+    typer.echo(f"base model: {base.get('base_model')} ({base.get('base_model_hash', '?')[:16]})")
+
+
+def checkout(
+    spec: SpecArgument,
+    params: ParamsOption = Path("params.yaml"),
+    out: Annotated[Path | None, typer.Option(help="Destination (inside the project).")] = None,
+) -> None:
+    """Restore a version's exact training dataset and adapter from the DVC cache or remote."""
+    from charloop.release import RestoreError, verify_restored
+    from charloop.versioning import restore
+
+    project = load_or_exit(params)
+    setup_logging(False)
+    version = _resolve(project, spec)
+    dest = out or project.root / "checkouts" / f"{version.name}-v{version.version}"
+    dataset = restore(version.tags["dataset_hash"], dest / "dataset")
+    adapter = restore(version.tags["adapter_hash"], dest / "adapter")
+    try:
+        verify_restored(dict(version.tags), dataset, adapter)
+    except RestoreError as exc:
+        console.print(f"[red]restored data does not match the registry[/red]: {exc}")
+        raise typer.Exit(EXIT_REFUSED) from None
+    typer.echo(f"restored {version.name} v{version.version}: {dataset} and {adapter} (verified)")
+
+
+def promote(
+    model: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[str, typer.Argument(help="Version to promote.")],
+    approver: Annotated[str, typer.Option(help="Who approves (audit tag).")] = "",
+    reason: Annotated[str, typer.Option(help="Why (audit tag).")] = "",
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Run the promotion flow: gates, optional approval, production alias, release export."""
+    from charloop.promotion import PromotionRefused
+
+    project = load_or_exit(params)
+    if model != project.params.model_name:
+        console.print(f"[red]{params} describes model {project.params.model_name!r}[/red]")
+        raise typer.Exit(EXIT_REFUSED)
+    setup_logging(False)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.promote import promote as promote_flow
+
+    try:
+        result = promote_flow(str(project.params_file), version, approver, reason)
+    except PromotionRefused as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EXIT_REFUSED) from None
+    typer.echo(f"{model} v{result['production']} is production (previous: {result['previous']})")
+    typer.echo(f"release: {result['release']}")
+
+
+def rollback(
+    model: Annotated[str, typer.Argument(help="Registered model name.")],
+    approver: Annotated[str, typer.Option(help="Who rolls back (audit tag).")] = "",
+    reason: Annotated[str, typer.Option(help="Why (audit tag).")] = "",
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Make the 'previous' version production again (the demoted one becomes 'previous')."""
+    from charloop.lineage import LineageError
+    from charloop.promotion import rollback as do_rollback
+    from charloop.release import point_production
+
+    project = load_or_exit(params)
+    try:
+        restored, demoted = do_rollback(_client(project), model, approver or "unspecified", reason)
+    except LineageError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EXIT_REFUSED) from None
+    point_production(project.resolve(project.params.promote.release_dir), model, restored)
+    typer.echo(f"{model} v{restored} is production again (v{demoted or '-'} is previous)")
+
+
+def generate(
+    prompt: Annotated[str, typer.Argument(help="Prompt; put the trigger first.")],
+    model: Annotated[str, typer.Option("--model", help="MODEL@alias or MODEL:version.")],
+    params: ParamsOption = Path("params.yaml"),
+    out: Annotated[Path, typer.Option(help="Output PNG (suffixed -N for several).")] = Path(
+        "generated.png"
+    ),
+    count: int = 1,
+    seed: int = 0,
+) -> None:
+    """Generate with a registered adapter after verifying its hash against the registry."""
+    from charloop.generate import ImageJob, png_bytes, render
+    from charloop.pipeline import load_pipeline, lora_applied
+    from charloop.promotion import adapter_gate
+
+    project = load_or_exit(params)
+    setup_logging(False)
+    version = _resolve(project, model)
+    gate, folder = adapter_gate(_client(project), version)
+    if folder is None:
+        console.print(f"[red]refusing to use {model}[/red]: {gate.detail}")
+        raise typer.Exit(EXIT_REFUSED)
+    spec = project.params.base_model
+    pipe = load_pipeline(project.model_ref(version.tags.get("base_model", spec.path)), spec)
+    gen = project.params.generate
+    jobs = [ImageJob(f"g{k}", prompt, gen.negative_prompt, seed + k, {}) for k in range(count)]
+    with lora_applied(pipe, folder, gen.lora_scale):
+        images = render(pipe, jobs, gen.model_copy(update={"controlnet": None}))
+    for k, image in enumerate(images):
+        path = out if count == 1 else out.with_name(f"{out.stem}-{k}{out.suffix}")
+        path.write_bytes(png_bytes(image))
+        typer.echo(f"{path} ({model} v{version.version}, adapter {gate.detail})")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the registry commands to the top-level app."""
+    for command in (lineage, checkout, promote, rollback, generate):
+        app.command()(command)

@@ -1,0 +1,87 @@
+"""Thin Prefect tasks for promotion: check the gates, then move aliases and export."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+
+from charloop.config import Project
+from charloop.promotion import (
+    Gate,
+    adapter_gate,
+    lineage_gate,
+    metric_gates,
+    move_to_production,
+    production_version,
+)
+from charloop.release import export_release, point_production
+
+
+def _client(project: Project) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(project.tracking_uri)
+
+
+@task(name="check-promotion", retries=1, retry_delay_seconds=2)
+def check_promotion_task(project: Project, version: str) -> dict[str, Any]:
+    """Run every gate; publish them as a markdown artifact. Nothing is changed."""
+    client, name = _client(project), project.params.model_name
+    candidate = client.get_model_version(name, version)
+    lineage, steps = lineage_gate(client, name, candidate)
+    adapter, folder = adapter_gate(client, candidate)
+    current = production_version(client, name)
+    baseline = None
+    if current is not None and str(current.version) != str(version):
+        baseline = dict(client.get_run(current.run_id).data.metrics)
+    metrics = dict(client.get_run(candidate.run_id).data.metrics)
+    gates = [lineage, adapter, *metric_gates(metrics, baseline, project.params.promote)]
+    create_markdown_artifact(
+        key=f"{name}-promote-v{version}-gates".replace("_", "-").lower(),
+        markdown="\n".join(
+            ["| gate | passed | detail |", "|---|---|---|"]
+            + [f"| {g.name} | {'yes' if g.passed else 'NO'} | {g.detail} |" for g in gates]
+        ),
+        description=f"Promotion gates for {name} v{version}",
+    )
+    return {
+        "gates": [asdict(g) for g in gates],
+        "adapter_dir": str(folder) if folder else None,
+        "production": str(current.version) if current is not None else None,
+        "lineage": [s.version for s in steps],
+    }
+
+
+@task(name="apply-promotion")
+def apply_promotion_task(
+    project: Project, version: str, approver: str, reason: str, adapter_dir: str
+) -> dict[str, Any]:
+    """Move the aliases, write the audit tags and export the release folder."""
+    import mlflow
+
+    from charloop.lineage import chain
+
+    client, name = _client(project), project.params.model_name
+    before = move_to_production(client, name, version, approver, reason)
+    candidate = client.get_model_version(name, version)
+    steps = chain(client, name, candidate)
+    grid = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=candidate.run_id,
+            artifact_path="evaluation/contact_sheet.png",
+            tracking_uri=project.tracking_uri,
+        )
+    )
+    root = project.resolve(project.params.promote.release_dir)
+    release = export_release(root, name, steps, Path(adapter_dir), grid)
+    point_production(root, name, version)
+    return {"production": version, "previous": before, "release": str(release)}
+
+
+def failed_gates(check: dict[str, Any]) -> list[Gate]:
+    """The gates of a check result that did not pass."""
+    return [Gate(**g) for g in check["gates"] if not g["passed"]]

@@ -1,0 +1,205 @@
+"""Lineage, checkout, promotion (gates, approval, refusal), rollback and generate."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from charloop.config import load_project
+from charloop.hashing import tree_digest
+from charloop.layout import IterationPaths
+from charloop.lineage import param_changes
+from charloop.params_promote import PromoteParams
+from charloop.promotion import PromotionRefused, metric_gates
+from charloop_cli.main import app
+from tests.conftest import tiny_params, write_params
+
+pytestmark = pytest.mark.e2e
+MODEL = "kira-lora"
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory, prefect_harness):
+    """A git project whose loop ran three iterations (three chained versions)."""
+    from flows.character_loop import character_loop
+
+    root = tmp_path_factory.mktemp("lineage")
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    data = tiny_params(loop={"max_iterations": 3, "convergence_epsilon": 0.0})
+    params = write_params(root, data)
+    subprocess.run(["git", "add", "params.yaml"], cwd=root, check=True)
+    subprocess.run(["git", "commit", "-qm", "params"], cwd=root, check=True)
+    rows = character_loop(params_file=str(params))
+    assert [r["version"] for r in rows] == ["1", "2", "3"]
+    return load_project(params)
+
+
+def _variant(studio, name: str, **promote: object) -> str:
+    """Another params file in the same project (same stores), with other promotion rules."""
+    data = yaml.safe_load(studio.params_file.read_text())
+    data["promote"] = promote
+    path = studio.root / name
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def _client(studio):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(studio.tracking_uri)
+
+
+def _alias(studio, alias: str) -> str | None:
+    try:
+        return str(_client(studio).get_model_version_by_alias(MODEL, alias).version)
+    except Exception:
+        return None
+
+
+def test_param_changes_and_metric_gates_are_explained():
+    assert param_changes({"a": "1", "b": "2"}, {"a": "1", "b": "3", "c": "4"}) == {
+        "b": ("2", "3"),
+        "c": (None, "4"),
+    }
+    rules = PromoteParams(min_metrics={"x": 0.5}, max_metrics={"y": 0.9}, max_regression={"x": 0.1})
+    gates = {g.name: g for g in metric_gates({"x": 0.3, "y": 0.95}, {"x": 0.45}, rules)}
+    assert not gates["min x"].passed and "short by 0.2000" in gates["min x"].detail
+    assert not gates["max y"].passed and "over by 0.0500" in gates["max y"].detail
+    assert not gates["no regression x"].passed and "down 0.1500" in gates["no regression x"].detail
+    assert all(g.passed for g in metric_gates({"x": 0.6, "y": 0.5}, {"x": 0.65}, rules))
+
+
+def test_lineage_walks_back_to_the_base_model(studio):
+    result = CliRunner().invoke(app, ["lineage", f"{MODEL}:3", "-p", str(studio.params_file)])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("│")]
+    assert [line.split("│")[1].strip() for line in lines] == ["3", "2", "1"]
+    assert "(root)" in lines[-1]
+    version = _client(studio).get_model_version(MODEL, "1")
+    assert version.tags["dataset_hash"] in lines[-1]
+    assert "base model:" in result.output
+    missing = CliRunner().invoke(app, ["lineage", f"{MODEL}:99", "-p", str(studio.params_file)])
+    assert missing.exit_code == 3 and "not found" in missing.output
+
+
+def test_refused_promotion_names_the_gate_and_changes_nothing(studio):
+    strict = _variant(studio, "strict.yaml", min_metrics={"identity_consistency": 2.0})
+    result = CliRunner().invoke(app, ["promote", MODEL, "2", "-p", strict])
+    assert result.exit_code == 3, result.output
+    assert "min identity_consistency" in result.output and "short by" in result.output
+    assert _alias(studio, "production") is None
+
+
+def test_promote_exports_a_release_then_rollback_restores_previous(studio):
+    params = str(studio.params_file)
+    runner = CliRunner()
+    first = runner.invoke(app, ["promote", MODEL, "2", "--approver", "ana", "-p", params])
+    assert first.exit_code == 0, first.output
+    assert _alias(studio, "production") == "2" and _alias(studio, "candidate") == "3"
+    tags = _client(studio).get_model_version(MODEL, "2").tags
+    assert tags["approved_by"] == "ana" and tags["approved_at"]
+    release = studio.root / "releases" / MODEL / "v2"
+    assert {p.name for p in release.iterdir()} == {
+        "pytorch_lora_weights.safetensors",
+        "lora_kohya.safetensors",
+        "MODEL_CARD.md",
+        "sample_grid.png",
+    }
+    card = (release / "MODEL_CARD.md").read_text()
+    assert "zxq kira" in card and tags["dataset_hash"] in card and "| 1 | 1 |" in card
+    # A version that must beat production by 1.0 is refused, with the numbers.
+    picky = _variant(studio, "picky.yaml", max_regression={"identity_consistency": -1.0})
+    refused = runner.invoke(app, ["promote", MODEL, "3", "-p", picky])
+    assert refused.exit_code == 3 and "vs production" in refused.output
+    second = runner.invoke(app, ["promote", MODEL, "1", "--approver", "bo", "-p", params])
+    assert second.exit_code == 0, second.output
+    assert (_alias(studio, "production"), _alias(studio, "previous")) == ("1", "2")
+    back = runner.invoke(
+        app, ["rollback", MODEL, "--approver", "ana", "--reason", "x", "-p", params]
+    )
+    assert back.exit_code == 0, back.output
+    assert (_alias(studio, "production"), _alias(studio, "previous")) == ("2", "1")
+    assert (studio.root / "releases" / MODEL / "PRODUCTION").read_text().strip() == "v2"
+
+
+def _answer_when_paused(run_input: dict[str, object]) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.flow_runs import resume_flow_run
+
+    with get_client(sync_client=True) as client:
+        for _ in range(240):
+            paused = [r for r in client.read_flow_runs() if r.state and r.state.is_paused()]
+            if paused:
+                resume_flow_run(paused[0].id, run_input=run_input)
+                return
+            time.sleep(0.25)
+
+
+def test_promotion_waits_for_approval(studio):
+    from flows.promote import promote
+
+    gated = _variant(studio, "gated.yaml", require_approval=True, approval_poll_s=1)
+    no = {"approver": "lead", "approve": False, "comment": "hands are off-model"}
+    thread = threading.Thread(target=_answer_when_paused, args=(no,))
+    thread.start()
+    with pytest.raises(PromotionRefused, match="declined by lead: hands are off-model"):
+        promote(gated, "3")
+    thread.join(5)
+    assert _alias(studio, "production") != "3"
+    yes = {"approver": "lead", "approve": True, "comment": "approved for the trailer"}
+    thread = threading.Thread(target=_answer_when_paused, args=(yes,))
+    thread.start()
+    result = promote(gated, "3")
+    thread.join(5)
+    assert result["production"] == "3" and _alias(studio, "production") == "3"
+    tags = _client(studio).get_model_version(MODEL, "3").tags
+    assert (tags["approved_by"], tags["promotion_reason"]) == ("lead", "approved for the trailer")
+
+
+def test_generate_verifies_the_adapter_hash(studio, tmp_path):
+    params = str(studio.params_file)
+    out = tmp_path / "kira.png"
+    args = ["generate", "zxq kira, flat colors, in a forest", "--model", f"{MODEL}:2"]
+    result = CliRunner().invoke(app, [*args, "--out", str(out), "-p", params])
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as image:
+        assert image.size == (64, 64)
+    source = Path(_client(studio).get_model_version(MODEL, "2").source.removeprefix("file://"))
+    weights = source / "pytorch_lora_weights.safetensors"
+    original = weights.read_bytes()
+    try:
+        weights.write_bytes(original[:-8] + b"tampered")
+        tampered = CliRunner().invoke(app, [*args, "--out", str(out), "-p", params])
+        assert tampered.exit_code == 3 and "does not match" in tampered.output
+        refused = CliRunner().invoke(app, ["promote", MODEL, "2", "-p", params])
+        assert refused.exit_code == 3 and "adapter hash" in refused.output
+    finally:
+        weights.write_bytes(original)
+
+
+def test_checkout_restores_exact_bytes_after_the_workspace_moved_on(studio):
+    """Iteration 1's dataset and adapter come back from the DVC remote, byte for byte."""
+    paths = IterationPaths.of(studio.workdir, 1)
+    expected = {
+        "dataset": tree_digest(paths.dataset),
+        "adapter": tree_digest(paths.adapter),
+    }
+    shutil.rmtree(paths.root)  # the workspace moved on: iteration 1's folders are gone
+    cache = studio.root / ".dvc" / "cache"
+    shutil.rmtree(cache)  # and so is the local cache: only the remote still has the data
+    out = studio.root / "restored"
+    result = CliRunner().invoke(
+        app, ["checkout", f"{MODEL}:1", "--out", str(out), "-p", str(studio.params_file)]
+    )
+    assert result.exit_code == 0, result.output
+    assert tree_digest(out / "dataset") == expected["dataset"]
+    assert tree_digest(out / "adapter") == expected["adapter"]
+    assert "verified" in result.output
