@@ -53,9 +53,20 @@ class Project:
         return str(local) if local.exists() or _looks_local(path) else path
 
     @property
-    def workdir(self) -> Path:
-        """Folder that holds every iteration's data for this character."""
+    def character_dir(self) -> Path:
+        """Folder of every lineage branch of this character (and its loop lock)."""
         return self.resolve(self.params.loop.workdir) / self.params.character.name
+
+    @property
+    def branch(self) -> str:
+        """Lineage branch: changing any result-affecting param starts a new one, so data
+        made with different params is never mixed in one iteration folder."""
+        return f"params-{params_hash(self.params)[:8]}"
+
+    @property
+    def workdir(self) -> Path:
+        """Folder that holds this lineage branch's iterations."""
+        return self.character_dir / self.branch
 
     @property
     def tracking_uri(self) -> str:

@@ -14,6 +14,7 @@ from PIL import Image
 from charloop import atomic
 from charloop.config import Project
 from charloop.control import control_maps, controlnet_pipeline
+from charloop.faults import failpoint
 from charloop.hashing import sha256_bytes, tree_digest
 from charloop.identity_conditioning import ip_adapter_applied
 from charloop.params import GenerateParams
@@ -103,6 +104,7 @@ def render(
             **extra,
         )
         images.extend(result.images)
+        failpoint("generate:after-first-batch")
     return images
 
 

@@ -166,7 +166,10 @@ class LoopParams(StrictModel):
     convergence_epsilon: float = Field(default=0.005, ge=0)
     """Converged when identity consistency changes by less than this between iterations."""
     workdir: str = "runs"
-    """Folder for iteration data, relative to the params file."""
+    """Folder for iteration data, relative to the params file. Each set of result-affecting
+    params gets its own lineage branch folder under ``<workdir>/<character>/``."""
+    lock_timeout_s: float = Field(default=0.0, ge=0)
+    """How long a second loop on the same character waits for the first (0: refuse at once)."""
 
 
 class RegistryParams(StrictModel):

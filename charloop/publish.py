@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
-from charloop import registry, reports, versioning
+from charloop import atomic, registry, reports, versioning
 from charloop.config import Project, params_hash
 from charloop.encode_cache import component_identity
+from charloop.faults import failpoint
 from charloop.layout import IterationPaths
+from charloop.locking import store_lock
 from charloop.stage import StageOutput
 
 logger = logging.getLogger(__name__)
@@ -17,13 +20,41 @@ HISTORY_PLOT = "metrics_history.png"
 
 
 def prepare_stores(project: Project) -> None:
-    """Create the DVC repo and the MLflow database once, before the loop starts."""
+    """Check the inputs and outputs, then create the DVC repo and the MLflow database once,
+    before the loop starts (concurrent first-time migrations race).
+
+    Raises:
+        FileNotFoundError: the base model is a local path that does not exist.
+        PermissionError: the work folder cannot be written.
+    """
+    preflight(project)
     if project.params.dvc.enabled:
         versioning.ensure_repo(project.root, project.params.dvc.remote)
     registry.init_store(project.tracking_uri)
 
 
-def publish_iteration(
+def preflight(project: Project) -> None:
+    """Fail before any work on a missing local base model or an unwritable work folder."""
+    spec = project.params.base_model
+    ref = project.model_ref(spec.path)
+    # model_ref makes local paths absolute and leaves hub ids ('org/name') as they are.
+    if Path(ref).is_absolute() and not (Path(ref) / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"base_model.path {spec.path!r} resolves to {ref}, which holds no diffusers "
+            "pipeline (model_index.json); fix the path or use a hub id"
+        )
+    try:
+        project.character_dir.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(project.character_dir / ".write-test", "ok")
+        (project.character_dir / ".write-test").unlink()
+    except OSError as exc:
+        raise PermissionError(
+            f"loop.workdir: cannot write to {project.character_dir} ({exc}); "
+            "choose a writable folder"
+        ) from None
+
+
+def _publish(
     project: Project,
     iteration: int,
     outputs: dict[str, StageOutput],
@@ -54,6 +85,7 @@ def publish_iteration(
         if params.dvc.remote:
             pushed = versioning.push(paths.versioned)
             logger.info("dvc: pushed %d file(s) of iteration %d", pushed, iteration)
+    failpoint("publish:after-dvc")
     dataset_md5 = dvc_hashes.get(str(paths.dataset), outputs["caption"].digest)
     adapter, evaluation = outputs["train"], outputs["evaluate"]
     images = {}
@@ -99,3 +131,17 @@ def publish_iteration(
     )
     result = registry.register_iteration(project.tracking_uri, record)
     return {**result, "dataset_hash": dataset_md5}
+
+
+def publish_iteration(
+    project: Project,
+    iteration: int,
+    outputs: dict[str, StageOutput],
+    parent_version: str | None,
+    extra_summary: dict[str, Any] | None = None,
+    history: list[dict[str, float]] | None = None,
+) -> dict[str, str]:
+    """:func:`_publish` under the project's store lock, so loops sharing a DVC repo and an
+    MLflow database never write to them at the same time."""
+    with store_lock(project.root):
+        return _publish(project, iteration, outputs, parent_version, extra_summary, history)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from charloop.faults import failpoint
 from charloop.hashing import sha256_json
 
 logger = logging.getLogger(__name__)
@@ -94,11 +95,8 @@ def register_iteration(tracking_uri: str, record: IterationRecord) -> dict[str, 
         ``{"run_id", "version", "lineage_key"}`` of the (possibly pre-existing) version.
     """
     import mlflow
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
-    from PIL import Image
 
     client = MlflowClient(tracking_uri)
     key = record.lineage_key
@@ -113,6 +111,42 @@ def register_iteration(tracking_uri: str, record: IterationRecord) -> dict[str, 
         if experiment
         else client.create_experiment(record.experiment, artifact_location=record.artifact_location)
     )
+    # A run logged by an attempt that died before creating its version is reused, not
+    # duplicated: the lineage key identifies it.
+    logged = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.lineage_key = '{key}' and attributes.status = 'FINISHED'",
+    )
+    if logged:
+        run_id, artifact_uri = logged[0].info.run_id, logged[0].info.artifact_uri
+        logger.info("registry: reusing run %s logged by an interrupted attempt", run_id)
+    else:
+        run_id, artifact_uri = _log_run(experiment_id, record, key)
+    failpoint("register:after-run")
+    try:
+        client.create_registered_model(
+            record.model_name, description="charloop LoRA iterations for one character"
+        )
+    except MlflowException as exc:
+        if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+            raise
+    tags = {**record.tags, "lineage_key": key, "iteration": str(record.iteration)}
+    tags["parent_version"] = record.parent_version or "none"
+    version = client.create_model_version(
+        record.model_name, source=f"{artifact_uri}/adapter", run_id=run_id, tags=tags
+    )
+    client.set_registered_model_alias(record.model_name, CANDIDATE_ALIAS, version.version)
+    logger.info("registry: registered %s v%s", record.model_name, version.version)
+    return {"run_id": run_id, "version": str(version.version), "lineage_key": key}
+
+
+def _log_run(experiment_id: str, record: IterationRecord, key: str) -> tuple[str, str]:
+    """Log the iteration's params, metrics, dataset input, adapter and images as one run."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from PIL import Image
+
     run_name = f"{record.model_name}-iter-{record.iteration:03d}"
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         mlflow.set_tags({**record.tags, "lineage_key": key, "iteration": str(record.iteration)})
@@ -133,24 +167,7 @@ def register_iteration(tracking_uri: str, record: IterationRecord) -> dict[str, 
                 mlflow.log_image(image.copy(), key=image_key, step=record.iteration)
         if record.summary:
             mlflow.log_dict(record.summary, "summary.json")
-        run_id = run.info.run_id
-        artifact_uri = run.info.artifact_uri
-
-    try:
-        client.create_registered_model(
-            record.model_name, description="charloop LoRA iterations for one character"
-        )
-    except MlflowException as exc:
-        if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
-            raise
-    tags = {**record.tags, "lineage_key": key, "iteration": str(record.iteration)}
-    tags["parent_version"] = record.parent_version or "none"
-    version = client.create_model_version(
-        record.model_name, source=f"{artifact_uri}/adapter", run_id=run_id, tags=tags
-    )
-    client.set_registered_model_alias(record.model_name, CANDIDATE_ALIAS, version.version)
-    logger.info("registry: registered %s v%s", record.model_name, version.version)
-    return {"run_id": run_id, "version": str(version.version), "lineage_key": key}
+        return str(run.info.run_id), str(run.info.artifact_uri)
 
 
 def log_experiment_run(

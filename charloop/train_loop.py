@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from charloop.faults import failpoint
 from charloop.params_train import TrainParams
 from charloop.progress import progress_bar
 from charloop.train_checkpoint import Checkpointer
@@ -249,6 +250,7 @@ def train_lora(
             checkpoints.save(
                 done, accelerator, models, optimizer, scheduler, generator, order, asdict(log)
             )
+            failpoint("train:after-checkpoint")
         if stop_after is not None and done >= stop_after:
             raise TrainingInterrupted(f"stopped after step {done}")
     return log

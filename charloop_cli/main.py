@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from charloop_cli.common import ParamsOption, load_or_exit, setup_logging
+from charloop_cli.common import ParamsOption, console, load_or_exit, setup_logging
 from charloop_cli.registry_cmds import register
 from charloop_cli.review import review_app
 
@@ -40,9 +40,19 @@ def run(
     project = load_or_exit(params)
     setup_logging(verbose)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from charloop.filter import NotEnoughImages
+    from charloop.locking import LoopLocked
+    from charloop.review import ReviewTimedOut
+    from charloop.train import TrainingDiverged
     from flows.character_loop import character_loop
 
-    rows = character_loop(params_file=str(project.params_file))
+    stopping = (LoopLocked, NotEnoughImages, TrainingDiverged, ReviewTimedOut, PermissionError,
+                FileNotFoundError)  # fmt: skip
+    try:
+        rows = character_loop(params_file=str(project.params_file))
+    except stopping as exc:
+        console.print(f"[red]charloop run stopped[/red]: {type(exc).__name__}: {exc}")
+        raise typer.Exit(1) from None
     Console(width=None if sys.stdout.isatty() else 160).print(summary_table(rows))
 
 

@@ -6,10 +6,13 @@ from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_table_artifact
+from prefect.logging import get_run_logger
 
-from charloop.config import load_project, params_hash
+from charloop.config import Project, load_project, params_hash
 from charloop.convergence import compare, decide
 from charloop.generate import AdapterRef
+from charloop.locking import character_lock
+from charloop.publish import preflight
 from flows.review_gate import review_gate
 from tasks.stages import (
     caption_task,
@@ -34,7 +37,23 @@ def character_loop(params_file: str = "params.yaml") -> list[dict[str, Any]]:
     """
     project = load_project(params_file)
     params = project.params
-    prepare_stores_task(project)
+    preflight(project)  # a missing base model or unwritable workdir fails before any work
+    # One loop per character at a time; a second one waits (loop.lock_timeout_s) or refuses.
+    with character_lock(project.character_dir, params.loop.lock_timeout_s, params.character.name):
+        get_run_logger().info("lineage branch %s (%s)", project.branch, project.workdir)
+        prepare_stores_task(project)
+        rows = _iterations(project)
+    create_table_artifact(
+        key=f"{params.character.name}-loop-summary".replace("_", "-"),
+        table=rows,
+        description="charloop iterations",
+    )
+    return rows
+
+
+def _iterations(project: Project) -> list[dict[str, Any]]:
+    """Generate -> ... -> publish until convergence or the iteration budget."""
+    params = project.params
     adapter: AdapterRef | None = None
     parent_version: str | None = None
     history: list[dict[str, float]] = []
@@ -96,9 +115,4 @@ def character_loop(params_file: str = "params.yaml") -> list[dict[str, Any]]:
             break
         adapter = AdapterRef(trained.path, str(trained.summary["weights_sha256"]))
         parent_version = published["version"]
-    create_table_artifact(
-        key=f"{params.character.name}-loop-summary".replace("_", "-"),
-        table=rows,
-        description="charloop iterations",
-    )
     return rows

@@ -58,7 +58,14 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
 
     try:
         state.result()
-    except (NotEnoughImages, TrainingDiverged, ReviewTimedOut, ValueError, FileNotFoundError):
+    except (
+        NotEnoughImages,
+        TrainingDiverged,
+        ReviewTimedOut,
+        ValueError,
+        FileNotFoundError,
+        PermissionError,
+    ):
         return False
     except Exception:
         return True

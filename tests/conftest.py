@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,3 +90,13 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the reliability suite's counts when it ran."""
+    module = sys.modules.get("tests.test_reliability")
+    summary = getattr(module, "SUMMARY", None)
+    if summary and summary["faults injected"]:
+        terminalreporter.write_sep("=", "reliability summary")
+        for name, count in summary.items():
+            terminalreporter.write_line(f"{name}: {count}")
