@@ -8,8 +8,10 @@ session (see ``pytest_terminal_summary`` in conftest).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -28,17 +30,30 @@ SUMMARY: dict[str, int] = {"faults injected": 0, "runs recovered": 0, "data lost
 
 
 def _run(params: Path, crash_at: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``charloop run`` in its own session; when it dies, its whole process group goes too
+    (as when a container or systemd unit dies), including Prefect's ephemeral API server."""
     env = {k: v for k, v in os.environ.items() if k != ENV}
+    env["PREFECT_HOME"] = str(params.parent / ".prefect-home")
     if crash_at:
         env[ENV] = crash_at
     charloop = str(Path(sys.executable).parent / "charloop")
-    return subprocess.run(
-        [charloop, "run", "-p", str(params)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    # Files, not pipes: a killed run's orphaned server would hold a pipe open forever.
+    logs = [params.parent / f"run-{n}.{crash_at or 'clean'}.log" for n in ("out", "err")]
+    with logs[0].open("w") as out, logs[1].open("w") as err:
+        process = subprocess.Popen(
+            [charloop, "run", "-p", str(params)],
+            stdout=out,
+            stderr=err,
+            env=env,
+            start_new_session=True,
+        )
+        try:
+            process.wait(timeout=300)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+    stdout, stderr = (log.read_text() for log in logs)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def _markers(paths: IterationPaths) -> dict[str, float]:
