@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from charloop_cli.common import ParamsOption, console, load_or_exit, setup_logging
+from charloop_cli.deploy_cmds import deploy, ingest
 from charloop_cli.registry_cmds import register
 from charloop_cli.review import review_app
 
@@ -20,6 +21,8 @@ stage_app = typer.Typer(help="Run one stage on explicit folders (what dvc.yaml c
 app.add_typer(stage_app, name="stage")
 app.add_typer(review_app, name="review")
 register(app)
+app.command()(deploy)
+app.command()(ingest)
 
 
 @app.command()

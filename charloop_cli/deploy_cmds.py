@@ -1,0 +1,63 @@
+"""``charloop deploy`` and ``charloop ingest``: scheduled and event-driven retraining."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from charloop_cli.common import EXIT_INVALID, ParamsOption, console, load_or_exit, setup_logging
+
+
+def deploy(params: ParamsOption = Path("params.yaml")) -> None:
+    """Create the Prefect deployments (loop on cron and ingest events; promotion)."""
+    project = load_or_exit(params)
+    if not os.environ.get("PREFECT_API_URL"):
+        console.print(
+            "[red]charloop deploy needs a Prefect server[/red]: start one (`prefect server "
+            "start`) and set PREFECT_API_URL, e.g. http://127.0.0.1:4200/api"
+        )
+        raise typer.Exit(EXIT_INVALID)
+    setup_logging(False)
+    from flows.deployments import deploy as create
+
+    for name, deployment_id in create(project).items():
+        typer.echo(f"deployment {name}: {deployment_id}")
+    pool = project.params.schedule.work_pool
+    typer.echo(f"start a worker: prefect worker start --pool {pool}")
+
+
+def ingest(
+    folder: Annotated[Path, typer.Argument(help="Folder of new reference images.")],
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Copy new reference images in, version them with DVC, and emit the retrain event."""
+    from charloop import versioning
+    from charloop.ingest import ingest_references
+
+    project = load_or_exit(params)
+    setup_logging(False)
+    if not project.params.character.references:
+        console.print("[red]character.references is not set[/red]: name a folder for them")
+        raise typer.Exit(EXIT_INVALID)
+    references = project.resolve(project.params.character.references)
+    report = ingest_references(folder, references)
+    for name, reason in report.skipped.items():
+        typer.echo(f"skipped {name}: {reason}")
+    md5 = None
+    if project.params.dvc.enabled and report.added:
+        versioning.ensure_repo(project.root, project.params.dvc.remote)
+        md5 = versioning.track([references])[str(references)]
+        if project.params.dvc.remote:
+            versioning.push([references])
+    typer.echo(f"ingested {len(report.added)} image(s) into {references} (dvc {md5})")
+    if report.added and project.params.schedule.retrain_on_ingest:
+        if os.environ.get("PREFECT_API_URL"):
+            from flows.deployments import emit_ingested
+
+            emit_ingested(project.params.character.name, report.added, md5)
+            typer.echo("emitted charloop.references.ingested: the loop deployment will run")
+        else:
+            typer.echo("no PREFECT_API_URL: no event emitted (run `charloop run` yourself)")
