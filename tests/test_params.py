@@ -129,3 +129,16 @@ def test_shipped_dvc_yaml_calls_existing_cli_stages():
         assert runner.invoke(app, ["stage", command, "--help"]).exit_code == 0
         for dep in stage["deps"]:
             assert (REPO / dep).exists() or dep.startswith("data/"), dep
+
+
+def test_prefect_yaml_deployments_point_at_real_flows():
+    import importlib
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    names = {d["name"] for d in spec["deployments"]}
+    assert {"kira-loop", "kira-promote", "kira-loop-docker", "kira-loop-k8s"} <= names
+    for deployment in spec["deployments"]:
+        path, function = deployment["entrypoint"].split(":")
+        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        assert callable(getattr(module, function)), deployment["entrypoint"]
+        assert deployment["parameters"]["params_file"] == "params.yaml"
