@@ -152,6 +152,7 @@ def _log_run(experiment_id: str, record: IterationRecord, key: str) -> tuple[str
         mlflow.set_tags({**record.tags, "lineage_key": key, "iteration": str(record.iteration)})
         mlflow.log_params(flatten(record.params))
         mlflow.log_metrics(record.metrics, step=record.iteration)
+        _log_training_curves(Path(record.adapter_dir) / "train_log.json")
         source = resolve_dataset_source(str(Path(record.dataset_path).resolve()))
         dataset = MetaDataset(  # type: ignore[abstract]  # concrete at runtime
             source, name="captioned-dataset", digest=record.dataset_dvc_md5[:36]
@@ -168,6 +169,31 @@ def _log_run(experiment_id: str, record: IterationRecord, key: str) -> tuple[str
         if record.summary:
             mlflow.log_dict(record.summary, "summary.json")
         return str(run.info.run_id), str(run.info.artifact_uri)
+
+
+def _log_training_curves(train_log: Path) -> None:
+    """Per-step training loss, learning rate and validation loss (step = optimizer step)."""
+    import json
+
+    import mlflow
+    from mlflow.entities import Metric
+
+    if not train_log.is_file():
+        return
+    log = json.loads(train_log.read_text())
+    stamp = 0  # fixed timestamps keep re-logged curves identical
+    metrics = [Metric("train/loss", v, stamp, i + 1) for i, v in enumerate(log.get("loss", []))]
+    metrics += [
+        Metric("train/learning_rate", v, stamp, i + 1)
+        for i, v in enumerate(log.get("learning_rate", []))
+    ]
+    metrics += [
+        Metric("train/validation_loss", row["loss"], stamp, row["step"])
+        for row in log.get("validation_loss", [])
+    ]
+    run = mlflow.active_run()
+    if run is not None and metrics:
+        mlflow.tracking.MlflowClient().log_batch(run.info.run_id, metrics=metrics)
 
 
 def log_experiment_run(

@@ -122,6 +122,10 @@ def test_evaluation_reports_reach_mlflow_and_prefect(loop_result, git_project, t
         assert metrics["trigger_effect"] == pytest.approx(
             row["identity_consistency"] - row["base_identity_consistency"]
         )
+        losses = client.get_metric_history(version.run_id, "train/loss")
+        assert [m.step for m in losses] == list(range(1, 7))  # one point per optimizer step
+        validation = client.get_metric_history(version.run_id, "train/validation_loss")
+        assert sorted(m.step for m in validation)[0] == 0 and len(validation) >= 2
         images = [a.path for a in client.list_artifacts(version.run_id, "images")]
         step = version.tags["iteration"]
         for key in ("contact_sheet", "metrics_history"):
