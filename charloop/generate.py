@@ -115,24 +115,13 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def run_generate(
-    project: Project, iteration: int, adapter: AdapterRef | None, out_dir: str | Path
-) -> StageOutput:
-    """Generate one iteration's images with a ``manifest.jsonl`` row per image.
-
-    Args:
-        project: Validated params and root.
-        iteration: 1-based iteration number (part of every seed).
-        adapter: The previous iteration's LoRA, or None on iteration 1.
-        out_dir: Output folder, written atomically.
-    """
+def generate_fingerprint(project: Project, iteration: int, adapter: AdapterRef | None) -> str:
+    """Everything that determines an iteration's generated images."""
     params = project.params
-    base_ref = project.model_ref(params.base_model.path)
     cn = params.generate.controlnet
     ip = params.generate.ip_adapter
-    refs = params.character.references
-    refs_dir = project.resolve(refs) if ip and refs else None
-    fp = fingerprint(
+    refs_dir = _references_dir(project)
+    return fingerprint(
         "generate",
         # Control maps are a pure function of the folder, the params and the code: hash the
         # folder so a resumed run need not import controlnet-aux and run the detector.
@@ -142,16 +131,32 @@ def run_generate(
         references=tree_digest(refs_dir) if refs_dir and refs_dir.is_dir() else None,
         character=params.character.model_dump(),
         contexts=params.contexts.model_dump(),
-        base_model=params.base_model.model_dump() | {"ref": base_ref},
+        base_model=params.base_model.model_dump()
+        | {"ref": project.model_ref(params.base_model.path)},
         generate=params.generate.model_dump(),
         iteration=iteration,
         adapter=adapter.sha256 if adapter else None,
     )
-    out_dir = Path(out_dir)
-    if done := completed(out_dir, fp):
-        logger.info("generate: reusing %s", out_dir)
-        return done
-    jobs = plan_jobs(project, iteration)
+
+
+def _references_dir(project: Project) -> Path | None:
+    refs = project.params.character.references
+    return project.resolve(refs) if project.params.generate.ip_adapter and refs else None
+
+
+def render_jobs(
+    project: Project,
+    iteration: int,
+    adapter: AdapterRef | None,
+    jobs: list[ImageJob],
+    folder: Path,
+) -> list[dict[str, Any]]:
+    """Render ``jobs`` into ``folder`` as PNGs; returns their manifest rows (job order)."""
+    params = project.params
+    base_ref = project.model_ref(params.base_model.path)
+    cn = params.generate.controlnet
+    ip = params.generate.ip_adapter
+    refs_dir = _references_dir(project)
     pipe = load_pipeline(base_ref, params.base_model)
     maps = (
         control_maps(
@@ -172,32 +177,53 @@ def run_generate(
         ip_adapter_applied(pipe, ip, project.model_ref(ip.model) if ip else None, anchors) as cond,
     ):
         images = render(renderer, jobs, params.generate, controls, cond)
+    rows = []
+    for index, (job, image) in enumerate(zip(jobs, images, strict=True)):
+        data = png_bytes(image)
+        control = chosen[index] if chosen else None
+        (folder / f"{job.id}.png").write_bytes(data)
+        rows.append(
+            asdict(job)
+            | {
+                "file": f"{job.id}.png",
+                "sha256": sha256_bytes(data),
+                "iteration": iteration,
+                "base_model": base_ref,
+                "adapter": asdict(adapter) if adapter else None,
+                "lora_scale": params.generate.lora_scale if adapter else 0.0,
+                "steps": params.generate.num_inference_steps,
+                "guidance_scale": params.generate.guidance_scale,
+                "resolution": params.generate.resolution,
+                "control": {"source": control.source, "sha256": control.sha256}
+                if control
+                else None,
+                "ip_adapter": {"model": ip.model, "scale": ip.scale, "references": len(anchors)}
+                if ip
+                else None,
+            }
+        )
+    return rows
+
+
+def run_generate(
+    project: Project, iteration: int, adapter: AdapterRef | None, out_dir: str | Path
+) -> StageOutput:
+    """Generate one iteration's images with a ``manifest.jsonl`` row per image.
+
+    Args:
+        project: Validated params and root.
+        iteration: 1-based iteration number (part of every seed).
+        adapter: The previous iteration's LoRA, or None on iteration 1.
+        out_dir: Output folder, written atomically.
+    """
+    fp = generate_fingerprint(project, iteration, adapter)
+    out_dir = Path(out_dir)
+    if done := completed(out_dir, fp):
+        logger.info("generate: reusing %s", out_dir)
+        return done
+    jobs = plan_jobs(project, iteration)
     with atomic.staged_dir(out_dir) as staging:
-        rows = []
-        for index, (job, image) in enumerate(zip(jobs, images, strict=True)):
-            data = png_bytes(image)
-            control = chosen[index] if chosen else None
-            (staging / f"{job.id}.png").write_bytes(data)
-            rows.append(
-                asdict(job)
-                | {
-                    "file": f"{job.id}.png",
-                    "sha256": sha256_bytes(data),
-                    "iteration": iteration,
-                    "base_model": base_ref,
-                    "adapter": asdict(adapter) if adapter else None,
-                    "lora_scale": params.generate.lora_scale if adapter else 0.0,
-                    "steps": params.generate.num_inference_steps,
-                    "guidance_scale": params.generate.guidance_scale,
-                    "resolution": params.generate.resolution,
-                    "control": {"source": control.source, "sha256": control.sha256}
-                    if control
-                    else None,
-                    "ip_adapter": {"model": ip.model, "scale": ip.scale, "references": len(anchors)}
-                    if ip
-                    else None,
-                }
-            )
+        rows = render_jobs(project, iteration, adapter, jobs, staging)
         atomic.write_jsonl(staging / "manifest.jsonl", rows)
         output = seal("generate", staging, out_dir, fp, {"images": len(rows)})
     logger.info("generate: %d images in %s", len(rows), out_dir)

@@ -20,6 +20,7 @@ from charloop.params_filter import (
 )
 from charloop.params_generate import ControlNetParams, GenerateParams, IPAdapterParams
 from charloop.params_promote import PromoteParams
+from charloop.params_scale import ScaleParams
 from charloop.params_schedule import ScheduleParams
 from charloop.params_train import TrainParams
 from charloop.schema_base import AXES, StrictModel
@@ -212,6 +213,7 @@ class Params(StrictModel):
     dvc: DvcParams = DvcParams()
     promote: PromoteParams = PromoteParams()
     schedule: ScheduleParams = ScheduleParams()
+    scale: ScaleParams = ScaleParams()
 
     @model_validator(mode="after")
     def _template_placeholders_known(self) -> Params:

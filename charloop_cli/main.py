@@ -48,11 +48,13 @@ def run(
     from charloop.review import ReviewTimedOut
     from charloop.train import TrainingDiverged
     from flows.character_loop import character_loop
+    from flows.runners import task_runner_for
 
     stopping = (LoopLocked, NotEnoughImages, TrainingDiverged, ReviewTimedOut, PermissionError,
                 FileNotFoundError)  # fmt: skip
     try:
-        rows = character_loop(params_file=str(project.params_file))
+        loop = character_loop.with_options(task_runner=task_runner_for(project.params.scale))
+        rows = loop(params_file=str(project.params_file))
     except stopping as exc:
         console.print(f"[red]charloop run stopped[/red]: {type(exc).__name__}: {exc}")
         raise typer.Exit(1) from None

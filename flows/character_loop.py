@@ -11,13 +11,18 @@ from prefect.logging import get_run_logger
 from charloop.config import Project, load_project, params_hash
 from charloop.convergence import compare, decide
 from charloop.generate import AdapterRef
+from charloop.generate_shards import generated_done
+from charloop.layout import IterationPaths
 from charloop.locking import character_lock
 from charloop.publish import preflight
+from charloop.stage import StageOutput
 from flows.review_gate import review_gate
 from tasks.stages import (
+    assemble_generated_task,
     caption_task,
     evaluate_task,
     filter_task,
+    generate_shard_task,
     generate_task,
     prepare_stores_task,
     publish_task,
@@ -51,6 +56,19 @@ def character_loop(params_file: str = "params.yaml") -> list[dict[str, Any]]:
     return rows
 
 
+def _generate(project: Project, iteration: int, adapter: AdapterRef | None) -> StageOutput:
+    """One generate task, or ``scale.shards`` shard tasks fanned out on the task runner."""
+    shards = project.params.scale.shards
+    out = IterationPaths.of(project.workdir, iteration).generated
+    if shards <= 1 or generated_done(project, iteration, adapter, out):
+        return generate_task(project, iteration, adapter)
+    futures = [
+        generate_shard_task.submit(project, iteration, adapter, shard, shards)
+        for shard in range(shards)
+    ]
+    return assemble_generated_task(project, iteration, adapter, [f.result() for f in futures])
+
+
 def _iterations(project: Project) -> list[dict[str, Any]]:
     """Generate -> ... -> publish until convergence or the iteration budget."""
     params = project.params
@@ -61,7 +79,7 @@ def _iterations(project: Project) -> list[dict[str, Any]]:
     for iteration in range(1, params.loop.max_iterations + 1):
         # Data: render with the previous LoRA, keep what the discriminators (and, when
         # enabled, a person) pass, caption it.
-        generated = generate_task(project, iteration, adapter)
+        generated = _generate(project, iteration, adapter)
         filtered = filter_task(project, iteration, generated)
         reviewed = review_gate(project, iteration, generated, filtered)
         dataset = caption_task(project, iteration, generated, reviewed)

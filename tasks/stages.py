@@ -19,6 +19,7 @@ from charloop.convergence import compare
 from charloop.evaluate import run_evaluate
 from charloop.filter import run_filter
 from charloop.generate import AdapterRef, run_generate
+from charloop.generate_shards import assemble_generated, run_generate_shard, shard_dir
 from charloop.layout import IterationPaths
 from charloop.publish import HISTORY_PLOT, prepare_stores, publish_iteration
 from charloop.reports import history_markdown, metrics_markdown, per_context_rows
@@ -58,6 +59,28 @@ def generate_task(project: Project, iteration: int, adapter: AdapterRef | None) 
     return run_generate(
         project, iteration, adapter, IterationPaths.of(project.workdir, iteration).generated
     )
+
+
+@task(
+    name="generate-shard",
+    cache_key_fn=output_cache_key(lambda p: shard_dir(_paths(p).generated, p["shard"])),
+    **_CACHED,
+)
+def generate_shard_task(
+    project: Project, iteration: int, adapter: AdapterRef | None, shard: int, shards: int
+) -> StageOutput:
+    """Render one shard of the iteration's images (fans out on Dask/Ray task runners)."""
+    out = IterationPaths.of(project.workdir, iteration).generated
+    return run_generate_shard(project, iteration, adapter, out, shard, shards)
+
+
+@task(name="assemble-generated", retries=1, retry_condition_fn=retry_transient)
+def assemble_generated_task(
+    project: Project, iteration: int, adapter: AdapterRef | None, parts: list[StageOutput]
+) -> StageOutput:
+    """Merge the shards into the generate stage folder."""
+    out = IterationPaths.of(project.workdir, iteration).generated
+    return assemble_generated(project, iteration, adapter, parts, out)
 
 
 @task(name="filter", cache_key_fn=output_cache_key(lambda p: _paths(p).filtered), **_CACHED)
