@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,11 @@ class Project:
     @property
     def tracking_uri(self) -> str:
         """MLflow tracking URI with a relative sqlite path made absolute."""
-        uri = self.params.registry.tracking_uri
+        uri = (
+            self.params.registry.tracking_uri
+            or os.environ.get("MLFLOW_TRACKING_URI")
+            or "sqlite:///.charloop/mlflow.db"
+        )
         prefix = "sqlite:///"
         if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
             return prefix + str(self.resolve(uri[len(prefix) :]))

@@ -177,8 +177,10 @@ class LoopParams(StrictModel):
 class RegistryParams(StrictModel):
     """MLflow tracking and model registry."""
 
-    tracking_uri: str = "sqlite:///.charloop/mlflow.db"
-    """MLflow tracking URI; relative sqlite paths are resolved against the params file."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI (http://mlflow:5000 for a shared server); null: the
+    MLFLOW_TRACKING_URI environment variable, else 'sqlite:///.charloop/mlflow.db'.
+    Relative sqlite paths are resolved against the params file."""
     artifact_location: str = ".charloop/mlartifacts"
     """Artifact store for new experiments (a folder, s3://..., or mlflow-artifacts:/...)."""
     experiment: str | None = None
