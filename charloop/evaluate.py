@@ -9,7 +9,10 @@ diversity across seeds flag memorisation; the metrics themselves are in ``eval_m
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
+
+from PIL import Image
 
 from charloop import atomic
 from charloop.config import Project
@@ -57,25 +60,56 @@ def seen_in_training(params: Params, context: dict[str, str]) -> bool:
     return all(value in axes[axis] for axis, value in context.items())
 
 
-def run_evaluate(
-    project: Project, adapter: StageOutput, dataset: StageOutput, out_dir: str | Path
-) -> StageOutput:
-    """Render held-out contexts with and without the LoRA; write metrics and a contact sheet."""
+def evaluate_fingerprint(project: Project, adapter: StageOutput, dataset: StageOutput) -> str:
+    """Everything that determines an evaluation."""
     params = project.params
-    base_ref = project.model_ref(params.base_model.path)
-    embedder_ref = project.model_ref(params.evaluate.embedder.path)
-    refs_dir = project.resolve(params.character.references) if params.character.references else None
-    fp = fingerprint(
+    refs_dir = _references_dir(project)
+    return fingerprint(
         "evaluate",
         evaluate=params.evaluate.model_dump(),
         generate=params.generate.model_dump(),
         character=params.character.model_dump(),
-        base=base_ref,
-        embedder=embedder_ref,
+        base=project.model_ref(params.base_model.path),
+        embedder=project.model_ref(params.evaluate.embedder.path),
         adapter=adapter.digest,
         dataset=dataset.digest,
         references=tree_digest(refs_dir) if refs_dir and refs_dir.is_dir() else None,
     )
+
+
+def _references_dir(project: Project) -> Path | None:
+    refs = project.params.character.references
+    return project.resolve(refs) if refs else None
+
+
+def render_pairs(
+    project: Project, adapter: StageOutput, jobs: list[ImageJob]
+) -> tuple[list[Image.Image], list[Image.Image]]:
+    """Each job rendered with the LoRA and without it (same seed)."""
+    params = project.params
+    pipe = load_pipeline(project.model_ref(params.base_model.path), params.base_model)
+    with lora_applied(pipe, adapter.path):
+        lora_images = render(pipe, jobs, params.generate)
+    return lora_images, render(pipe, jobs, params.generate)
+
+
+def run_evaluate(
+    project: Project,
+    adapter: StageOutput,
+    dataset: StageOutput,
+    out_dir: str | Path,
+    rendered: list[StageOutput] | None = None,
+) -> StageOutput:
+    """Render held-out contexts with and without the LoRA; write metrics and a contact sheet.
+
+    Args:
+        rendered: Evaluation shards already rendered (see ``charloop.evaluate_shards``);
+            None renders every job here.
+    """
+    params = project.params
+    embedder_ref = project.model_ref(params.evaluate.embedder.path)
+    refs_dir = _references_dir(project)
+    fp = evaluate_fingerprint(project, adapter, dataset)
     out_dir = Path(out_dir)
     if done := completed(out_dir, fp):
         logger.info("evaluate: reusing %s", out_dir)
@@ -85,10 +119,10 @@ def run_evaluate(
     for cid, context in contexts.items():
         if seen_in_training(params, context):
             logger.warning("evaluate: context %s %s is in the training matrix", cid, context)
-    pipe = load_pipeline(base_ref, params.base_model)
-    with lora_applied(pipe, adapter.path):
-        lora_images = render(pipe, jobs, params.generate)
-    base_images = render(pipe, jobs, params.generate)
+    if rendered is None:
+        lora_images, base_images = render_pairs(project, adapter, jobs)
+    else:
+        lora_images, base_images = _load_shards(rendered, jobs)
     embedder = load_embedder(params.evaluate.embedder, embedder_ref)
     fidelity_prompts = [
         render_prompt(params.generate.prompt_template, params.character, job.context, trigger=False)
@@ -136,5 +170,20 @@ def run_evaluate(
         atomic.write_json(staging / "metrics.json", metrics)
         summary = headline(metrics)
         output = seal("evaluate", staging, out_dir, fp, summary)
+    for part in rendered or []:  # scratch, now inside the sealed folder's images/
+        shutil.rmtree(part.path, ignore_errors=True)
     logger.info("evaluate: %s", {k: round(v, 4) for k, v in summary.items()})
     return output
+
+
+def _load_shards(
+    parts: list[StageOutput], jobs: list[ImageJob]
+) -> tuple[list[Image.Image], list[Image.Image]]:
+    """Rendered pairs from shard folders, in job order."""
+    folders = {job_id: Path(p.path) for p in parts for job_id in p.summary["jobs"]}
+    missing = [job.id for job in jobs if job.id not in folders]
+    if missing:
+        raise ValueError(f"evaluation shards miss {len(missing)} of {len(jobs)} jobs")
+    lora = [open_image(folders[job.id] / f"lora-{job.id}.png") for job in jobs]
+    base = [open_image(folders[job.id] / f"base-{job.id}.png") for job in jobs]
+    return lora, base

@@ -10,16 +10,18 @@ from prefect.logging import get_run_logger
 
 from charloop.config import Project, load_project, params_hash
 from charloop.convergence import compare, decide
+from charloop.evaluate import evaluate_fingerprint
 from charloop.generate import AdapterRef
 from charloop.generate_shards import generated_done
 from charloop.layout import IterationPaths
 from charloop.locking import character_lock
 from charloop.publish import preflight
-from charloop.stage import StageOutput
+from charloop.stage import StageOutput, completed
 from flows.review_gate import review_gate
 from tasks.stages import (
     assemble_generated_task,
     caption_task,
+    eval_shard_task,
     evaluate_task,
     filter_task,
     generate_shard_task,
@@ -69,6 +71,26 @@ def _generate(project: Project, iteration: int, adapter: AdapterRef | None) -> S
     return assemble_generated_task(project, iteration, adapter, [f.result() for f in futures])
 
 
+def _evaluate(
+    project: Project,
+    iteration: int,
+    trained: StageOutput,
+    dataset: StageOutput,
+    previous: dict[str, float] | None,
+) -> StageOutput:
+    """One evaluate task, its rendering fanned out over ``scale.shards`` tasks first."""
+    shards = project.params.scale.shards
+    out = IterationPaths.of(project.workdir, iteration).evaluation
+    if shards <= 1 or completed(out, evaluate_fingerprint(project, trained, dataset)):
+        return evaluate_task(project, iteration, trained, dataset, previous)
+    futures = [
+        eval_shard_task.submit(project, iteration, trained, shard, shards)
+        for shard in range(shards)
+    ]
+    parts = [f.result() for f in futures]
+    return evaluate_task(project, iteration, trained, dataset, previous, parts)
+
+
 def _iterations(project: Project) -> list[dict[str, Any]]:
     """Generate -> ... -> publish until convergence or the iteration budget."""
     params = project.params
@@ -96,7 +118,7 @@ def _iterations(project: Project) -> list[dict[str, Any]]:
         }
         trained = train_task(project, iteration, dataset, provenance)
         previous = history[-1] if history else None
-        evaluation = evaluate_task(project, iteration, trained, dataset, previous)
+        evaluation = _evaluate(project, iteration, trained, dataset, previous)
         history.append(evaluation.summary)
         deltas = compare(previous, evaluation.summary) if previous else {}
         verdict = decide(history, params.loop.convergence_epsilon, params.loop.max_iterations)

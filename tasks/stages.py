@@ -17,6 +17,7 @@ from charloop.caption import run_caption
 from charloop.config import Project
 from charloop.convergence import compare
 from charloop.evaluate import run_evaluate
+from charloop.evaluate_shards import eval_shard_dir, run_eval_shard
 from charloop.filter import run_filter
 from charloop.generate import AdapterRef, run_generate
 from charloop.generate_shards import assemble_generated, run_generate_shard, shard_dir
@@ -81,6 +82,19 @@ def assemble_generated_task(
     """Merge the shards into the generate stage folder."""
     out = IterationPaths.of(project.workdir, iteration).generated
     return assemble_generated(project, iteration, adapter, parts, out)
+
+
+@task(
+    name="evaluate-shard",
+    cache_key_fn=output_cache_key(lambda p: eval_shard_dir(_paths(p).evaluation, p["shard"])),
+    **_CACHED,
+)
+def eval_shard_task(
+    project: Project, iteration: int, adapter: StageOutput, shard: int, shards: int
+) -> StageOutput:
+    """Render one shard of the held-out evaluation (fans out on Dask/Ray task runners)."""
+    out = IterationPaths.of(project.workdir, iteration).evaluation
+    return run_eval_shard(project, adapter, out, shard, shards)
 
 
 @task(name="filter", cache_key_fn=output_cache_key(lambda p: _paths(p).filtered), **_CACHED)
@@ -169,13 +183,14 @@ def evaluate_task(
     adapter: StageOutput,
     dataset: StageOutput,
     previous: dict[str, float] | None = None,
+    rendered: list[StageOutput] | None = None,
 ) -> StageOutput:
     """Score the adapter on held-out contexts; publish the metrics and their change since
     the ``previous`` iteration's (a markdown artifact) and the per-context scores (a table).
+    ``rendered``: evaluation shards already rendered by ``eval_shard_task``.
     """
-    output = run_evaluate(
-        project, adapter, dataset, IterationPaths.of(project.workdir, iteration).evaluation
-    )
+    out = IterationPaths.of(project.workdir, iteration).evaluation
+    output = run_evaluate(project, adapter, dataset, out, rendered)
     deltas = compare(previous, output.summary) if previous is not None else None
     create_markdown_artifact(
         key=_artifact_key(project, iteration, "metrics"),

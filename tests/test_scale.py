@@ -45,3 +45,19 @@ def test_dask_renders_shards_in_worker_processes(make_project, prefect_harness, 
         assert np.abs(a - b).max() <= 2  # same seeds; only batch composition differs
     again = _generate_only.with_options(task_runner=runner)(str(project.params_file))
     assert again.digest == output.digest  # a finished stage is not fanned out again
+
+
+def test_whole_loop_on_dask_shards_generation_and_evaluation(make_project, prefect_harness):
+    from flows.character_loop import character_loop
+
+    project = make_project(
+        loop={"max_iterations": 1},
+        scale={"task_runner": "dask", "workers": 2, "shards": 2},
+        dvc={"enabled": False},
+    )
+    runner = task_runner_for(project.params.scale)
+    rows = character_loop.with_options(task_runner=runner)(str(project.params_file))
+    assert len(rows) == 1 and rows[0]["version"] == "1"
+    paths = IterationPaths.of(project.workdir, 1)
+    assert len(list((paths.evaluation / "images").glob("lora-*.png"))) == 2
+    assert not list((paths.root / ".shards").glob("*"))  # shard scratch merged and removed

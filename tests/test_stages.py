@@ -349,3 +349,22 @@ def test_control_preprocessors_without_weights_and_a_clear_error_with_missing_on
     pose = ControlNetParams(model="cn", images="poses", preprocessor="openpose")
     with pytest.raises(ValueError, match="annotators"):
         control_maps(poses, pose, 32, str(tmp_path / "no-annotators"))
+
+
+def test_sharded_evaluation_scores_like_one_pass(outputs, project, tmp_path):
+    from charloop.evaluate_shards import run_eval_shard
+
+    out = tmp_path / "06_evaluation"
+    parts = [run_eval_shard(project, outputs["train"], out, k, 2) for k in range(2)]
+    assert sorted(job for p in parts for job in p.summary["jobs"]) == sorted(
+        p.stem.removeprefix("lora-")
+        for p in (Path(outputs["evaluate"].path) / "images").glob("lora-*.png")
+    )
+    sharded = run_evaluate(project, outputs["train"], outputs["caption"], out, parts)
+    # Same seeds; shards batch the jobs differently, which moves pixels by float noise only.
+    assert sharded.summary == pytest.approx(outputs["evaluate"].summary, abs=1e-4)
+    for image in (Path(sharded.path) / "images").glob("*.png"):
+        a = np.asarray(Image.open(image), dtype=np.int16)
+        b = np.asarray(Image.open(Path(outputs["evaluate"].path) / "images" / image.name))
+        assert np.abs(a - b.astype(np.int16)).max() <= 2
+    assert not any(Path(p.path).exists() for p in parts)  # scratch removed
