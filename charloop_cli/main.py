@@ -43,8 +43,11 @@ def run(
     project = load_or_exit(params)
     setup_logging(verbose)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect's ephemeral API can take longer than its 20 s default on a loaded 2-core box.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from charloop.filter import NotEnoughImages
     from charloop.locking import LoopLocked
+    from charloop.publish import preflight
     from charloop.review import ReviewTimedOut
     from charloop.train import TrainingDiverged
     from flows.character_loop import character_loop
@@ -53,6 +56,7 @@ def run(
     stopping = (LoopLocked, NotEnoughImages, TrainingDiverged, ReviewTimedOut, PermissionError,
                 FileNotFoundError)  # fmt: skip
     try:
+        preflight(project)  # bad input fails before Prefect starts
         loop = character_loop.with_options(task_runner=task_runner_for(project.params.scale))
         rows = loop(params_file=str(project.params_file))
     except stopping as exc:
