@@ -74,7 +74,7 @@ class Project:
         """MLflow tracking URI with a relative sqlite path made absolute."""
         uri = (
             self.params.registry.tracking_uri
-            or os.environ.get("MLFLOW_TRACKING_URI")
+            or os.environ.get("CHARLOOP_TRACKING_URI")
             or "sqlite:///.charloop/mlflow.db"
         )
         prefix = "sqlite:///"

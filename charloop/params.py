@@ -179,7 +179,8 @@ class RegistryParams(StrictModel):
 
     tracking_uri: str | None = None
     """MLflow tracking URI (http://mlflow:5000 for a shared server); null: the
-    MLFLOW_TRACKING_URI environment variable, else 'sqlite:///.charloop/mlflow.db'.
+    CHARLOOP_TRACKING_URI environment variable, else 'sqlite:///.charloop/mlflow.db'.
+    (Not MLFLOW_TRACKING_URI: mlflow.set_tracking_uri rewrites that one in-process.)
     Relative sqlite paths are resolved against the params file."""
     artifact_location: str = ".charloop/mlartifacts"
     """Artifact store for new experiments (a folder, s3://..., or mlflow-artifacts:/...)."""

@@ -148,10 +148,10 @@ def test_tracking_uri_from_params_then_environment_then_default(tmp_path, monkey
     from charloop.config import load_project
     from tests.conftest import tiny_params, write_params
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("CHARLOOP_TRACKING_URI", raising=False)
     project = load_project(write_params(tmp_path, tiny_params()))
     assert project.tracking_uri == f"sqlite:///{tmp_path}/.charloop/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
+    monkeypatch.setenv("CHARLOOP_TRACKING_URI", "http://mlflow.internal:5000")
     assert project.tracking_uri == "http://mlflow.internal:5000"
     pinned = tiny_params(registry={"tracking_uri": "sqlite:///stores/db.sqlite"})
     project = load_project(write_params(tmp_path, pinned))
