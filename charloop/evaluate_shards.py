@@ -15,12 +15,10 @@ from charloop import atomic
 from charloop.config import Project
 from charloop.evaluate import eval_jobs, render_pairs
 from charloop.generate import png_bytes
+from charloop.generate_shards import shard_dir
 from charloop.stage import StageOutput, completed, fingerprint, seal
 
-
-def eval_shard_dir(out_dir: Path, shard: int) -> Path:
-    """Scratch folder of one evaluation shard (not versioned)."""
-    return out_dir.parent / ".shards" / f"{out_dir.name}-{shard:02d}"
+eval_shard_dir = shard_dir  # same scratch layout as generation shards, beside the stage folder
 
 
 def run_eval_shard(

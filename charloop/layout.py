@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+ADAPTER_WEIGHTS = "pytorch_lora_weights.safetensors"
+"""The diffusers-format LoRA file in an adapter folder (what ``load_lora_weights`` reads)."""
+
 
 @dataclass(frozen=True)
 class IterationPaths:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from charloop.hashing import sha256_file
+from charloop.layout import ADAPTER_WEIGHTS
 from charloop.lineage import LineageError, LineageStep, chain, missing_tags
 from charloop.params_promote import PromoteParams
 
@@ -22,7 +23,6 @@ logger = logging.getLogger(__name__)
 
 PRODUCTION = "production"
 PREVIOUS = "previous"
-WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 
 
 @dataclass(frozen=True)
@@ -47,27 +47,14 @@ def metric_gates(
     candidate: dict[str, float], production: dict[str, float] | None, rules: PromoteParams
 ) -> list[Gate]:
     """Minimums, maximums and the allowed regression against production, per metric."""
-    gates = []
-    for metric, floor in sorted(rules.min_metrics.items()):
-        value = candidate.get(metric)
-        ok = value is not None and value >= floor
-        detail = (
-            f"{metric} missing"
-            if value is None
-            else f"{metric} {value:.4f} {'>=' if ok else '<'} min {floor} "
-            + ("" if ok else f"(short by {floor - value:.4f})")
-        )
-        gates.append(Gate(f"min {metric}", ok, detail.strip()))
-    for metric, ceiling in sorted(rules.max_metrics.items()):
-        value = candidate.get(metric)
-        ok = value is not None and value <= ceiling
-        detail = (
-            f"{metric} missing"
-            if value is None
-            else f"{metric} {value:.4f} {'<=' if ok else '>'} max {ceiling} "
-            + ("" if ok else f"(over by {value - ceiling:.4f})")
-        )
-        gates.append(Gate(f"max {metric}", ok, detail.strip()))
+    gates = [
+        _bound_gate("min", metric, candidate.get(metric), bound)
+        for metric, bound in sorted(rules.min_metrics.items())
+    ]
+    gates += [
+        _bound_gate("max", metric, candidate.get(metric), bound)
+        for metric, bound in sorted(rules.max_metrics.items())
+    ]
     if production is not None:
         for metric, margin in sorted(rules.max_regression.items()):
             if metric not in production or metric not in candidate:
@@ -80,6 +67,21 @@ def metric_gates(
             )
             gates.append(Gate(f"no regression {metric}", ok, detail))
     return gates
+
+
+def _bound_gate(kind: str, metric: str, value: float | None, bound: float) -> Gate:
+    """A 'min' or 'max' gate on one metric, saying by how much it misses."""
+    name = f"{kind} {metric}"
+    if value is None:
+        return Gate(name, False, f"{metric} missing")
+    if kind == "min":
+        ok, word, miss = value >= bound, (">=" if value >= bound else "<"), bound - value
+        gap = f"(short by {miss:.4f})"
+    else:
+        ok, word, miss = value <= bound, ("<=" if value <= bound else ">"), value - bound
+        gap = f"(over by {miss:.4f})"
+    detail = f"{metric} {value:.4f} {word} {kind} {bound}" + ("" if ok else f" {gap}")
+    return Gate(name, ok, detail)
 
 
 def lineage_gate(client: Any, name: str, version: Any) -> tuple[Gate, list[LineageStep]]:
@@ -112,7 +114,7 @@ def adapter_gate(client: Any, version: Any) -> tuple[Gate, Path | None]:
         folder = download_adapter(client, version)
     except Exception as exc:
         return Gate("adapter hash", False, f"adapter not retrievable: {exc}"), None
-    weights = folder / WEIGHTS_NAME
+    weights = folder / ADAPTER_WEIGHTS
     actual = sha256_file(weights) if weights.is_file() else "missing"
     ok = actual == expected
     detail = f"sha256 {actual[:12]} {'matches' if ok else 'does not match'} {str(expected)[:12]}"

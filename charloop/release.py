@@ -12,6 +12,7 @@ from pathlib import Path
 
 from charloop import atomic
 from charloop.hashing import sha256_file, tree_digest
+from charloop.layout import ADAPTER_WEIGHTS
 from charloop.lineage import LineageStep
 from charloop.stage import MARKER
 
@@ -70,7 +71,7 @@ def model_card(name: str, steps: list[LineageStep], sample_grid: str | None) -> 
         "## Usage",
         "",
         "```python",
-        "pipe.load_lora_weights('.', weight_name='pytorch_lora_weights.safetensors')",
+        f"pipe.load_lora_weights('.', weight_name='{ADAPTER_WEIGHTS}')",
         "```",
         "",
         "A1111 / ComfyUI / InvokeAI: use `lora_kohya.safetensors`.",
@@ -113,7 +114,7 @@ def verify_restored(tags: dict[str, str], dataset: Path, adapter: Path) -> None:
         raise RestoreError(
             f"dataset digest {dataset_digest[:12]} != registry {tags.get('dataset_sha256')}"
         )
-    weights = adapter / "pytorch_lora_weights.safetensors"
+    weights = adapter / ADAPTER_WEIGHTS
     actual = sha256_file(weights) if weights.is_file() else "missing"
     if actual != tags.get("adapter_sha256"):
         raise RestoreError(f"adapter sha256 {actual[:12]} != registry {tags.get('adapter_sha256')}")

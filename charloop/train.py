@@ -20,6 +20,7 @@ from charloop.config import Project
 from charloop.encode_cache import EncodeCache
 from charloop.hashing import sha256_file
 from charloop.kohya import KOHYA_WEIGHTS_NAME, save_kohya
+from charloop.layout import ADAPTER_WEIGHTS
 from charloop.params_train import TrainParams
 from charloop.pipeline import load_pipeline, resolve_device
 from charloop.safetensors_header import canonicalize
@@ -40,7 +41,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+WEIGHTS_NAME = ADAPTER_WEIGHTS
 
 
 def save_adapter(
