@@ -8,8 +8,12 @@ Layout of the dataset folder::
     manifest.jsonl                      generation rows of the kept images, each with its
                                         review record (automatic and final decision, who
                                         decided) and caption
-    dataset.toml                        kohya sd-scripts dataset config (keep_tokens=1 keeps
-                                        the trigger first if a trainer shuffles tags)
+    dataset.toml                        kohya sd-scripts dataset config (keep_tokens keeps
+                                        the triggers first if a trainer shuffles tags)
+
+A cast gets one subset folder per scene kind: ``<repeats>_<trigger>`` for each character
+alone and ``<repeats>_<trigger>_and_<trigger>`` for joint scenes, every caption starting with
+the triggers of the characters present.
 
 Captions are never shuffled here: the trigger is always the first tag.
 """
@@ -30,44 +34,55 @@ from charloop.stage import StageOutput, completed, fingerprint, seal
 logger = logging.getLogger(__name__)
 
 
-def caption_tags(character: Character, context: dict[str, str], rules: CaptionParams) -> list[str]:
-    """Tags for one image: the trigger always first, then traits (optional) and context."""
-    tags = [character.trigger]
+def caption_tags(
+    characters: Character | list[Character], context: dict[str, str], rules: CaptionParams
+) -> list[str]:
+    """Tags for one image: the triggers of the characters in it always first (in scene
+    order), then their traits (optional) and the context."""
+    present = [characters] if isinstance(characters, Character) else characters
+    tags = [c.trigger for c in present]
     if rules.include_traits:
-        tags.extend(character.traits)
+        tags.extend(trait for c in present for trait in c.traits)
     tags.extend(context[axis] for axis in AXES if context.get(axis))
     return tags
 
 
 def caption_text(
-    character: Character,
+    characters: Character | list[Character],
     context: dict[str, str],
     rules: CaptionParams,
     description: str = "",
 ) -> str:
     """The caption line written to ``<id>.txt``: tags, then the model's description if any."""
-    tags = caption_tags(character, context, rules)
+    tags = caption_tags(characters, context, rules)
     return rules.separator.join([*tags, description] if description else tags)
 
 
-def kohya_dataset_toml(folder: str, repeats: int, resolution: int) -> str:
-    """A kohya sd-scripts dataset config for the subset folder, trigger protected."""
-    return "\n".join(
-        [
-            "[general]",
-            'caption_extension = ".txt"',
-            "keep_tokens = 1  # the trigger (first tag) never moves when shuffle_caption is on",
-            "shuffle_caption = false",
-            "",
-            "[[datasets]]",
-            f"resolution = {resolution}",
+def kohya_dataset_toml(subsets: dict[str, int], repeats: int, resolution: int) -> str:
+    """A kohya sd-scripts dataset config: one subset per folder, its triggers protected.
+
+    Args:
+        subsets: Folder name -> how many leading tags are triggers (``keep_tokens``).
+        repeats: ``num_repeats`` of every subset.
+        resolution: Training resolution.
+    """
+    lines = [
+        "[general]",
+        'caption_extension = ".txt"',
+        "shuffle_caption = false",
+        "",
+        "[[datasets]]",
+        f"resolution = {resolution}",
+    ]
+    for folder, keep in subsets.items():
+        lines += [
             "",
             "  [[datasets.subsets]]",
             f'  image_dir = "{folder}"',
             f"  num_repeats = {repeats}",
-            "",
+            f"  keep_tokens = {keep}  # the triggers never move when shuffle_caption is on",
         ]
-    )
+    return "\n".join([*lines, ""])
 
 
 def common_word_tokens(tokenizer: Any, trigger: str) -> list[str]:
@@ -108,7 +123,8 @@ def run_caption(
         "caption",
         rules=params.caption.model_dump(),
         captioner=captioner_ref,
-        character=params.character.model_dump(),
+        characters=[m.model_dump() for m in params.members],
+        cast=params.cast.model_dump() if params.cast else None,
         resolution=params.generate.resolution,
         generated=generated.digest,
         selected=selected.digest,
@@ -120,29 +136,41 @@ def run_caption(
     kept = atomic.read_jsonl(Path(selected.path) / "kept.jsonl")
     files = [Path(generated.path) / row["file"] for row in kept]
     descriptions = _describe(project, captioner_ref, files)
-    common = common_word_tokens(_tokenizer(project), params.character.trigger)
+    tokenizer = _tokenizer(project)
+    common = sorted({w for m in params.members for w in common_word_tokens(tokenizer, m.trigger)})
     if common:
         logger.warning(
-            "trigger %r tokenizes into common words %s: prefer a rare token sequence "
+            "triggers %s tokenize into common words %s: prefer a rare token sequence "
             "(e.g. 'zxq kira') so the LoRA does not fight the base model's prior",
-            params.character.trigger,
+            [m.trigger for m in params.members],
             common,
         )
-    folder = subset_folder(params.character.trigger, params.caption.repeats)
+    subsets: dict[str, int] = {}
     with atomic.staged_dir(out_dir) as staging:
-        (staging / folder).mkdir()
         metadata: list[dict[str, Any]] = []
         manifest: list[dict[str, Any]] = []
         for row, description in zip(kept, descriptions, strict=True):
-            text = caption_text(params.character, row["context"], params.caption, description)
+            present = [params.member(n) for n in row.get("characters") or [params.subject]]
+            folder = subset_folder(" and ".join(m.trigger for m in present), params.caption.repeats)
+            if folder not in subsets:
+                (staging / folder).mkdir()
+                subsets[folder] = len(present)
+            text = caption_text(present, row["context"], params.caption, description)
             image_name = f"{folder}/{row['file']}"
             shutil.copyfile(Path(generated.path) / row["file"], staging / image_name)
             (staging / folder / f"{row['id']}.txt").write_text(text + "\n", encoding="utf-8")
-            metadata.append({"file_name": image_name, "text": text, "id": row["id"]})
+            metadata.append(
+                {
+                    "file_name": image_name,
+                    "text": text,
+                    "id": row["id"],
+                    "characters": [m.name for m in present],
+                }
+            )
             manifest.append(row | {"caption": text, "description": description})
         atomic.write_jsonl(staging / "metadata.jsonl", metadata)
         atomic.write_jsonl(staging / "manifest.jsonl", manifest)
-        toml = kohya_dataset_toml(folder, params.caption.repeats, params.generate.resolution)
+        toml = kohya_dataset_toml(subsets, params.caption.repeats, params.generate.resolution)
         (staging / "dataset.toml").write_text(toml, encoding="utf-8")
         summary = {
             "images": len(metadata),

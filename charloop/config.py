@@ -56,7 +56,7 @@ class Project:
     @property
     def character_dir(self) -> Path:
         """Folder of every lineage branch of this character (and its loop lock)."""
-        return self.resolve(self.params.loop.workdir) / self.params.character.name
+        return self.resolve(self.params.loop.workdir) / self.params.subject
 
     @property
     def branch(self) -> str:

@@ -102,3 +102,27 @@ def controlnet_pipeline(base: Any, model_ref: str) -> Any:
         pipe.set_progress_bar_config(disable=True)  # type: ignore[attr-defined]
         _PIPELINES[key] = pipe
     return _PIPELINES[key]
+
+
+def side_by_side(left: ControlMap, right: ControlMap, resolution: int) -> ControlMap:
+    """A layout control map: ``left`` squeezed into the left half, ``right`` into the right."""
+    half = resolution // 2
+    canvas = Image.new("RGB", (resolution, resolution))
+    canvas.paste(left.image.resize((half, resolution)), (0, 0))
+    canvas.paste(right.image.resize((resolution - half, resolution)), (half, 0))
+    return ControlMap(f"{left.source}|{right.source}", sha256_bytes(canvas.tobytes()), canvas)
+
+
+def job_control(maps: list[ControlMap], job: Any, layout: str, resolution: int) -> ControlMap:
+    """The control map of one image job, chosen by its seed.
+
+    A two-character scene laid out side by side gets one map per character, composed into
+    halves, so ControlNet poses each character in its own half.
+    """
+    from charloop.prompts import derive_seed
+
+    first = maps[derive_seed("control", job.seed) % len(maps)]
+    if layout != "side_by_side" or len(job.characters) != 2:
+        return first
+    second = maps[derive_seed("control", job.seed, "right") % len(maps)]
+    return side_by_side(first, second, resolution)

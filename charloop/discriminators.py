@@ -86,18 +86,27 @@ def apply_threshold(
                 )
 
 
-def identity_scores(
+def identity_anchor(
     embeddings: np.ndarray, references: np.ndarray | None, rule: IdentityCheck
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Cosine of each image to the identity anchor, and how the anchor was chosen."""
+    """The identity anchor (unit vector) and how it was chosen: the mean reference
+    embedding, else the centroid of the most cohesive cluster of ``embeddings``."""
     if references is not None and len(references):
         anchor = references.mean(0)
         anchor /= max(float(np.linalg.norm(anchor)), 1e-12)
-        return embeddings @ anchor, {"anchor": "references", "references": len(references)}
+        return anchor, {"anchor": "references", "references": len(references)}
     anchor, labels, best = cohesive_anchor(embeddings, rule.cluster_divisor, rule.min_cluster_size)
     info = {
         "anchor": "cohesive cluster",
         "clusters": int(labels.max()) + 1,
         "anchor_cluster_size": int((labels == best).sum()),
     }
+    return anchor, info
+
+
+def identity_scores(
+    embeddings: np.ndarray, references: np.ndarray | None, rule: IdentityCheck
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Cosine of each image to the identity anchor, and how the anchor was chosen."""
+    anchor, info = identity_anchor(embeddings, references, rule)
     return embeddings @ anchor, info

@@ -17,13 +17,14 @@ from PIL import Image
 from charloop import atomic
 from charloop.config import Project
 from charloop.contact_sheet import contact_sheet
-from charloop.embedder import embed_in_batches, load_embedder
-from charloop.eval_metrics import consistency_metrics, headline, validation_loss, with_and_without
+from charloop.embedder import load_embedder
+from charloop.eval_metrics import consistency_metrics, headline, validation_loss
+from charloop.evaluate_scores import ScoredImages
 from charloop.generate import ImageJob, png_bytes, render
 from charloop.hashing import tree_digest
 from charloop.params import Params
 from charloop.pipeline import load_pipeline, lora_applied
-from charloop.prompts import context_id, render_prompt
+from charloop.prompts import context_id, scene_prompt
 from charloop.references import load_references, open_image
 from charloop.stage import StageOutput, completed, fingerprint, seal
 
@@ -35,22 +36,31 @@ _EMBED_BATCH = 32
 
 
 def eval_jobs(project: Project) -> list[ImageJob]:
-    """One job per held-out context and seed (contexts outer, seeds inner)."""
+    """One job per held-out context and seed (contexts outer, seeds inner); a cast repeats
+    that for each member alone and each pair of the joint scenes."""
     params = project.params
+    scenes = [[m] for m in params.members]
+    if params.cast is not None:
+        scenes += [[params.member(n) for n in pair] for pair in params.cast.pair_list()]
+    layout = params.cast.joint.layout if params.cast else "none"
     jobs = []
-    for held_out in params.evaluate.contexts:
-        context = held_out.model_dump()
-        prompt = render_prompt(params.generate.prompt_template, params.character, context)
-        for seed in params.evaluate.seeds:
-            jobs.append(
-                ImageJob(
-                    id=f"{context_id(context)}-s{seed}",
-                    prompt=prompt,
-                    negative_prompt=params.generate.negative_prompt,
-                    seed=seed,
-                    context=context,
+    for members in scenes:
+        names = tuple(m.name for m in members)
+        scene = "+".join(names) + "-" if params.cast else ""
+        for held_out in params.evaluate.contexts:
+            context = held_out.model_dump()
+            prompt = scene_prompt(params.generate.prompt_template, members, context, layout=layout)
+            for seed in params.evaluate.seeds:
+                jobs.append(
+                    ImageJob(
+                        id=f"{scene}{context_id(context)}-s{seed}",
+                        prompt=prompt,
+                        negative_prompt=params.generate.negative_prompt,
+                        seed=seed,
+                        context=context,
+                        characters=names,
+                    )
                 )
-            )
     return jobs
 
 
@@ -63,23 +73,28 @@ def seen_in_training(params: Params, context: dict[str, str]) -> bool:
 def evaluate_fingerprint(project: Project, adapter: StageOutput, dataset: StageOutput) -> str:
     """Everything that determines an evaluation."""
     params = project.params
-    refs_dir = _references_dir(project)
     return fingerprint(
         "evaluate",
         evaluate=params.evaluate.model_dump(),
         generate=params.generate.model_dump(),
-        character=params.character.model_dump(),
+        characters=[m.model_dump() for m in params.members],
+        cast=params.cast.model_dump() if params.cast else None,
         base=project.model_ref(params.base_model.path),
         embedder=project.model_ref(params.evaluate.embedder.path),
         adapter=adapter.digest,
         dataset=dataset.digest,
-        references=tree_digest(refs_dir) if refs_dir and refs_dir.is_dir() else None,
+        references={
+            name: tree_digest(folder) if folder and folder.is_dir() else None
+            for name, folder in _references_dirs(project).items()
+        },
     )
 
 
-def _references_dir(project: Project) -> Path | None:
-    refs = project.params.character.references
-    return project.resolve(refs) if refs else None
+def _references_dirs(project: Project) -> dict[str, Path | None]:
+    return {
+        m.name: project.resolve(m.references) if m.references else None
+        for m in project.params.members
+    }
 
 
 def render_pairs(
@@ -108,7 +123,6 @@ def run_evaluate(
     """
     params = project.params
     embedder_ref = project.model_ref(params.evaluate.embedder.path)
-    refs_dir = _references_dir(project)
     fp = evaluate_fingerprint(project, adapter, dataset)
     out_dir = Path(out_dir)
     if done := completed(out_dir, fp):
@@ -124,23 +138,16 @@ def run_evaluate(
     else:
         lora_images, base_images = _load_shards(rendered, jobs)
     embedder = load_embedder(params.evaluate.embedder, embedder_ref)
-    fidelity_prompts = [
-        render_prompt(params.generate.prompt_template, params.character, job.context, trigger=False)
-        for job in jobs
-    ]
-    texts = embedder.embed_texts(fidelity_prompts)
-    rows = atomic.read_jsonl(Path(dataset.path) / "metadata.jsonl")
-    train_images = [open_image(Path(dataset.path) / r["file_name"]) for r in rows]
-    train_emb = embed_in_batches(embedder, train_images, _EMBED_BATCH)
-    refs = load_references(refs_dir)
-    ref_emb = embed_in_batches(embedder, refs.images, _EMBED_BATCH) if refs.images else None
-    groups = [context_id(job.context) for job in jobs]
-    lora_emb = embed_in_batches(embedder, lora_images, _EMBED_BATCH)
-    base_emb = embed_in_batches(embedder, base_images, _EMBED_BATCH)
-    metrics = with_and_without(
-        consistency_metrics(lora_emb, texts, train_emb, groups, ref_emb),
-        consistency_metrics(base_emb, texts, train_emb, groups, ref_emb),
+    scored = ScoredImages.embed(
+        params,
+        embedder,
+        jobs,
+        lora_images,
+        base_images,
+        Path(dataset.path),
+        {name: load_references(folder) for name, folder in _references_dirs(project).items()},
     )
+    metrics = scored.metrics(params)
     if (loss := validation_loss(adapter.path)) is not None:
         metrics["validation_loss"] = loss
     metrics.update(
@@ -150,7 +157,7 @@ def run_evaluate(
                 for cid, context in contexts.items()
             },
             "seeds": list(params.evaluate.seeds),
-            "references_used": len(refs.files),
+            "references_used": scored.references_used,
             "adapter_sha256": adapter.summary.get("weights_sha256"),
             "images": len(jobs),
         }
@@ -160,7 +167,7 @@ def run_evaluate(
         for job, lora_img, base_img in zip(jobs, lora_images, base_images, strict=True):
             (staging / "images" / f"lora-{job.id}.png").write_bytes(png_bytes(lora_img))
             (staging / "images" / f"base-{job.id}.png").write_bytes(png_bytes(base_img))
-        labels = [", ".join(v for v in context.values() if v) for context in contexts.values()]
+        labels = _row_labels(jobs, params.cast is not None)
         sheet = contact_sheet(
             {"with LoRA": lora_images, "base model": base_images},
             columns=len(params.evaluate.seeds),
@@ -174,6 +181,16 @@ def run_evaluate(
         shutil.rmtree(part.path, ignore_errors=True)
     logger.info("evaluate: %s", {k: round(v, 4) for k, v in summary.items()})
     return output
+
+
+def _row_labels(jobs: list[ImageJob], cast: bool) -> list[str]:
+    """One contact-sheet row label per scene and context, in job order."""
+    labels: dict[tuple[tuple[str, ...], str], str] = {}
+    for job in jobs:
+        text = ", ".join(v for v in job.context.values() if v)
+        scene = " + ".join(job.characters) + ": " if cast else ""
+        labels.setdefault((job.characters, context_id(job.context)), scene + text)
+    return list(labels.values())
 
 
 def _load_shards(

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from charloop import atomic
+from charloop.cast_identity import cast_identity
 from charloop.config import Project
 from charloop.contact_sheet import contact_sheet
 from charloop.discriminators import (
@@ -27,7 +28,7 @@ from charloop.discriminators import (
 from charloop.embedder import Embedder, embed_in_batches, load_embedder
 from charloop.hashing import tree_digest
 from charloop.params_filter import FilterParams
-from charloop.prompts import render_prompt
+from charloop.prompts import scene_text
 from charloop.references import load_references, open_image
 from charloop.stage import StageOutput, completed, fingerprint, seal
 
@@ -43,8 +44,9 @@ def judge(
     image_dir: Path,
     rules: FilterParams,
     embedder: Embedder | None = None,
-    references: np.ndarray | None = None,
+    references: np.ndarray | dict[str, np.ndarray | None] | None = None,
     texts: list[str] | None = None,
+    laid_out: bool = False,
 ) -> tuple[list[Decision], dict[str, Any], dict[str, Image.Image]]:
     """Score and decide every manifest row, running the discriminators in configured order.
 
@@ -53,8 +55,10 @@ def judge(
         image_dir: Folder holding the files.
         rules: Filter params.
         embedder: Needed by the identity and prompt-adherence checks.
-        references: Embeddings of the reference images (identity anchor), if any.
+        references: Embeddings of the reference images (identity anchor), if any; for a
+            cast, a dict of them per character (rows then name their ``characters``).
         texts: Per-row prompts without the trigger (prompt adherence).
+        laid_out: A cast's joint scenes were generated side by side.
 
     Returns:
         The decisions (manifest order), facts about the run (identity anchor...), and the
@@ -87,7 +91,20 @@ def judge(
             if embeddings is None:
                 pictures = [images[d.id] for d in readable]
                 embeddings = embed_in_batches(embedder, pictures, rules.embed_batch_size)
-            if rule.type == "identity":
+            if rule.type == "identity" and isinstance(references, dict):
+                present = {row["id"]: list(row["characters"]) for row in rows}
+                facts["identity"] = cast_identity(
+                    readable,
+                    present,
+                    images,
+                    embeddings,
+                    references,
+                    rule,
+                    lambda crops: embed_in_batches(embedder, crops, rules.embed_batch_size),
+                    laid_out,
+                )
+            elif rule.type == "identity":
+                assert not isinstance(references, dict)
                 scores, facts["identity"] = identity_scores(embeddings, references, rule)
                 apply_threshold(readable, scores, "identity", rule)
             else:
@@ -106,7 +123,9 @@ def run_filter(project: Project, generated: StageOutput, out_dir: str | Path) ->
     """
     params = project.params
     rules = params.filter
-    refs_dir = project.resolve(params.character.references) if params.character.references else None
+    refs_dirs = {
+        m.name: project.resolve(m.references) if m.references else None for m in params.members
+    }
     needs_embedder = any(r.type in ("identity", "prompt_adherence") for r in rules.discriminators)
     embedder_ref = project.model_ref(rules.embedder.path) if needs_embedder else None
     fp = fingerprint(
@@ -114,24 +133,30 @@ def run_filter(project: Project, generated: StageOutput, out_dir: str | Path) ->
         rules=rules.model_dump(),
         generated=generated.digest,
         embedder=embedder_ref,
-        references=tree_digest(refs_dir) if refs_dir and refs_dir.is_dir() else None,
-        character=params.character.model_dump(),
+        references={
+            name: tree_digest(folder) if folder and folder.is_dir() else None
+            for name, folder in refs_dirs.items()
+        },
+        characters=[m.model_dump() for m in params.members],
+        cast=params.cast.model_dump() if params.cast else None,
     )
     out_dir = Path(out_dir)
     output = completed(out_dir, fp)
     if output is None:
         rows = atomic.read_jsonl(Path(generated.path) / "manifest.jsonl")
-        refs = load_references(refs_dir)
+        refs = {name: load_references(folder) for name, folder in refs_dirs.items()}
         embedder = load_embedder(rules.embedder, embedder_ref) if embedder_ref else None
-        ref_emb = (
-            embed_in_batches(embedder, refs.images, rules.embed_batch_size)
-            if embedder and refs.images
+        ref_emb = {
+            name: embed_in_batches(embedder, ref.images, rules.embed_batch_size)
+            if embedder and ref.images
             else None
-        )
-        template = params.generate.prompt_template
-        texts = [render_prompt(template, params.character, r["context"], False) for r in rows]
+            for name, ref in refs.items()
+        }
+        texts = [scene_text(params, row) for row in rows]
+        anchors = ref_emb if params.cast else ref_emb[params.subject]
+        laid_out = params.cast is not None and params.cast.joint.layout == "side_by_side"
         decisions, facts, images = judge(
-            rows, Path(generated.path), rules, embedder, ref_emb, texts
+            rows, Path(generated.path), rules, embedder, anchors, texts, laid_out
         )
         kept_ids = {d.id for d in decisions if d.kept}
         with atomic.staged_dir(out_dir) as staging:
@@ -141,8 +166,8 @@ def run_filter(project: Project, generated: StageOutput, out_dir: str | Path) ->
             summary = {
                 "candidates": len(rows),
                 "kept": len(kept_ids),
-                "references_used": len(refs.files),
-                "references_skipped": refs.skipped,
+                "references_used": sum(len(r.files) for r in refs.values()),
+                "references_skipped": {k: v for r in refs.values() for k, v in r.skipped.items()},
                 **facts,
             }
             output = seal("filter", staging, out_dir, fp, summary)

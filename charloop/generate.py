@@ -13,14 +13,14 @@ from PIL import Image
 
 from charloop import atomic
 from charloop.config import Project
-from charloop.control import control_maps, controlnet_pipeline
+from charloop.control import control_maps, controlnet_pipeline, job_control
 from charloop.faults import failpoint
 from charloop.hashing import sha256_bytes, tree_digest
 from charloop.identity_conditioning import ip_adapter_applied
-from charloop.params import GenerateParams
+from charloop.params import Character, GenerateParams, Params
 from charloop.pipeline import load_pipeline, lora_applied
 from charloop.progress import progress_bar
-from charloop.prompts import context_id, context_matrix, derive_seed, render_prompt
+from charloop.prompts import context_id, context_matrix, derive_seed, scene_prompt
 from charloop.references import load_references
 from charloop.stage import StageOutput, completed, fingerprint, seal
 
@@ -36,6 +36,8 @@ class ImageJob:
     negative_prompt: str
     seed: int
     context: dict[str, str]
+    characters: tuple[str, ...] = ()
+    """Names of the characters in the scene, in prompt order (left to right when laid out)."""
 
 
 @dataclass(frozen=True)
@@ -47,22 +49,54 @@ class AdapterRef:
 
 
 def plan_jobs(project: Project, iteration: int) -> list[ImageJob]:
-    """Image jobs for one iteration: each context combination times ``images_per_prompt``."""
+    """Image jobs for one iteration: each context combination times ``images_per_prompt``,
+    for every character alone and, in a cast, for every pair of the joint scenes."""
     params = project.params
     gen = params.generate
     contexts = context_matrix(params.contexts, gen.max_prompts, gen.seed)
     jobs = []
+    for member in params.members:
+        jobs += scene_jobs(params, [member], contexts, gen.images_per_prompt, iteration)
+    if params.cast is not None:
+        joint = params.cast.joint
+        pair_contexts = context_matrix(
+            params.contexts, joint.max_prompts, gen.seed + 1, "cast.joint.max_prompts"
+        )
+        for pair in params.cast.pair_list():
+            members = [params.member(name) for name in pair]
+            jobs += scene_jobs(params, members, pair_contexts, joint.images_per_prompt, iteration)
+    return jobs
+
+
+def scene_jobs(
+    params: Params,
+    members: list[Character],
+    contexts: list[dict[str, str]],
+    images_per_prompt: int,
+    iteration: int,
+) -> list[ImageJob]:
+    """Jobs for one scene kind (a solo character or a group) over ``contexts``.
+
+    A single character keeps the plain ids and seeds; cast scenes add the members' names
+    to both, so solo and joint scenes of one context never share a seed.
+    """
+    gen = params.generate
+    layout = params.cast.joint.layout if params.cast else "none"
+    names = tuple(m.name for m in members)
+    scene = "+".join(names) + "-" if params.cast else ""
+    jobs = []
     for context in contexts:
-        prompt = render_prompt(gen.prompt_template, params.character, context)
-        for k in range(gen.images_per_prompt):
-            seed = derive_seed(gen.seed, iteration, context_id(context), k)
+        prompt = scene_prompt(gen.prompt_template, members, context, layout=layout)
+        scene_key = (*names, context_id(context)) if params.cast else (context_id(context),)
+        for k in range(images_per_prompt):
             jobs.append(
                 ImageJob(
-                    id=f"i{iteration:03d}-{context_id(context)}-{k:02d}",
+                    id=f"i{iteration:03d}-{scene}{context_id(context)}-{k:02d}",
                     prompt=prompt,
                     negative_prompt=gen.negative_prompt,
-                    seed=seed,
+                    seed=derive_seed(gen.seed, iteration, *scene_key, k),
                     context=context,
+                    characters=names,
                 )
             )
     return jobs
@@ -129,7 +163,8 @@ def generate_fingerprint(project: Project, iteration: int, adapter: AdapterRef |
         controlnet=project.model_ref(cn.model) if cn else None,
         ip_adapter=project.model_ref(ip.model) if ip else None,
         references=tree_digest(refs_dir) if refs_dir and refs_dir.is_dir() else None,
-        character=params.character.model_dump(),
+        characters=[m.model_dump() for m in params.members],
+        cast=params.cast.model_dump() if params.cast else None,
         contexts=params.contexts.model_dump(),
         base_model=params.base_model.model_dump()
         | {"ref": project.model_ref(params.base_model.path)},
@@ -140,7 +175,7 @@ def generate_fingerprint(project: Project, iteration: int, adapter: AdapterRef |
 
 
 def _references_dir(project: Project) -> Path | None:
-    refs = project.params.character.references
+    refs = project.params.members[0].references  # IP-Adapter: single characters only
     return project.resolve(refs) if project.params.generate.ip_adapter and refs else None
 
 
@@ -168,7 +203,10 @@ def render_jobs(
         if cn
         else []
     )
-    chosen = [maps[derive_seed("control", job.seed) % len(maps)] for job in jobs] if maps else []
+    layout = params.cast.joint.layout if params.cast else "none"
+    chosen = (
+        [job_control(maps, job, layout, params.generate.resolution) for job in jobs] if maps else []
+    )
     renderer = controlnet_pipeline(pipe, project.model_ref(cn.model)) if cn else pipe
     controls = [m.image for m in chosen] if chosen else None
     anchors = load_references(refs_dir).images if refs_dir else []

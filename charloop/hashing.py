@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -51,11 +52,13 @@ def tree_digest(root: str | Path, exclude: tuple[str, ...] = ()) -> str:
     return digest.hexdigest()
 
 
+@functools.cache
 def code_fingerprint() -> str:
     """Digest of the charloop library sources: part of every stage's cache key.
 
     A change to any helper a stage calls changes the key, which a task-source-only
-    cache policy would miss.
+    cache policy would miss. Computed once per process: the code a process runs is the
+    code it imported, whatever happens to the files afterwards.
     """
     package = Path(__file__).parent
     digest = hashlib.sha256()

@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from charloop.params_cast import Cast, JointScenes
+from charloop.params_character import Character
 from charloop.params_filter import (
     ClipEmbedder,
     Dinov2Embedder,
@@ -27,6 +29,8 @@ from charloop.schema_base import AXES, StrictModel
 
 __all__ = [
     "AXES",
+    "Cast",
+    "Character",
     "ClipEmbedder",
     "ControlNetParams",
     "Dinov2Embedder",
@@ -34,27 +38,12 @@ __all__ = [
     "FilterParams",
     "GenerateParams",
     "IPAdapterParams",
+    "JointScenes",
     "PromoteParams",
     "ReviewParams",
     "StrictModel",
     "TrainParams",
 ]
-
-
-class Character(StrictModel):
-    """The character the loop makes consistent."""
-
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)
-    """Slug used in folder and model names (lowercase letters, digits, '-' and '_')."""
-    trigger: str = Field(min_length=2)
-    """Unique trigger phrase that the LoRA binds the identity to; always the caption's first tag."""
-    description: str = ""
-    """Free-text description, recorded in manifests and model cards."""
-    traits: list[str] = []
-    """Fixed traits that define the identity (hair, eyes, outfit details...)."""
-    references: str | None = None
-    """Folder of reference images: the identity anchor for filtering (relative to params).
-    Unreadable or non-image files in it are skipped with a reason."""
 
 
 class Contexts(StrictModel):
@@ -202,7 +191,11 @@ class DvcParams(StrictModel):
 class Params(StrictModel):
     """Root of params.yaml."""
 
-    character: Character
+    character: Character | None = None
+    """The character the loop makes consistent (or use ``cast`` for several)."""
+    cast: Cast | None = None
+    """Several characters trained to stay distinct in shared scenes (instead of
+    ``character``)."""
     contexts: Contexts
     base_model: BaseModelSpec = BaseModelSpec()
     generate: GenerateParams = GenerateParams()
@@ -219,6 +212,20 @@ class Params(StrictModel):
     scale: ScaleParams = ScaleParams()
 
     @model_validator(mode="after")
+    def _one_subject(self) -> Params:
+        if (self.character is None) == (self.cast is None):
+            raise ValueError(
+                "set exactly one of 'character' (one character) or 'cast' (several); "
+                f"got {'both' if self.character else 'neither'}"
+            )
+        if self.cast is not None and self.generate.ip_adapter is not None:
+            raise ValueError(
+                "generate.ip_adapter conditions every image on one reference set, so it cannot "
+                "keep cast members apart: remove generate.ip_adapter for a cast"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _template_placeholders_known(self) -> Params:
         allowed = {"trigger", "traits", "description", *AXES}
         used = set(re.findall(r"{(\w+)}", self.generate.prompt_template))
@@ -230,19 +237,51 @@ class Params(StrictModel):
             )
         if "{trigger}" not in self.generate.prompt_template:
             raise ValueError("generate.prompt_template must contain {trigger}")
-        if self.generate.ip_adapter is not None and not self.character.references:
+        if self.generate.ip_adapter is not None and not all(m.references for m in self.members):
             raise ValueError(
-                "generate.ip_adapter needs character.references: set it to a folder of "
-                "reference images, or remove generate.ip_adapter"
+                "generate.ip_adapter needs character.references (every cast member's): set it "
+                "to a folder of reference images, or remove generate.ip_adapter"
             )
         return self
 
     @property
+    def members(self) -> list[Character]:
+        """The characters: the one ``character``, or the cast's members."""
+        if self.cast is not None:
+            return list(self.cast.members)
+        assert self.character is not None  # validated: exactly one of character and cast
+        return [self.character]
+
+    @property
+    def subject(self) -> str:
+        """The character's or the cast's name (folders, model and experiment names)."""
+        return self.cast.name if self.cast is not None else self.members[0].name
+
+    @property
+    def trigger_label(self) -> str:
+        """The trigger (one character) or ``name=trigger`` per member joined by '; ' (cast),
+        as recorded in lineage tags and adapter headers."""
+        if self.cast is None:
+            return self.members[0].trigger
+        return "; ".join(f"{m.name}={m.trigger}" for m in self.members)
+
+    def member(self, name: str) -> Character:
+        """The character called ``name``.
+
+        Raises:
+            KeyError: no such member.
+        """
+        for character in self.members:
+            if character.name == name:
+                return character
+        raise KeyError(f"no character named {name!r}; known: {[m.name for m in self.members]}")
+
+    @property
     def model_name(self) -> str:
         """Registered model name."""
-        return self.registry.model_name or f"{self.character.name}-lora"
+        return self.registry.model_name or f"{self.subject}-lora"
 
     @property
     def experiment_name(self) -> str:
         """MLflow experiment name."""
-        return self.registry.experiment or f"charloop-{self.character.name}"
+        return self.registry.experiment or f"charloop-{self.subject}"

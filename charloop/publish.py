@@ -92,8 +92,8 @@ def _publish(
     if history:
         images["metrics_history"] = str(reports.plot_history(history, paths.reports / HISTORY_PLOT))
     tags = {
-        "character": params.character.name,
-        "trigger": params.character.trigger,
+        "character": params.subject,
+        "trigger": params.trigger_label,
         "dataset_hash": dataset_md5,
         "dataset_sha256": outputs["caption"].digest,
         "dataset_images": str(outputs["caption"].summary.get("images")),

@@ -32,6 +32,9 @@ def deploy(params: ParamsOption = Path("params.yaml")) -> None:
 def ingest(
     folder: Annotated[Path, typer.Argument(help="Folder of new reference images.")],
     params: ParamsOption = Path("params.yaml"),
+    member: Annotated[
+        str | None, typer.Option(help="Cast member the images show (required for a cast).")
+    ] = None,
 ) -> None:
     """Copy new reference images in, version them with DVC, and emit the retrain event."""
     from charloop import versioning
@@ -39,10 +42,19 @@ def ingest(
 
     project = load_or_exit(params)
     setup_logging(False)
-    if not project.params.character.references:
-        console.print("[red]character.references is not set[/red]: name a folder for them")
+    p = project.params
+    if p.cast is not None and member is None:
+        console.print(f"[red]--member is required for a cast[/red]: one of {[m.name for m in p.cast.members]}")
         raise typer.Exit(EXIT_INVALID)
-    references = project.resolve(project.params.character.references)
+    try:
+        character = p.member(member) if member else p.members[0]
+    except KeyError as exc:
+        console.print(f"[red]{exc.args[0]}[/red]")
+        raise typer.Exit(EXIT_INVALID) from None
+    if not character.references:
+        console.print(f"[red]{character.name}'s references are not set[/red]: name a folder")
+        raise typer.Exit(EXIT_INVALID)
+    references = project.resolve(character.references)
     report = ingest_references(folder, references)
     for name, reason in report.skipped.items():
         typer.echo(f"skipped {name}: {reason}")
@@ -57,7 +69,7 @@ def ingest(
         if os.environ.get("PREFECT_API_URL"):
             from flows.deployments import emit_ingested
 
-            emit_ingested(project.params.character.name, report.added, md5)
+            emit_ingested(project.params.subject, report.added, md5)
             typer.echo("emitted charloop.references.ingested: the loop deployment will run")
         else:
             typer.echo("no PREFECT_API_URL: no event emitted (run `charloop run` yourself)")

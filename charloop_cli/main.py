@@ -31,7 +31,8 @@ def validate(
 ) -> None:
     """Check params.yaml against the schema: prints OK, or every error (exit code 2)."""
     project = load_or_exit(params)
-    typer.echo(f"OK: {params} (character '{project.params.character.name}')")
+    kind = "cast" if project.params.cast else "character"
+    typer.echo(f"OK: {params} ({kind} '{project.params.subject}')")
 
 
 @app.command()

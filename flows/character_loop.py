@@ -46,12 +46,12 @@ def character_loop(params_file: str = "params.yaml") -> list[dict[str, Any]]:
     params = project.params
     preflight(project)  # a missing base model or unwritable workdir fails before any work
     # One loop per character at a time; a second one waits (loop.lock_timeout_s) or refuses.
-    with character_lock(project.character_dir, params.loop.lock_timeout_s, params.character.name):
+    with character_lock(project.character_dir, params.loop.lock_timeout_s, params.subject):
         get_run_logger().info("lineage branch %s (%s)", project.branch, project.workdir)
         prepare_stores_task(project)
         rows = _iterations(project)
     create_table_artifact(
-        key=f"{params.character.name}-loop-summary".replace("_", "-"),
+        key=f"{params.subject}-loop-summary".replace("_", "-"),
         table=rows,
         description="charloop iterations",
     )
@@ -108,8 +108,8 @@ def _iterations(project: Project) -> list[dict[str, Any]]:
         # Model: train a LoRA on the new dataset and score it on held-out contexts.
         provenance = {
             "iteration": iteration,
-            "character": params.character.name,
-            "trigger": params.character.trigger,
+            "character": params.subject,
+            "trigger": params.trigger_label,
             "base_model": params.base_model.path,
             "dataset_sha256": dataset.digest,
             "parent_adapter_sha256": adapter.sha256 if adapter else "none",

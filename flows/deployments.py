@@ -44,7 +44,7 @@ def deploy(project: Project) -> dict[str, str]:
     from prefect.schedules import Cron
 
     rules = project.params.schedule
-    name = project.params.character.name
+    name = project.params.subject
     params = {"params_file": str(project.params_file)}
     ensure_work_pool(rules.work_pool)
     triggers: list[Any] = []

@@ -45,7 +45,7 @@ def review_gate(
         return review_task(project, iteration, generated, filtered, decisions)
     sheet = export_review_task(project, iteration, generated, filtered)
     create_markdown_artifact(
-        key=f"{project.params.character.name}-iter-{iteration}-review".replace("_", "-"),
+        key=f"{project.params.subject}-iter-{iteration}-review".replace("_", "-"),
         markdown=_instructions(iteration, filtered, sheet),
         description=f"Review gate, iteration {iteration}",
     )

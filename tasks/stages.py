@@ -45,7 +45,7 @@ def _paths(parameters: dict[str, Any]) -> IterationPaths:
 
 
 def _artifact_key(project: Project, iteration: int, what: str) -> str:
-    return f"{project.params.character.name}-iter-{iteration}-{what}".replace("_", "-").lower()
+    return f"{project.params.subject}-iter-{iteration}-{what}".replace("_", "-").lower()
 
 
 @task(name="prepare-stores", retries=2, retry_delay_seconds=2)
