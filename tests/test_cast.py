@@ -259,3 +259,12 @@ def test_cast_versions_are_registered_and_promoted_per_cast(crew):
     )
     assert result.exit_code == 0, result.output
     assert str(client.get_model_version_by_alias("crew-lora", "production").version) == "1"
+
+
+def test_shipped_cast_example_validates_and_points_at_real_models():
+    from tests.conftest import REPO
+
+    project = load_project(REPO / "examples" / "cast.yaml")
+    assert project.params.cast is not None and len(project.params.members) == 2
+    assert Path(project.model_ref(project.params.base_model.path)).is_dir()
+    assert Path(project.model_ref(project.params.filter.embedder.path)).is_dir()
