@@ -331,6 +331,25 @@ def test_controlnet_canny_conditions_generation(outputs, project, tmp_path):
     plain = atomic.read_jsonl(Path(outputs["generate"].path) / "manifest.jsonl")
     assert [r["seed"] for r in rows] == [r["seed"] for r in plain]
     assert [r["sha256"] for r in rows] != [r["sha256"] for r in plain]
+    # A cast laid out side by side: joint scenes get one control map per character.
+    cast = {k: v for k, v in data.items() if k != "character"}
+    cast["cast"] = {
+        "name": "crew",
+        "members": [data["character"], {"name": "milo", "trigger": "vyk milo"}],
+        "joint": {"max_prompts": 2, "images_per_prompt": 1},
+    }
+    cast["generate"] = {**data["generate"], "images_per_prompt": 1}
+    crew = load_project(write_params(tmp_path / "crew", cast | {"base_model": data["base_model"]}))
+    (tmp_path / "crew" / "poses").symlink_to(poses)
+    (tmp_path / "crew" / "controlnet").symlink_to(tmp_path / "controlnet")
+    joint = [
+        r
+        for r in atomic.read_jsonl(
+            Path(run_generate(crew, 1, None, tmp_path / "g2").path) / "manifest.jsonl"
+        )
+        if len(r["characters"]) == 2
+    ]
+    assert len(joint) == 2 and all("|" in r["control"]["source"] for r in joint)
 
 
 def test_control_preprocessors_without_weights_and_a_clear_error_with_missing_ones(tmp_path):
