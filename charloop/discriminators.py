@@ -72,8 +72,13 @@ def check_duplicates(
 def apply_threshold(
     decisions: list[Decision], scores: np.ndarray, name: str, rule: ScoreThreshold
 ) -> None:
-    """Record ``scores`` as ``name`` and reject by absolute floor and/or low-outlier z-score."""
+    """Record ``scores`` as ``name``; reject by absolute floor, low-outlier z-score and/or
+    rank (only the best ``keep_best`` fraction passes)."""
     mean, std = float(scores.mean()), float(scores.std())
+    cut = None
+    if rule.keep_best is not None and len(scores):
+        keep = max(1, int(np.ceil(rule.keep_best * len(scores))))
+        cut = float(np.sort(scores)[::-1][keep - 1])
     for decision, score in zip(decisions, scores, strict=True):
         decision.scores[name] = float(score)
         if rule.min_similarity is not None and score < rule.min_similarity:
@@ -84,6 +89,10 @@ def apply_threshold(
                 decision.reasons.append(
                     f"{name} {score:.4f} is an outlier (z={z:.2f} < -{rule.max_outlier_z})"
                 )
+        if cut is not None and score < cut:
+            decision.reasons.append(
+                f"{name} {score:.4f} is below the best {rule.keep_best:.0%} (cut {cut:.4f})"
+            )
 
 
 def identity_anchor(

@@ -1,8 +1,9 @@
 """Image (and text) embedders for identity and prompt-fidelity metrics.
 
-Backends are chosen by ``evaluate.embedder.type``: ``clip`` (image + text towers) or
-``dinov2`` (image CLS token). Each loads through transformers from a hub id or a local
-folder, once per process.
+Backends are chosen by ``evaluate.embedder.type``: ``clip`` (image + text towers),
+``dinov2`` (image CLS token) or ``world`` (the identity embedder trained on the
+procedural world, :mod:`charloop.world.embedder`). CLIP and DINOv2 load through
+transformers from a hub id or a local folder; each backend loads once per process.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from charloop.params import ClipEmbedder, Dinov2Embedder
+from charloop.params import ClipEmbedder, Dinov2Embedder, WorldEmbedder
 
 logger = logging.getLogger(__name__)
 
@@ -80,12 +81,17 @@ def _pooled(output: Any) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
-def load_embedder(spec: ClipEmbedder | Dinov2Embedder, ref: str) -> Embedder:
+def load_embedder(spec: ClipEmbedder | Dinov2Embedder | WorldEmbedder, ref: str) -> Embedder:
     """The embedder for ``spec`` at the resolved ``ref``, loaded once per process."""
     key = (spec.type, ref)
     if key not in _LOADED:
         logger.info("loading %s embedder %s", spec.type, ref)
-        _LOADED[key] = ClipBackend(ref) if spec.type == "clip" else Dinov2Backend(ref)
+        if spec.type == "world":
+            from charloop.world.embedder import WorldEmbedderBackend
+
+            _LOADED[key] = WorldEmbedderBackend(ref)
+        else:
+            _LOADED[key] = ClipBackend(ref) if spec.type == "clip" else Dinov2Backend(ref)
     return _LOADED[key]
 
 

@@ -19,6 +19,7 @@ from charloop.params_filter import (
     Embedder,
     FilterParams,
     ReviewParams,
+    WorldEmbedder,
 )
 from charloop.params_generate import ControlNetParams, GenerateParams, IPAdapterParams
 from charloop.params_promote import PromoteParams
@@ -43,6 +44,7 @@ __all__ = [
     "ReviewParams",
     "StrictModel",
     "TrainParams",
+    "WorldEmbedder",
 ]
 
 

@@ -25,7 +25,16 @@ class Dinov2Embedder(StrictModel):
     """Hub id or local folder with a Dinov2Model."""
 
 
-Embedder = Annotated[ClipEmbedder | Dinov2Embedder, Field(discriminator="type")]
+class WorldEmbedder(StrictModel):
+    """The identity embedder trained on the procedural world (``charloop.world``): the
+    default for the embedded world model; image only (no prompt fidelity)."""
+
+    type: Literal["world"] = "world"
+    path: str = "models/world-embedder"
+    """Local folder written by ``charloop world build embedder``."""
+
+
+Embedder = Annotated[ClipEmbedder | Dinov2Embedder | WorldEmbedder, Field(discriminator="type")]
 
 
 class DuplicatesCheck(StrictModel):
@@ -60,6 +69,9 @@ class ScoreThreshold(StrictModel):
     """Absolute cosine floor (depends on the embedder: set it per model), or null."""
     max_outlier_z: float | None = Field(default=2.0, gt=0)
     """Reject scores more than this many standard deviations below the batch mean, or null."""
+    keep_best: float | None = Field(default=None, gt=0, le=1)
+    """Keep only this fraction of the batch, best scores first (The Chosen One's selection
+    of the most cohesive subset), or null. Ties at the cut are kept."""
 
 
 class IdentityCheck(ScoreThreshold):

@@ -44,7 +44,8 @@ def ingest(
     setup_logging(False)
     p = project.params
     if p.cast is not None and member is None:
-        console.print(f"[red]--member is required for a cast[/red]: one of {[m.name for m in p.cast.members]}")
+        names = [m.name for m in p.cast.members]
+        console.print(f"[red]--member is required for a cast[/red]: one of {names}")
         raise typer.Exit(EXIT_INVALID)
     try:
         character = p.member(member) if member else p.members[0]

@@ -14,12 +14,16 @@ from rich.table import Table
 from charloop_cli.common import ParamsOption, console, load_or_exit, setup_logging
 from charloop_cli.deploy_cmds import deploy, ingest
 from charloop_cli.registry_cmds import register
+from charloop_cli.report_cmds import report_app
 from charloop_cli.review import review_app
+from charloop_cli.world_cmds import world_app
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False)
 stage_app = typer.Typer(help="Run one stage on explicit folders (what dvc.yaml calls).")
 app.add_typer(stage_app, name="stage")
 app.add_typer(review_app, name="review")
+app.add_typer(report_app, name="report")
+app.add_typer(world_app, name="world")
 register(app)
 app.command()(deploy)
 app.command()(ingest)

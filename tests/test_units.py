@@ -204,3 +204,18 @@ def test_common_word_triggers_are_detected():
     tokenizer = build_tokenizer()
     assert common_word_tokens(tokenizer, "zxq kira") == []
     assert common_word_tokens(tokenizer, "red fox") == ["red", "fox"]
+
+
+def test_keep_best_keeps_only_the_top_fraction_by_score():
+    import numpy as np
+
+    from charloop.discriminators import Decision, apply_threshold
+    from charloop.params_filter import IdentityCheck
+
+    decisions = [Decision(id=str(i), file=f"{i}.png") for i in range(8)]
+    scores = np.array([0.9, 0.1, 0.8, 0.2, 0.7, 0.3, 0.6, 0.4])
+    apply_threshold(
+        decisions, scores, "identity", IdentityCheck(max_outlier_z=None, keep_best=0.25)
+    )
+    assert [d.id for d in decisions if d.kept] == ["0", "2"]
+    assert "below the best 25%" in decisions[4].reasons[0]
