@@ -25,8 +25,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_dataset(folder: Path, images: int) -> Path:
-    """A captioned dataset from the tiny model (generate -> filter -> review -> caption)."""
+def make_dataset(folder: Path, images: int, base: str | None = None) -> Path:
+    """A captioned dataset from the base model (generate -> filter -> review -> caption);
+    ``base`` overrides the tiny model (e.g. models/world-sd15)."""
     from charloop.caption import run_caption
     from charloop.config import load_project
     from charloop.filter import run_filter
@@ -40,6 +41,8 @@ def make_dataset(folder: Path, images: int) -> Path:
         generate={"images_per_prompt": images // 4, "batch_size": 8, "num_inference_steps": 2},
         filter={"discriminators": [], "min_kept": 1},
     )
+    if base:
+        params["base_model"] = {"path": str(ROOT / base), "device": "cpu"}
     project = load_project(write_params(folder, params))
     generated = run_generate(project, 1, None, folder / "gen")
     filtered = run_filter(project, generated, folder / "filt")
@@ -111,13 +114,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--images", type=int, default=24)
+    parser.add_argument("--base", help="base model folder (default: the tiny test model)")
     parser.add_argument("--variant", choices=["cached", "naive"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
         print(json.dumps(run_variant(Path(args.folder), args.variant, args.steps)))
         return
-    folder = make_dataset(Path(tempfile.mkdtemp(prefix="bench-train-")), args.images)
+    folder = make_dataset(Path(tempfile.mkdtemp(prefix="bench-train-")), args.images, args.base)
     results = {}
     for variant in ("naive", "cached"):
         out = subprocess.run(
@@ -127,7 +131,8 @@ def main() -> None:
         )  # fmt: skip
         results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
     naive, cached = results["naive"], results["cached"]
-    print(f"steps: {args.steps}, batch 4, dataset: {args.images} images at 64 px, CPU")
+    model = args.base or "tiny test model"
+    print(f"{model}: {args.steps} steps, batch 4, {args.images} images at 64 px, CPU")
     for label, result in (("naive (encode every step)", naive), ("cached (encode once)", cached)):
         print(f"{label:26} {result['seconds']:7.2f} s  peak RSS {result['peak_rss_mb']:.0f} MB")
     print(f"ratio:                     {naive['seconds'] / cached['seconds']:7.2f}x faster")

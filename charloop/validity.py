@@ -29,7 +29,7 @@ from charloop import atomic
 from charloop.config import Project
 from charloop.contact_sheet import contact_sheet
 from charloop.generate import ImageJob, render
-from charloop.layout import IterationPaths
+from charloop.layout import ADAPTER_WEIGHTS, IterationPaths
 from charloop.pipeline import load_pipeline, lora_applied
 from charloop.prompts import context_id, scene_prompt
 
@@ -131,9 +131,9 @@ def run_validity(
     pipe = load_pipeline(project.model_ref(params.base_model.path), params.base_model)
     models: dict[str, Path | None] = {"base model": None}
     for iteration in range(1, params.loop.max_iterations + 1):
-        adapter = IterationPaths.of(project.workdir, iteration).adapter
-        if (adapter / "pytorch_lora_weights.safetensors").is_file():
-            models[f"iteration {iteration}"] = adapter
+        folder = IterationPaths.of(project.workdir, iteration).adapter
+        if (folder / ADAPTER_WEIGHTS).is_file():
+            models[f"iteration {iteration}"] = folder
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}

@@ -1,0 +1,70 @@
+"""``charloop world build|references``: the procedural character world and its models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from charloop_cli.common import console, setup_logging
+
+world_app = typer.Typer(help="Procedural character world: build its models, render references.")
+
+TARGETS = ("base", "embedder", "oracle", "oracle-adapt", "quality", "all")
+TARGET_HELP = "base, embedder, oracle, oracle-adapt, quality or all."
+
+
+@world_app.command()
+def build(
+    target: Annotated[str, typer.Argument(help=TARGET_HELP)] = "all",
+    out: Annotated[Path, typer.Option(help="Models folder.")] = Path("models"),
+    cache: Annotated[Path, typer.Option(help="Rendered data and checkpoints.")] = Path(
+        ".charloop/world-cache"
+    ),
+    minutes: Annotated[float | None, typer.Option(help="Training budget override.")] = None,
+    seed: int = 0,
+    verbose: bool = False,
+) -> None:
+    """Train a world model (or all three) and save it under OUT with its model card."""
+    from charloop.world.build import build as build_models
+
+    if target not in TARGETS:
+        console.print(f"[red]unknown target[/red] {target!r}; choose from {', '.join(TARGETS)}")
+        raise typer.Exit(2)
+    setup_logging(verbose)
+    for path in build_models(target, out, cache, minutes, seed):
+        console.print(f"built {path}")
+
+
+@world_app.command()
+def references(
+    out_dir: Annotated[Path, typer.Argument(help="Where to write ref_NNN.png files.")],
+    n: Annotated[int, typer.Option(help="Number of renders.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the character and the contexts.")] = 0,
+    character: Annotated[
+        str | None,
+        typer.Option(help="Attributes as key=value,... (missing ones are drawn from the seed)."),
+    ] = None,
+) -> None:
+    """Render N reference pictures of one world character over varied contexts."""
+    import numpy as np
+
+    from charloop.world.attributes import CHARACTER_VALUES, CharacterSpec, sample_character
+    from charloop.world.captions import render_references
+
+    spec = sample_character(np.random.default_rng(seed)).as_dict()
+    for item in filter(None, (character or "").split(",")):
+        key, _, value = item.partition("=")
+        spec[key.strip()] = value.strip()
+    unknown = set(spec) - set(CHARACTER_VALUES)
+    if unknown:
+        console.print(f"[red]unknown attributes[/red] {sorted(unknown)}")
+        raise typer.Exit(2)
+    try:
+        chosen = CharacterSpec(**spec)
+    except ValueError as exc:
+        console.print(f"[red]invalid character[/red] {exc}")
+        raise typer.Exit(2) from None
+    paths = render_references(chosen, out_dir, n, seed)
+    console.print(f"wrote {len(paths)} references of {chosen.key} to {out_dir}")

@@ -1,0 +1,68 @@
+"""The validity report: oracle agreement, its summary, and (slow) the default loop's margin."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from charloop.validity import Scores, score
+from tests.conftest import REPO
+
+ORACLE = REPO / "models" / "world-oracle"
+TRUTH = json.loads((REPO / "references" / "kira" / "identity.json").read_text())
+
+
+def test_summary_reports_agreement_per_seed_and_attribute():
+    matches = np.array([[1, 1], [1, 0], [0, 0], [1, 1]], dtype=bool)
+    summary = Scores(matches, ["hair", "eyes"], [1, 1, 2, 2]).summary()
+    assert summary["consistency"] == pytest.approx(62.5)
+    assert summary["consistency_per_seed"] == [75.0, 50.0]
+    assert summary["consistency_seed_std"] == pytest.approx(12.5)
+    assert summary["all_attributes"] == pytest.approx(50.0)
+    assert summary["per_attribute"] == {"hair": 75.0, "eyes": 50.0}
+
+
+def test_oracle_scores_the_true_character_far_above_random_ones():
+    from charloop.world.attributes import CharacterSpec, sample_character, sample_context
+    from charloop.world.oracle import load_oracle
+    from charloop.world.render import render
+
+    oracle = load_oracle(ORACLE)
+    rng = np.random.default_rng(5)
+    contexts = [sample_context(rng) for _ in range(12)]
+    kira = CharacterSpec(**TRUTH)
+    own = [render(kira, c, 100 + i) for i, c in enumerate(contexts)]
+    others = [render(sample_character(rng), c, 200 + i) for i, c in enumerate(contexts)]
+    seeds = list(range(12))
+    mine = score(oracle, own, TRUTH, seeds).summary()
+    theirs = score(oracle, others, TRUTH, seeds).summary()
+    assert mine["consistency"] > 85.0
+    assert theirs["consistency"] < 50.0
+
+
+@pytest.mark.slow
+def test_default_loop_raises_oracle_consistency(tmp_path):
+    """The shipped params.yaml: 3 iterations, then the report's margin over the base model."""
+    from charloop.config import load_project
+    from charloop.validity import run_validity
+    from flows.character_loop import character_loop
+
+    for name in ("params.yaml", "references", "models"):
+        source = REPO / name
+        target = tmp_path / name
+        if source.is_dir():
+            target.symlink_to(source)
+        else:
+            shutil.copy(source, target)
+    rows = character_loop(params_file=str(tmp_path / "params.yaml"))
+    assert len(rows) == 3
+    project = load_project(tmp_path / "params.yaml")
+    report = run_validity(project, ORACLE, list(range(9000, 9008)), tmp_path / "report")
+    base = report["models"]["base model"]
+    last = report["models"][list(report["models"])[-1]]
+    noise = max(base["consistency_seed_std"], last["consistency_seed_std"])
+    assert report["margin"] >= 30.0, report
+    assert report["margin"] > 3 * noise, report
