@@ -39,8 +39,11 @@ PROMPT_WORDS = tuple(
 """Words that become single tokens in the tiny tokenizer; anything else splits into characters."""
 
 
-def _clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Byte-level CLIP BPE vocab and merges, trained so ``PROMPT_WORDS`` are whole tokens."""
+def clip_vocab(
+    words: tuple[str, ...] = PROMPT_WORDS,
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Byte-level CLIP BPE vocab and merges, trained so ``words`` are whole tokens (any other
+    word still tokenizes, through byte fallback)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -50,7 +53,7 @@ def _clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
     trainer = trainers.BpeTrainer(
         vocab_size=100_000, initial_alphabet=symbols, end_of_word_suffix="</w>", show_progress=False
     )
-    bpe.train_from_iterator([" ".join(PROMPT_WORDS)], trainer)
+    bpe.train_from_iterator([" ".join(words)], trainer)
     merges = [tuple(pair) for pair in json.loads(bpe.to_str())["model"]["merges"]]
     tokens = symbols + [s + "</w>" for s in symbols] + [a + b for a, b in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
@@ -62,7 +65,7 @@ def build_tokenizer():  # -> CLIPTokenizer (transformers types are heavy to impo
     """A CLIP tokenizer whose vocabulary is generated in code."""
     from transformers import CLIPTokenizer
 
-    vocab, merges = _clip_vocab()
+    vocab, merges = clip_vocab()
     # transformers 5 takes merge pairs as tuples; its annotation still says list[str].
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)  # type: ignore[arg-type]
 
