@@ -29,8 +29,15 @@ def prepare_stores(project: Project) -> None:
     """
     preflight(project)
     if project.params.dvc.enabled:
-        versioning.ensure_repo(project.root, project.params.dvc.remote)
+        root = versioning.covering_root(project.root, project.workdir)
+        versioning.ensure_repo(root, dvc_remote(project))
     registry.init_store(project.tracking_uri)
+
+
+def dvc_remote(project: Project) -> str | None:
+    """The DVC remote: a URL as written, a folder resolved against the params file."""
+    remote = project.params.dvc.remote
+    return remote if remote is None or "://" in remote else str(project.resolve(remote))
 
 
 def preflight(project: Project) -> None:

@@ -6,6 +6,7 @@ All DVC calls go through one process at a time: DVC holds one lock per repositor
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 from pathlib import Path
 
@@ -58,6 +59,15 @@ def dvc_root(start: Path) -> Path | None:
         if (folder / ".dvc").is_dir():
             return folder
     return None
+
+
+def covering_root(root: Path, *paths: Path) -> Path:
+    """The folder a DVC repo needs to cover ``root`` (the params folder) and ``paths`` (the
+    work folder, references): their common folder, so a params file in a subfolder with
+    ``workdir: ../runs`` still versions its runs. Falls back to ``root`` when the only
+    common folder is the filesystem root."""
+    common = Path(os.path.commonpath([p.resolve() for p in (root, *paths)]))
+    return common if len(common.parts) > 1 else root
 
 
 def ensure_repo(root: Path, remote: str | None) -> Path:

@@ -61,7 +61,10 @@ def ingest(
         typer.echo(f"skipped {name}: {reason}")
     md5 = None
     if project.params.dvc.enabled and report.added:
-        versioning.ensure_repo(project.root, project.params.dvc.remote)
+        from charloop.publish import dvc_remote
+
+        root = versioning.covering_root(project.root, project.workdir, references)
+        versioning.ensure_repo(root, dvc_remote(project))
         md5 = versioning.track([references])[str(references)]
         if project.params.dvc.remote:
             versioning.push([references])

@@ -148,3 +148,22 @@ def test_bad_base_model_and_unwritable_workdir_fail_before_any_work(tmp_path):
         preflight(blocked)
     result = _run(blocked.params_file)
     assert result.returncode != 0 and "loop.workdir: cannot write" in result.stderr
+
+
+def test_params_in_a_subfolder_version_a_workdir_beside_it(tmp_path):
+    """examples/world.yaml's layout: params in a subfolder, ``workdir: ../runs``."""
+    from charloop import versioning
+    from charloop.publish import prepare_stores
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    data = tiny_params()
+    data["loop"] = {"workdir": "../runs"}
+    project = load_project(write_params(tmp_path / "examples", data))
+    prepare_stores(project)
+    assert (tmp_path / ".dvc").is_dir() and not (tmp_path / "examples" / ".dvc").exists()
+    folder = project.workdir / "iter-001" / "04_dataset"
+    folder.mkdir(parents=True)
+    (folder / "a.txt").write_text("a")
+    assert versioning.track([folder])[str(folder)].endswith(".dir")
+    remote = versioning.dvc_root(tmp_path)
+    assert remote == tmp_path.resolve() or remote == tmp_path
