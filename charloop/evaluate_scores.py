@@ -73,13 +73,10 @@ class ScoredImages:
         ]
         rows = atomic.read_jsonl(dataset_dir / "metadata.jsonl")
         train: dict[str, np.ndarray | None] = {}
-        for member in params.members:
+        for member in params.members:  # a single character's rows all count as its own
             own = [r for r in rows if r.get("characters", [member.name]) == [member.name]]
             pictures = [open_image(dataset_dir / r["file_name"]) for r in own]
             train[member.name] = embed_in_batches(embedder, pictures, EMBED_BATCH) if own else None
-        if params.cast is None:  # a single character: every training image counts
-            everything = [open_image(dataset_dir / r["file_name"]) for r in rows]
-            train[params.subject] = embed_in_batches(embedder, everything, EMBED_BATCH)
         return cls(
             jobs=jobs,
             images={"lora": lora_images, "base": base_images},
