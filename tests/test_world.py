@@ -243,3 +243,66 @@ def test_cli_references(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["ref_000.png", "ref_001.png"]
     bad = CliRunner().invoke(world_app, ["references", str(tmp_path / "x"), "--character", "hat=1"])
     assert bad.exit_code == 2
+
+
+def test_dataset_is_the_same_with_worker_processes() -> None:
+    from charloop.world.dataset import make_dataset
+
+    serial, parallel = make_dataset(5, 2, seed=3), make_dataset(5, 2, seed=3, workers=2)
+    assert np.array_equal(serial.images, parallel.images)
+    assert serial.records == parallel.records
+    assert serial.identity.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+
+
+def test_caption_batches_draw_fresh_captions_and_token_ids() -> None:
+    from charloop.world.batches import CaptionBatches, caption_batches
+    from charloop.world.dataset import make_dataset
+    from charloop.world.tokenizer import build_world_tokenizer
+
+    tokenizer = build_world_tokenizer()
+    records = make_dataset(6, 1, seed=0).records
+    source = CaptionBatches(records, tokenizer, 64, drop_prob=0.3, empty_prob=0.25, seed=1)
+    index, ids = next(caption_batches(source))
+    assert index.shape == (64,) and int(index.max()) < 6
+    assert ids.shape == (64, tokenizer.model_max_length)
+    empty = tokenizer([""], padding="max_length", max_length=ids.shape[1]).input_ids[0]
+    n_empty = sum(row == empty for row in ids.tolist())
+    assert 4 <= n_empty <= 30  # about a quarter
+    again = next(iter(CaptionBatches(records, tokenizer, 64, 0.3, 0.25, seed=1)))
+    assert torch_equal(again, (index, ids))  # same seed, same stream
+
+
+def torch_equal(a: tuple, b: tuple) -> bool:
+    return all(bool((x == y).all()) for x, y in zip(a, b, strict=True))
+
+
+def test_diffusion_training_checkpoints_and_resumes(tmp_path: Path) -> None:
+    import torch
+
+    from charloop.world import base_model, train_base
+    from charloop.world.dataset import make_dataset
+
+    data = make_dataset(4, 2, seed=0)
+    vae, text_encoder, tokenizer, _ = base_model.new_components(0)
+    unet = base_model.build_unet((16, 32, 32))
+    latents = train_base.encode_latents(vae, data.images)
+    before = [p.detach().clone() for p in unet.parameters()]
+    setup = train_base.DiffusionSetup(batch_size=2, checkpoint_every=2, log_every=1)
+    ckpt = tmp_path / "diffusion.pt"
+    first = train_base.train_diffusion(
+        unet, text_encoder, tokenizer, latents, data.records, 4.0, ckpt, setup
+    )
+    assert first.total_steps >= 2 and ckpt.exists()
+    assert all(np.isfinite(first.losses))
+    moved = sum(
+        float((p.detach() - b).abs().sum()) for p, b in zip(unet.parameters(), before, strict=True)
+    )
+    assert moved > 0
+    state = torch.load(ckpt, weights_only=False)
+    n_params = len(list(unet.parameters())) + len(list(text_encoder.parameters()))
+    assert state["step"] % 2 == 0 and len(state["ema"]) == n_params
+    budget = state["elapsed"] + 2.0  # the budget counts the time before the checkpoint too
+    resumed = train_base.train_diffusion(
+        unet, text_encoder, tokenizer, latents, data.records, budget, ckpt, setup
+    )
+    assert resumed.total_steps > state["step"]  # counted on from the checkpoint

@@ -77,6 +77,12 @@ def sample_grid(pipe: Any, path: Path, rows: int = 4, cols: int = 6, seed: int =
     return prompts
 
 
+def _device_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"one {torch.cuda.get_device_name(0)} GPU"
+    return f"{torch.get_num_threads()} CPU threads"
+
+
 def build_base(
     out_dir: str | Path,
     cache_dir: str | Path = ".charloop/world-cache",
@@ -85,12 +91,19 @@ def build_base(
     n_characters: int = 6000,
     per_character: int = 2,
     seed: int = 0,
+    setup: train_base.DiffusionSetup | None = None,
+    vae_batch_size: int = 32,
 ) -> Path:
-    """Train and save the world SD1.5 pipeline with a model card; returns the folder."""
+    """Train and save the world SD1.5 pipeline with a model card; returns the folder.
+
+    ``setup`` says how the UNet is trained, and on which device (the VAE trains on it too);
+    its ``workers`` also render the dataset.
+    """
+    setup = setup or train_base.DiffusionSetup(seed=seed)
     out, cache = Path(out_dir), Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    data = cached_dataset(cache, n_characters, per_character, seed)
+    data = cached_dataset(cache, n_characters, per_character, seed, max(1, setup.workers))
     held_out = cached_dataset(cache, 128, 1, seed + 1)
     vae, text_encoder, tokenizer, unet = base_model.new_components(seed)
     vae_ckpt = cache / "vae.pt"
@@ -100,12 +113,19 @@ def build_base(
         vae.load_state_dict(state["vae"])
         logs["vae"] = train_base.LoopLog(**state["log"])
     else:
-        logs["vae"] = train_base.train_vae(vae, data.images, vae_minutes * 60, seed=seed)
+        logs["vae"] = train_base.train_vae(
+            vae,
+            data.images,
+            vae_minutes * 60,
+            batch_size=vae_batch_size,
+            seed=seed,
+            device=setup.device,
+        )
         train_base._save_atomic({"vae": vae.state_dict(), "log": logs["vae"].__dict__}, vae_ckpt)
     vae.eval()
     recon = train_base.vae_recon_error(vae, held_out.images)
     logger.info("vae held-out mean abs error %.2f / 255", recon)
-    means, stds = train_base.encode_latents(vae, data.images)
+    means, stds = train_base.encode_latents(vae, data.images, device=setup.device)
     scale = float(1.0 / means.std())
     vae.register_to_config(scaling_factor=scale)
     logs["unet"] = train_base.train_diffusion(
@@ -116,7 +136,7 @@ def build_base(
         data.records,
         unet_minutes * 60,
         checkpoint=cache / "diffusion.pt",
-        seed=seed,
+        setup=setup,
     )
     pipe = base_model.assemble_pipeline(vae, text_encoder, tokenizer, unet)
     base_model.save_pipeline(pipe, out)
@@ -132,9 +152,12 @@ def build_base(
         "vae_recon_mae_255": round(recon, 2),
         "latent_scaling_factor": round(scale, 4),
         "unet_steps": logs["unet"].total_steps,
+        "unet_batch": setup.batch_size,
+        "device": setup.device,
         "unet_seconds": round(logs["unet"].seconds),
         "unet_final_mse": round(logs["unet"].losses[-1], 4) if logs["unet"].losses else None,
         "total_seconds": round(time.time() - started),
+        "device_name": _device_name(setup.device),
         "sample_prompts": prompts,
     }
     (out / "build_stats.json").write_text(json.dumps(stats, indent=1))
@@ -149,7 +172,7 @@ def write_card(out: Path, stats: dict[str, Any], quality: str = "") -> None:
 
 A small Stable Diffusion 1.5-architecture pipeline (diffusers format: AutoencoderKL,
 CLIPTextModel + CLIPTokenizer, UNet2DConditionModel, DDIM scheduler config, epsilon
-prediction, no safety checker) trained from scratch on CPU on the procedural character world
+prediction, no safety checker) trained from scratch on the procedural character world
 of `charloop.world`. 64x64 images, 16x16x4 latents. Rebuild: `python -m charloop.world.build
 base --out models`.
 
@@ -163,10 +186,10 @@ probability 0.3 and 10% of captions are empty (classifier-free guidance).
 - VAE: {stats["vae_steps"]} steps in {stats["vae_seconds"]} s (MSE + L1 + 1e-6 KL), held-out
   reconstruction error {stats["vae_recon_mae_255"]} / 255 (mean absolute), latent scaling
   factor {stats["latent_scaling_factor"]}.
-- UNet + text encoder jointly: {stats["unet_steps"]} steps (batch 32) in
-  {stats["unet_seconds"]} s, min-SNR-5 weighted epsilon loss; final unweighted epsilon MSE
-  {stats["unet_final_mse"]}.
-- Total wall time {stats["total_seconds"]} s on 2 CPU cores.
+- UNet + text encoder jointly: {stats["unet_steps"]} steps (batch {stats.get("unet_batch", 32)})
+  in {stats["unet_seconds"]} s, min-SNR-5 weighted epsilon loss, weights averaged (EMA);
+  final unweighted epsilon MSE {stats["unet_final_mse"]}.
+- Total wall time {stats["total_seconds"]} s on {stats.get("device_name", "2 CPU cores")}.
 
 ![loss curve](loss_curve.png)
 

@@ -46,22 +46,39 @@ class WorldDataset:
         return len(self.records)
 
 
-def make_dataset(n_characters: int, per_character: int, seed: int) -> WorldDataset:
-    """Render ``per_character`` pictures of each of ``n_characters`` random characters."""
+def _render_spec(spec: tuple[CharacterSpec, Context, int]) -> np.ndarray:
+    return np.asarray(render(*spec))
+
+
+def make_dataset(
+    n_characters: int, per_character: int, seed: int, workers: int = 1
+) -> WorldDataset:
+    """Render ``per_character`` pictures of each of ``n_characters`` random characters.
+
+    The specs are drawn in one sequence from ``seed``, then rendered by ``workers``
+    processes, so the dataset is the same whatever the number of workers.
+    """
     rng = np.random.default_rng(seed)
-    images, records, identity = [], [], []
+    specs, records, identity = [], [], []
     for index in range(n_characters):
         character = sample_character(rng)
         for _ in range(per_character):
             context = sample_context(rng)
-            images.append(np.asarray(render(character, context, int(rng.integers(2**31)))))
+            specs.append((character, context, int(rng.integers(2**31))))
             records.append(record(character, context))
             identity.append(index)
+    if workers > 1:
+        from multiprocessing import get_context
+
+        with get_context("fork").Pool(workers) as pool:
+            images = pool.map(_render_spec, specs, chunksize=256)
+    else:
+        images = [_render_spec(spec) for spec in specs]
     return WorldDataset(np.stack(images), records, np.asarray(identity, dtype=np.int64))
 
 
 def cached_dataset(
-    cache_dir: str | Path, n_characters: int, per_character: int, seed: int
+    cache_dir: str | Path, n_characters: int, per_character: int, seed: int, workers: int = 1
 ) -> WorldDataset:
     """:func:`make_dataset`, cached as ``.npz`` + JSON under ``cache_dir``."""
     cache = Path(cache_dir)
@@ -72,7 +89,7 @@ def cached_dataset(
         records = json.loads(meta.read_text())
         return WorldDataset(data["images"], records, data["identity"])
     logger.info("rendering %d x %d world images", n_characters, per_character)
-    dataset = make_dataset(n_characters, per_character, seed)
+    dataset = make_dataset(n_characters, per_character, seed, workers)
     cache.mkdir(parents=True, exist_ok=True)
     tmp = stem.with_name(stem.name + ".tmp.npz")
     np.savez(tmp, images=dataset.images, identity=dataset.identity)

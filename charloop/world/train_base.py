@@ -19,9 +19,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from charloop.world.attributes import character_from_dict, context_from_dict
-from charloop.world.captions import caption
-
 logger = logging.getLogger(__name__)
 
 
@@ -47,9 +44,22 @@ def _save_atomic(state: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def to_tensor(images: np.ndarray) -> torch.Tensor:
+def to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 ``(n, h, w, 3)`` -> float ``(n, 3, h, w)`` in [-1, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    pixels = torch.from_numpy(images) if isinstance(images, np.ndarray) else images
+    return pixels.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def autocast(device: torch.device) -> Any:
+    """bf16 autocast on CUDA (the matmuls and convolutions), a no-op elsewhere."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def adamw(params: Any, lr: float, weight_decay: float, device: torch.device) -> Any:
+    """AdamW, fused on CUDA."""
+    return torch.optim.AdamW(
+        params, lr=lr, weight_decay=weight_decay, fused=device.type == "cuda" or None
+    )
 
 
 def train_vae(
@@ -62,52 +72,62 @@ def train_vae(
     log_every: int = 25,
     crop_fraction: float = 0.7,
     seed: int = 0,
+    device: str | torch.device = "cpu",
 ) -> LoopLog:
     """Train ``vae`` on reconstruction (MSE + L1) with a small KL term, for ``budget_s`` s.
 
     The first ``crop_fraction`` of the budget trains on random 32 px crops (cheaper).
     """
+    device = torch.device(device)
     rng = np.random.default_rng(seed)
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    log, start, step, running = LoopLog(), time.time(), 0, 0.0
-    vae.train()
+    pixels = torch.from_numpy(images).to(device)
+    opt = adamw(vae.parameters(), lr, 0.0, device)
+    log, start, step = LoopLog(), time.time(), 0
+    running = torch.zeros((), device=device)
+    vae.to(device).train()
     while time.time() - start < budget_s:
         for group in opt.param_groups:
             group["lr"] = lr * _lr_factor(step, time.time() - start, budget_s, 50)
-        x = to_tensor(images[rng.integers(0, len(images), batch_size)])
+        index = torch.from_numpy(rng.integers(0, len(images), batch_size)).to(device)
+        x = to_tensor(pixels[index])
         if time.time() - start < crop_fraction * budget_s:
             # fully convolutional: 32 px crops teach the same filters at a quarter of the cost
             top, left = (int(v) for v in rng.integers(0, 33, 2) // 4 * 4)
             x = x[:, :, top : top + 32, left : left + 32]
-        posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample()).sample
+        with autocast(device):
+            posterior = vae.encode(x).latent_dist
+            recon = vae.decode(posterior.sample()).sample.float()
         loss = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x) + kl_weight * posterior.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
-        running += loss.item()
+        running += loss.detach()
         step += 1
         if step % log_every == 0:
+            mean = float(running) / log_every  # one device sync per log line, not per step
             log.steps.append(step)
-            log.losses.append(running / log_every)
-            logger.info(
-                "vae step %d loss %.4f (%.0fs)", step, running / log_every, time.time() - start
-            )
-            running = 0.0
-    vae.eval()
+            log.losses.append(mean)
+            logger.info("vae step %d loss %.4f (%.0fs)", step, mean, time.time() - start)
+            running.zero_()
+    vae.to("cpu").eval()
     log.seconds, log.total_steps = time.time() - start, step
     return log
 
 
 @torch.no_grad()
-def encode_latents(vae: Any, images: np.ndarray, batch_size: int = 128) -> tuple[Any, Any]:
-    """Posterior means and standard deviations of every image, unscaled."""
+def encode_latents(
+    vae: Any, images: np.ndarray, batch_size: int = 128, device: str | torch.device = "cpu"
+) -> tuple[Any, Any]:
+    """Posterior means and standard deviations of every image, unscaled (on the CPU)."""
+    vae.to(device)
     means, stds = [], []
     for i in range(0, len(images), batch_size):
-        dist = vae.encode(to_tensor(images[i : i + batch_size])).latent_dist
-        means.append(dist.mean)
-        stds.append(dist.std)
+        x = to_tensor(images[i : i + batch_size]).to(device)
+        dist = vae.encode(x).latent_dist
+        means.append(dist.mean.cpu())
+        stds.append(dist.std.cpu())
+    vae.to("cpu")
     return torch.cat(means), torch.cat(stds)
 
 
@@ -119,6 +139,29 @@ def vae_recon_error(vae: Any, images: np.ndarray) -> float:
     return float((recon - x).abs().mean() * 127.5)
 
 
+@dataclass
+class DiffusionSetup:
+    """How the UNet + text encoder are trained (see :func:`train_diffusion`)."""
+
+    batch_size: int = 32
+    lr: float = 4e-4
+    drop_prob: float = 0.3
+    empty_prob: float = 0.1
+    ema_decay: float = 0.999
+    warmup: int = 100
+    log_every: int = 50
+    checkpoint_every: int = 300
+    workers: int = 0
+    seed: int = 0
+    device: str = "cpu"
+
+
+def _checkpoint(path: Path, modules: tuple[Any, Any], opt: Any, ema: list, **extra: Any) -> None:
+    unet, text_encoder = modules
+    state = {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict()}
+    _save_atomic({**state, "opt": opt.state_dict(), "ema": [e.cpu() for e in ema], **extra}, path)
+
+
 def train_diffusion(
     unet: Any,
     text_encoder: Any,
@@ -127,93 +170,89 @@ def train_diffusion(
     records: list[dict[str, str]],
     budget_s: float,
     checkpoint: Path | None = None,
-    batch_size: int = 32,
-    lr: float = 4e-4,
-    drop_prob: float = 0.3,
-    empty_prob: float = 0.1,
-    log_every: int = 50,
-    checkpoint_every: int = 300,
-    seed: int = 0,
+    setup: DiffusionSetup | None = None,
 ) -> LoopLog:
     """Train UNet and text encoder jointly on epsilon prediction (min-SNR-5 weighted).
 
-    Captions are re-drawn every step with attribute dropout ``drop_prob``; a fraction
-    ``empty_prob`` of them is empty so classifier-free guidance works.
+    Captions are re-drawn every step with attribute dropout; a fraction of them is empty so
+    classifier-free guidance works. An exponential moving average of the weights (the usual
+    diffusion practice: it smooths the last steps' noise) is what the modules hold at the end.
     """
     from charloop.world.base_model import build_scheduler
+    from charloop.world.batches import CaptionBatches, caption_batches
 
-    rng = np.random.default_rng(seed)
-    means, stds = latents
-    alphas = build_scheduler().alphas_cumprod.float()
+    cfg = setup or DiffusionSetup()
+    device = torch.device(cfg.device)
+    unet.to(device)
+    text_encoder.to(device)
+    means, stds = (t.to(device) for t in latents)
+    alphas = build_scheduler().alphas_cumprod.float().to(device)
     snr = alphas / (1 - alphas)
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    opt = adamw(params, cfg.lr, 0.01, device)
+    ema = [p.detach().clone() for p in params]
     log, step, offset = LoopLog(), 0, 0.0
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, weights_only=False, map_location=device)
         unet.load_state_dict(state["unet"])
         text_encoder.load_state_dict(state["text_encoder"])
         opt.load_state_dict(state["opt"])
+        ema = [e.to(device) for e in state.get("ema", ema)]
         step, offset = state["step"], state["elapsed"]
         log.steps, log.losses = state["log_steps"], state["log_losses"]
         logger.info("resumed diffusion training at step %d", step)
-    characters = [character_from_dict(r) for r in records]
-    contexts = [context_from_dict(r) for r in records]
+    source = CaptionBatches(
+        records, tokenizer, cfg.batch_size, cfg.drop_prob, cfg.empty_prob, cfg.seed + step
+    )
+    batches = caption_batches(source, cfg.workers)
     unet.train()
     text_encoder.train()
-    start, running = time.time() - offset, 0.0
+    start, running = time.time() - offset, torch.zeros((), device=device)
     while time.time() - start < budget_s:
         for group in opt.param_groups:
-            group["lr"] = lr * _lr_factor(step, time.time() - start, budget_s, 100)
-        index = rng.integers(0, len(records), batch_size)
-        texts = [
-            "" if rng.random() < empty_prob else caption(characters[i], contexts[i], rng, drop_prob)
-            for i in index
-        ]
-        ids = tokenizer(
-            texts,
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
-        idx = torch.from_numpy(index)
-        z0 = means[idx] + stds[idx] * torch.randn_like(means[idx])
+            group["lr"] = cfg.lr * _lr_factor(step, time.time() - start, budget_s, cfg.warmup)
+        index, ids = (t.to(device, non_blocking=True) for t in next(batches))
+        z0 = means[index] + stds[index] * torch.randn_like(means[index])
         noise = torch.randn_like(z0)
-        t = torch.randint(0, len(alphas), (batch_size,))
+        t = torch.randint(0, len(alphas), (len(index),), device=device)
         a = alphas[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
-        pred = unet(zt, t, text_encoder(ids)[0]).sample
+        with autocast(device):
+            pred = unet(zt, t, text_encoder(ids)[0]).sample.float()
         weight = torch.clamp(snr[t], max=5.0) / snr[t]
         loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        running += (pred - noise).detach().pow(2).mean().item()
+        with torch.no_grad():
+            # warm the average up: early on the weights move too fast for a long memory
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+            running += (pred - noise).pow(2).mean()
         step += 1
-        if step % log_every == 0:
+        if step % cfg.log_every == 0:
+            mean = float(running) / cfg.log_every
             log.steps.append(step)
-            log.losses.append(running / log_every)
-            logger.info(
-                "unet step %d mse %.4f (%.0fs)", step, running / log_every, time.time() - start
-            )
-            running = 0.0
-        if checkpoint is not None and step % checkpoint_every == 0:
-            _save_atomic(
-                {
-                    "unet": unet.state_dict(),
-                    "text_encoder": text_encoder.state_dict(),
-                    "opt": opt.state_dict(),
-                    "step": step,
-                    "elapsed": time.time() - start,
-                    "log_steps": log.steps,
-                    "log_losses": log.losses,
-                },
+            log.losses.append(mean)
+            logger.info("unet step %d mse %.4f (%.0fs)", step, mean, time.time() - start)
+            running.zero_()
+        if checkpoint is not None and step % cfg.checkpoint_every == 0:
+            extra = {"step": step, "elapsed": time.time() - start}
+            _checkpoint(
                 checkpoint,
+                (unet, text_encoder),
+                opt,
+                ema,
+                **extra,
+                log_steps=log.steps,
+                log_losses=log.losses,
             )
-    unet.eval()
-    text_encoder.eval()
+    with torch.no_grad():
+        for p, e in zip(params, ema, strict=True):
+            p.copy_(e)
+    unet.to("cpu").eval()
+    text_encoder.to("cpu").eval()
     log.seconds, log.total_steps = time.time() - start, step
     return log
 
