@@ -50,9 +50,17 @@ def run(
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Prefect's ephemeral API can take longer than its 20 s default on a loaded 2-core box.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    from charloop.publish import preflight
+    from charloop_cli.prefect_api import start_temporary_api
+
+    try:
+        preflight(project)  # bad input fails before Prefect starts
+    except (PermissionError, FileNotFoundError) as exc:
+        console.print(f"[red]charloop run stopped[/red]: {type(exc).__name__}: {exc}")
+        raise typer.Exit(1) from None
+    api_ready = start_temporary_api()  # boots while the flow's modules import
     from charloop.filter import NotEnoughImages
     from charloop.locking import LoopLocked
-    from charloop.publish import preflight
     from charloop.review import ReviewTimedOut
     from charloop.train import TrainingDiverged
     from flows.character_loop import character_loop
@@ -60,10 +68,13 @@ def run(
 
     stopping = (LoopLocked, NotEnoughImages, TrainingDiverged, ReviewTimedOut, PermissionError,
                 FileNotFoundError)  # fmt: skip
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    api = api_ready()
     try:
-        preflight(project)  # bad input fails before Prefect starts
         loop = character_loop.with_options(task_runner=task_runner_for(project.params.scale))
-        rows = loop(params_file=str(project.params_file))
+        with temporary_settings(updates={PREFECT_API_URL: api} if api else {}):
+            rows = loop(params_file=str(project.params_file))
     except stopping as exc:
         console.print(f"[red]charloop run stopped[/red]: {type(exc).__name__}: {exc}")
         raise typer.Exit(1) from None

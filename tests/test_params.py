@@ -16,8 +16,15 @@ from tests.conftest import REPO, tiny_params, write_params
 def test_shipped_params_file_validates():
     project = load_project(REPO / "params.yaml")
     assert project.params.character.trigger
-    assert project.model_ref(project.params.base_model.path) == str(REPO / "models" / "tiny-sd15")
+    assert project.model_ref(project.params.base_model.path) == str(REPO / "models" / "world-sd15")
     assert Path(project.model_ref(project.params.base_model.path)).is_dir()
+
+
+def test_tiny_example_validates_and_points_at_the_tiny_models():
+    project = load_project(REPO / "examples" / "tiny.yaml")
+    base = Path(project.model_ref(project.params.base_model.path))
+    assert base == REPO / "models" / "tiny-sd15" and base.is_dir()
+    assert project.character_dir == REPO / "runs" / "kira"
 
 
 def test_defaults_fill_optional_sections(tmp_path):

@@ -151,7 +151,7 @@ def test_bad_base_model_and_unwritable_workdir_fail_before_any_work(tmp_path):
 
 
 def test_params_in_a_subfolder_version_a_workdir_beside_it(tmp_path):
-    """examples/world.yaml's layout: params in a subfolder, ``workdir: ../runs``."""
+    """examples/tiny.yaml's layout: params in a subfolder, ``workdir: ../runs``."""
     from charloop import versioning
     from charloop.publish import prepare_stores
 

@@ -47,16 +47,15 @@ def test_oracle_scores_the_true_character_far_above_random_ones():
 @pytest.mark.slow
 @pytest.mark.xfail(reason="world-sd15 v1 does not follow character attributes yet", strict=False)
 def test_world_loop_raises_oracle_consistency(tmp_path):
-    """examples/world.yaml: 3 iterations, then the report's margin over the base model."""
+    """The shipped params.yaml: 3 iterations, then the report's margin over the base model."""
     from charloop.config import load_project
     from charloop.validity import run_validity
     from flows.character_loop import character_loop
 
-    (tmp_path / "examples").mkdir()
-    shutil.copy(REPO / "examples" / "world.yaml", tmp_path / "examples" / "world.yaml")
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     for name in ("references", "models"):
         (tmp_path / name).symlink_to(REPO / name)
-    params = tmp_path / "examples" / "world.yaml"
+    params = tmp_path / "params.yaml"
     rows = character_loop(params_file=str(params))
     assert len(rows) == 3
     project = load_project(params)
@@ -68,11 +67,11 @@ def test_world_loop_raises_oracle_consistency(tmp_path):
     assert report["margin"] > 3 * noise, report
 
 
-def test_world_example_validates_and_knows_its_truth():
+def test_shipped_params_target_the_world_and_know_their_truth():
     from charloop.config import load_project
     from charloop.validity import load_truth
 
-    project = load_project(REPO / "examples" / "world.yaml")
+    project = load_project(REPO / "params.yaml")
     assert project.params.filter.embedder.type == "world"
     assert (Path(project.model_ref(project.params.base_model.path)) / "model_index.json").is_file()
     assert load_truth(project) == TRUTH

@@ -220,7 +220,6 @@ def test_oracle_reads_fresh_renders() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="world-sd15 is under-trained (945 CPU steps): see its MODEL_CARD.md")
 @needs_base
 @needs_oracle
 def test_base_model_follows_prompts() -> None:
@@ -229,7 +228,9 @@ def test_base_model_follows_prompts() -> None:
     from charloop.world.quality import prompt_accuracy
 
     scores = prompt_accuracy(load_pipeline(BASE), load_oracle(ORACLE), n=32, seed=7)
-    assert scores["hair_colour"] > 1 / 6
+    # measured on 96 prompts (MODEL_CARD.md): 1.0, 0.99, 0.97, 0.94, 1.0; chance 0.17-0.25
+    for name in ("hair_colour", "outfit_colour", "outfit_kind", "accessory", "setting"):
+        assert scores[name] >= 0.75, (name, scores)
 
 
 def test_cli_references(tmp_path: Path) -> None:
