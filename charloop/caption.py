@@ -13,7 +13,10 @@ Layout of the dataset folder::
 
 A cast gets one subset folder per scene kind: ``<repeats>_<trigger>`` for each character
 alone and ``<repeats>_<trigger>_and_<trigger>`` for joint scenes, every caption starting with
-the triggers of the characters present.
+the triggers of the characters present. With ``caption.include_references`` each character's
+reference images go in a ``<repeats>_<trigger>_references`` subset (ids ``ref-<name>-<file>``),
+captioned with the trigger, the traits (``include_traits``) and the tags of a ``<stem>.txt``
+file beside the image, if any.
 
 Captions are never shuffled here: the trigger is always the first tag.
 """
@@ -28,6 +31,7 @@ from typing import Any
 
 from charloop import atomic
 from charloop.config import Project
+from charloop.hashing import sha256_file
 from charloop.params import AXES, CaptionParams, Character
 from charloop.stage import StageOutput, completed, fingerprint, seal
 
@@ -58,12 +62,12 @@ def caption_text(
     return rules.separator.join([*tags, description] if description else tags)
 
 
-def kohya_dataset_toml(subsets: dict[str, int], repeats: int, resolution: int) -> str:
+def kohya_dataset_toml(subsets: dict[str, tuple[int, int]], resolution: int) -> str:
     """A kohya sd-scripts dataset config: one subset per folder, its triggers protected.
 
     Args:
-        subsets: Folder name -> how many leading tags are triggers (``keep_tokens``).
-        repeats: ``num_repeats`` of every subset.
+        subsets: Folder name -> (how many leading tags are triggers (``keep_tokens``),
+            ``num_repeats``).
         resolution: Training resolution.
     """
     lines = [
@@ -74,7 +78,7 @@ def kohya_dataset_toml(subsets: dict[str, int], repeats: int, resolution: int) -
         "[[datasets]]",
         f"resolution = {resolution}",
     ]
-    for folder, keep in subsets.items():
+    for folder, (keep, repeats) in subsets.items():
         lines += [
             "",
             "  [[datasets.subsets]]",
@@ -128,6 +132,9 @@ def run_caption(
         resolution=params.generate.resolution,
         generated=generated.digest,
         selected=selected.digest,
+        references=[
+            (m.name, f.name, sha256_file(f), _sidecar_tags(f)) for m, f in _reference_files(project)
+        ],
     )
     out_dir = Path(out_dir)
     if done := completed(out_dir, fp):
@@ -145,16 +152,17 @@ def run_caption(
             [m.trigger for m in params.members],
             common,
         )
-    subsets: dict[str, int] = {}
+    subsets: dict[str, tuple[int, int]] = {}
+    repeats, ref_repeats = params.caption.repeats, params.caption.reference_repeats
     with atomic.staged_dir(out_dir) as staging:
         metadata: list[dict[str, Any]] = []
         manifest: list[dict[str, Any]] = []
         for row, description in zip(kept, descriptions, strict=True):
             present = [params.member(n) for n in row.get("characters") or [params.subject]]
-            folder = subset_folder(" and ".join(m.trigger for m in present), params.caption.repeats)
+            folder = subset_folder(" and ".join(m.trigger for m in present), repeats)
             if folder not in subsets:
                 (staging / folder).mkdir()
-                subsets[folder] = len(present)
+                subsets[folder] = (len(present), repeats)
             text = caption_text(present, row["context"], params.caption, description)
             image_name = f"{folder}/{row['file']}"
             shutil.copyfile(Path(generated.path) / row["file"], staging / image_name)
@@ -165,21 +173,68 @@ def run_caption(
                     "text": text,
                     "id": row["id"],
                     "characters": [m.name for m in present],
+                    "repeats": repeats,
                 }
             )
             manifest.append(row | {"caption": text, "description": description})
+        for member, source in _reference_files(project):
+            folder = subset_folder(f"{member.trigger} references", ref_repeats)
+            if folder not in subsets:
+                (staging / folder).mkdir()
+                subsets[folder] = (1, ref_repeats)
+            row_id = f"ref-{member.name}-{source.stem}"
+            text = params.caption.separator.join(
+                [*caption_tags(member, {}, params.caption), *_sidecar_tags(source)]
+            )
+            image_name = f"{folder}/{row_id}{source.suffix.lower()}"
+            shutil.copyfile(source, staging / image_name)
+            (staging / folder / f"{row_id}.txt").write_text(text + "\n", encoding="utf-8")
+            metadata.append(
+                {
+                    "file_name": image_name,
+                    "text": text,
+                    "id": row_id,
+                    "characters": [member.name],
+                    "repeats": ref_repeats,
+                }
+            )
+            manifest.append({"id": row_id, "reference": str(source), "caption": text})
         atomic.write_jsonl(staging / "metadata.jsonl", metadata)
         atomic.write_jsonl(staging / "manifest.jsonl", manifest)
-        toml = kohya_dataset_toml(subsets, params.caption.repeats, params.generate.resolution)
+        toml = kohya_dataset_toml(subsets, params.generate.resolution)
         (staging / "dataset.toml").write_text(toml, encoding="utf-8")
         summary = {
             "images": len(metadata),
+            "references": sum(1 for r in manifest if "reference" in r),
             "trigger_common_words": common,
             "captioner": params.caption.captioner.type,
         }
         output = seal("caption", staging, out_dir, fp, summary)
     logger.info("caption: %d captioned images in %s", len(metadata), out_dir)
     return output
+
+
+def _reference_files(project: Project) -> list[tuple[Character, Path]]:
+    """Each character's readable reference images, with ``caption.include_references``."""
+    if not project.params.caption.include_references:
+        return []
+    from charloop.references import load_references
+
+    out = []
+    for member in project.params.members:
+        folder = project.resolve(member.references) if member.references else None
+        out += [(member, folder / name) for name in load_references(folder).files if folder]
+    return out
+
+
+def _sidecar_tags(image: Path) -> list[str]:
+    """Tags from a kohya-style caption file beside a reference image (``<stem>.txt``): the
+    art's context, so its captions read like the generated images' (trigger, traits,
+    context) and the context tags do not come to mean "not the character"."""
+    sidecar = image.with_suffix(".txt")
+    if not sidecar.is_file():
+        return []
+    return [t.strip() for t in sidecar.read_text(encoding="utf-8").split(",") if t.strip()]
 
 
 def _describe(project: Project, captioner_ref: str | None, files: list[Path]) -> list[str]:

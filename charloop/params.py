@@ -120,9 +120,18 @@ class CaptionParams(StrictModel):
     """Caption files written next to each training image."""
 
     repeats: int = Field(default=1, ge=1)
-    """Kohya folder repeats (the folder is named '<repeats>_<trigger>')."""
+    """Kohya folder repeats (the folder is named '<repeats>_<trigger>'): how often each
+    image is drawn per epoch, by kohya and by charloop's trainer alike."""
     include_traits: bool = False
     """Caption the fixed traits too; off by default so the trigger absorbs them."""
+    include_references: bool = False
+    """Add each character's reference images (``character.references``) to every
+    iteration's dataset, captioned with its trigger (and traits, with include_traits): the
+    first LoRA learns the character from the art itself, as an artist's first LoRA does,
+    and later ones keep it as an anchor while the generated images add the contexts."""
+    reference_repeats: int = Field(default=1, ge=1)
+    """Repeats of the reference images (their subset's ``num_repeats``): weight of the
+    references against the generated images."""
     separator: str = ", "
     """Separator between tags."""
     captioner: Captioner = TemplateCaptioner()
@@ -243,6 +252,11 @@ class Params(StrictModel):
             raise ValueError(
                 "generate.ip_adapter needs character.references (every cast member's): set it "
                 "to a folder of reference images, or remove generate.ip_adapter"
+            )
+        if self.caption.include_references and not all(m.references for m in self.members):
+            raise ValueError(
+                "caption.include_references needs character.references (every cast "
+                "member's): set it to a folder of reference images, or turn it off"
             )
         return self
 

@@ -53,5 +53,7 @@ def load_references(folder: Path | None) -> ReferenceSet:
         except OSError as exc:
             refs.skipped[path.name] = f"unreadable: {exc}"
     for name, reason in refs.skipped.items():
-        logger.warning("reference %s skipped: %s", name, reason)
+        # Sidecar files (notes, identity.json) are expected; an unreadable image is not.
+        level = logging.WARNING if reason.startswith("unreadable") else logging.DEBUG
+        logger.log(level, "reference %s skipped: %s", name, reason)
     return refs

@@ -32,9 +32,17 @@ class EncodedDataset:
     latents: torch.Tensor
     input_ids: torch.Tensor
     text_embeddings: torch.Tensor | None
+    repeats: list[int] | None = None
+    """Times each row is drawn per epoch (kohya's ``num_repeats``); None: once each."""
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def epoch_pool(self) -> list[int]:
+        """Row indices of one epoch, each repeated its ``repeats`` times."""
+        if self.repeats is None:
+            return list(range(len(self.ids)))
+        return [i for i, r in enumerate(self.repeats) for _ in range(r)]
 
 
 @dataclass(frozen=True)
@@ -160,4 +168,11 @@ def encode_rows(
             texts = cache.get_many(
                 "text", text_keys, lambda idx: encode_text(pipe, [captions[i] for i in idx])
             )
-    return EncodedDataset([row["id"] for row in rows], latents, tokenize(pipe, captions), texts)
+    repeats = [int(row.get("repeats", 1)) for row in rows]
+    return EncodedDataset(
+        [row["id"] for row in rows],
+        latents,
+        tokenize(pipe, captions),
+        texts,
+        None if set(repeats) <= {1} else repeats,
+    )

@@ -129,10 +129,11 @@ def validation_loss(models: TrainModels, val: EncodedDataset, tp: TrainParams) -
     return total / max(count, 1)
 
 
-def _batches(generator: torch.Generator, order: list[int], size: int, n: int) -> list[int]:
-    """Take the next ``size`` indices, reshuffling (deterministically) when the epoch ends."""
+def _batches(generator: torch.Generator, order: list[int], size: int, pool: list[int]) -> list[int]:
+    """Take the next ``size`` indices, reshuffling ``pool`` (one epoch's row indices,
+    repeats included) deterministically when the epoch ends."""
     while len(order) < size:
-        order += torch.randperm(n, generator=generator).tolist()
+        order += [pool[i] for i in torch.randperm(len(pool), generator=generator).tolist()]
     batch = order[:size]
     del order[:size]
     return batch
@@ -198,13 +199,14 @@ def train_lora(
     if val is not None and len(val) and start == 0:
         log.validation_loss.append({"step": 0, "loss": _validate(models, val, tp)})
     device = accelerator.device
+    pool = data.epoch_pool()
     for step in progress_bar(range(start, tp.max_train_steps), "train", unit="step"):
         models.unet.train()
         step_loss = 0.0
         for micro in range(tp.gradient_accumulation_steps):
             last = micro == tp.gradient_accumulation_steps - 1
             with accelerator.no_sync(models.unet) if not last else nullcontext():
-                batch = _batches(generator, order, tp.batch_size, len(data))
+                batch = _batches(generator, order, tp.batch_size, pool)
                 latents = data.latents[batch]
                 noise = torch.randn(latents.shape, generator=generator)
                 if tp.noise_offset:

@@ -387,3 +387,48 @@ def test_sharded_evaluation_scores_like_one_pass(outputs, project, tmp_path):
         b = np.asarray(Image.open(Path(outputs["evaluate"].path) / "images" / image.name))
         assert np.abs(a - b.astype(np.int16)).max() <= 2
     assert not any(Path(p.path).exists() for p in parts)  # scratch removed
+
+
+def test_caption_adds_weighted_reference_art(outputs, tmp_path):
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for i, colour in enumerate(("red", "teal")):
+        Image.new("RGB", (96, 80), colour).save(refs / f"art_{i}.png")
+    (refs / "notes.txt").write_text("not an image")
+    (refs / "art_1.txt").write_text("watercolor, on a beach ,\n")  # kohya-style sidecar
+    caption = {"include_traits": True, "include_references": True, "reference_repeats": 3}
+    params = tiny_params(caption=caption)
+    params["character"]["references"] = str(refs)
+    project = load_project(write_params(tmp_path, params))
+    dataset = run_caption(project, outputs["generate"], outputs["review"], tmp_path / "data")
+    folder = Path(dataset.path)
+    rows = atomic.read_jsonl(folder / "metadata.jsonl")
+    refs_rows = [r for r in rows if r["id"].startswith("ref-")]
+    traits = ", ".join(project.params.character.traits)
+    assert [r["id"] for r in refs_rows] == ["ref-kira-art_0", "ref-kira-art_1"]
+    assert refs_rows[0]["text"] == f"zxq kira, {traits}"
+    assert refs_rows[1]["text"] == f"zxq kira, {traits}, watercolor, on a beach"
+    assert all(r["repeats"] == 3 for r in refs_rows)
+    assert all(r["repeats"] == 1 for r in rows if r not in refs_rows)
+    assert (folder / "3_zxq_kira_references" / "ref-kira-art_1.png").is_file()
+    assert dataset.summary["references"] == 2
+    assert dataset.summary["images"] == outputs["caption"].summary["images"] + 2
+    toml = (folder / "dataset.toml").read_text()
+    assert 'image_dir = "3_zxq_kira_references"\n  num_repeats = 3' in toml
+    assert 'image_dir = "1_zxq_kira"\n  num_repeats = 1' in toml
+    # New reference art or captions are new training data: the sealed dataset is not reused.
+    (refs / "art_1.txt").write_text("watercolor, in a city")
+    recaptioned = run_caption(project, outputs["generate"], outputs["review"], tmp_path / "data")
+    assert recaptioned.fingerprint != dataset.fingerprint
+    Image.new("RGB", (96, 80), "pink").save(refs / "art_1.png")
+    again = run_caption(project, outputs["generate"], outputs["review"], tmp_path / "data")
+    assert again.fingerprint != recaptioned.fingerprint and again.digest != recaptioned.digest
+
+
+def test_include_references_needs_references(tmp_path):
+    from charloop.config import ParamsError
+
+    params = tiny_params(caption={"include_references": True})
+    params["character"].pop("references", None)
+    with pytest.raises(ParamsError, match=r"caption\.include_references"):
+        load_project(write_params(tmp_path, params))

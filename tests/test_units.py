@@ -219,3 +219,22 @@ def test_keep_best_keeps_only_the_top_fraction_by_score():
     )
     assert [d.id for d in decisions if d.kept] == ["0", "2"]
     assert "below the best 25%" in decisions[4].reasons[0]
+
+
+def test_training_draws_rows_by_their_repeats():
+    from collections import Counter
+
+    import torch
+
+    from charloop.train_data import EncodedDataset
+    from charloop.train_loop import _batches
+
+    data = EncodedDataset(["a", "b", "c"], torch.zeros(3), torch.zeros(3), None, [1, 3, 1])
+    assert data.epoch_pool() == [0, 1, 1, 1, 2]
+    generator, order = torch.Generator().manual_seed(0), []
+    drawn = Counter(i for _ in range(10) for i in _batches(generator, order, 5, data.epoch_pool()))
+    assert drawn == {0: 10, 1: 30, 2: 10}  # ten whole epochs
+    # Without repeats the order is a plain permutation per epoch, as before repeats existed.
+    plain = EncodedDataset(["a", "b", "c"], torch.zeros(3), torch.zeros(3), None)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert _batches(g1, [], 3, plain.epoch_pool()) == torch.randperm(3, generator=g2).tolist()

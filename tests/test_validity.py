@@ -45,7 +45,6 @@ def test_oracle_scores_the_true_character_far_above_random_ones():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="world-sd15 v1 does not follow character attributes yet", strict=False)
 def test_world_loop_raises_oracle_consistency(tmp_path):
     """The shipped params.yaml: 3 iterations, then the report's margin over the base model."""
     from charloop.config import load_project

@@ -10,6 +10,7 @@ from PIL import Image
 
 from charloop.world.attributes import (
     CHARACTER_VALUES,
+    CONTEXT_VALUES,
     WORLD_WORDS,
     CharacterSpec,
     Context,
@@ -131,11 +132,17 @@ def test_outfit_phrases_combine() -> None:
     assert outfit_phrase(None, None) is None
 
 
-def test_render_references_writes_pngs(tmp_path: Path) -> None:
+def test_render_references_writes_pngs_with_context_captions(tmp_path: Path) -> None:
     paths = render_references(CHARACTER, tmp_path / "refs", n=3, seed=0)
     assert [p.name for p in paths] == ["ref_000.png", "ref_001.png", "ref_002.png"]
     assert all(Image.open(p).size == (64, 64) for p in paths)
     assert not list((tmp_path / "refs").glob(".*"))
+    tags = paths[0].with_suffix(".txt").read_text().strip().split(", ")
+    assert len(tags) == 4 and tags[0].endswith(" style")  # style, setting, expression, pose
+    assert set(tags) <= set(WORLD_PHRASES)
+
+
+WORLD_PHRASES = {phrase(name, value) for name, values in CONTEXT_VALUES.items() for value in values}
 
 
 def test_tokenizer_keeps_world_words_whole_and_tokenizes_triggers() -> None:

@@ -86,6 +86,9 @@ def render_references(
 ) -> list[Path]:
     """Write ``n`` PNG renders of one character over varied contexts (atomic writes).
 
+    Each render gets a kohya-style caption file beside it (``ref_000.txt``) with its context
+    tags (style, setting, expression, pose), which ``caption.include_references`` reads.
+
     Returns:
         The written paths, ``ref_000.png``, ``ref_001.png``, ...
     """
@@ -100,5 +103,9 @@ def render_references(
         tmp = out / f".{path.name}.tmp"
         image.save(tmp, format="PNG")
         os.replace(tmp, path)
+        tags = context.as_dict()
+        text = ", ".join(phrase(k, tags[k]) for k in ("style", "setting", "expression", "pose"))
+        tmp.write_text(text + "\n", encoding="utf-8")
+        os.replace(tmp, path.with_suffix(".txt"))
         paths.append(path)
     return paths
