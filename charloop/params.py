@@ -7,10 +7,11 @@ Pluggable backends (the image embedder) are discriminated unions on ``type``.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
+from charloop.params_caption import Captioner, CaptionParams, TemplateCaptioner, VlmCaptioner
 from charloop.params_cast import Cast, JointScenes
 from charloop.params_character import Character
 from charloop.params_filter import (
@@ -30,6 +31,8 @@ from charloop.schema_base import AXES, StrictModel
 
 __all__ = [
     "AXES",
+    "CaptionParams",
+    "Captioner",
     "Cast",
     "Character",
     "ClipEmbedder",
@@ -43,7 +46,9 @@ __all__ = [
     "PromoteParams",
     "ReviewParams",
     "StrictModel",
+    "TemplateCaptioner",
     "TrainParams",
+    "VlmCaptioner",
     "WorldEmbedder",
 ]
 
@@ -87,56 +92,6 @@ class BaseModelSpec(StrictModel):
     """Where to run: 'auto' picks CUDA, then MPS, then CPU."""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     """Weights dtype for inference: 'auto' is float16 on CUDA and float32 elsewhere."""
-
-
-class TemplateCaptioner(StrictModel):
-    """Captions from the context that produced each image only (no model)."""
-
-    type: Literal["template"] = "template"
-
-
-class VlmCaptioner(StrictModel):
-    """A vision-language captioning model (BLIP, GIT, Florence...) through transformers.
-
-    Its description is appended after the template tags; the trigger stays first.
-    """
-
-    type: Literal["vlm"] = "vlm"
-    path: str
-    """Hub id (e.g. 'Salesforce/blip-image-captioning-base') or local folder with the model
-    and its processor (AutoProcessor + AutoModelForImageTextToText)."""
-    prompt: str | None = None
-    """Optional text prefix for conditional captioning models (e.g. 'a picture of')."""
-    max_new_tokens: int = Field(default=30, ge=1, le=200)
-    """Longest description, in tokens."""
-    batch_size: int = Field(default=8, ge=1)
-    """Images per captioning call."""
-
-
-Captioner = Annotated[TemplateCaptioner | VlmCaptioner, Field(discriminator="type")]
-
-
-class CaptionParams(StrictModel):
-    """Caption files written next to each training image."""
-
-    repeats: int = Field(default=1, ge=1)
-    """Kohya folder repeats (the folder is named '<repeats>_<trigger>'): how often each
-    image is drawn per epoch, by kohya and by charloop's trainer alike."""
-    include_traits: bool = False
-    """Caption the fixed traits too; off by default so the trigger absorbs them."""
-    include_references: bool = False
-    """Add each character's reference images (``character.references``) to every
-    iteration's dataset, captioned with its trigger (and traits, with include_traits): the
-    first LoRA learns the character from the art itself, as an artist's first LoRA does,
-    and later ones keep it as an anchor while the generated images add the contexts."""
-    reference_repeats: int = Field(default=1, ge=1)
-    """Repeats of the reference images (their subset's ``num_repeats``): weight of the
-    references against the generated images."""
-    separator: str = ", "
-    """Separator between tags."""
-    captioner: Captioner = TemplateCaptioner()
-    """Caption backend: 'template' (context tags only) or 'vlm' (tags + a model's
-    description of the image)."""
 
 
 class HeldOutContext(StrictModel):
