@@ -123,6 +123,7 @@ def run_caption(
     params = project.params
     captioner = params.caption.captioner
     captioner_ref = project.model_ref(captioner.path) if captioner.type == "vlm" else None
+    references = [(m, f, _sidecar_tags(f)) for m, f in _reference_files(project)]
     fp = fingerprint(
         "caption",
         rules=params.caption.model_dump(),
@@ -132,9 +133,7 @@ def run_caption(
         resolution=params.generate.resolution,
         generated=generated.digest,
         selected=selected.digest,
-        references=[
-            (m.name, f.name, sha256_file(f), _sidecar_tags(f)) for m, f in _reference_files(project)
-        ],
+        references=[(m.name, f.name, sha256_file(f), tags) for m, f, tags in references],
     )
     out_dir = Path(out_dir)
     if done := completed(out_dir, fp):
@@ -177,14 +176,14 @@ def run_caption(
                 }
             )
             manifest.append(row | {"caption": text, "description": description})
-        for member, source in _reference_files(project):
+        for member, source, sidecar in references:
             folder = subset_folder(f"{member.trigger} references", ref_repeats)
             if folder not in subsets:
                 (staging / folder).mkdir()
                 subsets[folder] = (1, ref_repeats)
             row_id = f"ref-{member.name}-{source.stem}"
             text = params.caption.separator.join(
-                [*caption_tags(member, {}, params.caption), *_sidecar_tags(source)]
+                [*caption_tags(member, {}, params.caption), *sidecar]
             )
             image_name = f"{folder}/{row_id}{source.suffix.lower()}"
             shutil.copyfile(source, staging / image_name)

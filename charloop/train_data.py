@@ -92,12 +92,12 @@ def split_validation(
     return [r for r in rows if r["id"] not in held], [r for r in rows if r["id"] in held]
 
 
-def tokenize(pipe: Any, captions: list[str]) -> torch.Tensor:
+def tokenize(tokenizer: Any, captions: list[str]) -> torch.Tensor:
     """Token ids padded to the tokenizer's max length."""
-    return pipe.tokenizer(
+    return tokenizer(
         captions,
         padding="max_length",
-        max_length=pipe.tokenizer.model_max_length,
+        max_length=tokenizer.model_max_length,
         truncation=True,
         return_tensors="pt",
     ).input_ids
@@ -106,7 +106,7 @@ def tokenize(pipe: Any, captions: list[str]) -> torch.Tensor:
 @torch.no_grad()
 def encode_text(pipe: Any, captions: list[str]) -> torch.Tensor:
     """Text-encoder hidden states for captions (float32, on CPU)."""
-    ids = tokenize(pipe, captions).to(pipe.device)
+    ids = tokenize(pipe.tokenizer, captions).to(pipe.device)
     return pipe.text_encoder(ids)[0].float().cpu()
 
 
@@ -172,7 +172,7 @@ def encode_rows(
     return EncodedDataset(
         [row["id"] for row in rows],
         latents,
-        tokenize(pipe, captions),
+        tokenize(pipe.tokenizer, captions),
         texts,
         None if set(repeats) <= {1} else repeats,
     )

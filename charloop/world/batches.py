@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from charloop.train_data import tokenize
 from charloop.world.attributes import character_from_dict, context_from_dict
 from charloop.world.captions import caption
 
@@ -56,14 +57,7 @@ class CaptionBatches(torch.utils.data.IterableDataset):
             else caption(self.characters[i], self.contexts[i], rng, self.drop_prob)
             for i in index
         ]
-        ids = self.tokenizer(
-            texts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
-        return torch.from_numpy(index), ids
+        return torch.from_numpy(index), tokenize(self.tokenizer, texts)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = torch.utils.data.get_worker_info()
