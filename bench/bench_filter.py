@@ -14,11 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from charloop.embedder import load_embedder
-from charloop.filter import judge
-from charloop.generate import png_bytes
-from charloop.hashing import sha256_bytes
-from charloop.params_filter import (
+from charloop.core.hashing import sha256_bytes
+from charloop.models.embedder import load_embedder
+from charloop.params.filter import (
     ClipEmbedder,
     DuplicatesCheck,
     FilterParams,
@@ -26,6 +24,8 @@ from charloop.params_filter import (
     PromptAdherenceCheck,
     QualityCheck,
 )
+from charloop.scenes.render import png_bytes
+from charloop.stages.filter.stage import judge
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 
-from charloop.config import load_project
-from charloop.generate import plan_jobs, render
-from charloop.pipeline import load_pipeline
+from charloop.models.pipeline import load_pipeline
+from charloop.params.project import load_project
+from charloop.scenes.render import render
+from charloop.stages.generate.stage import plan_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def fresh_project(folder: Path):
-    from charloop.config import load_project
+    from charloop.params.project import load_project
     from tests.conftest import tiny_params, write_params
 
     subprocess.run(["git", "init", "-q", str(folder)], check=True)
@@ -39,15 +39,15 @@ def timed(label: str, times: dict[str, float], fn, *args):
 
 def library_iteration(project) -> dict[str, float]:
     """One iteration as direct library calls; returns seconds per part."""
-    from charloop import registry, versioning
-    from charloop.caption import run_caption
-    from charloop.evaluate import run_evaluate
-    from charloop.filter import run_filter
-    from charloop.generate import run_generate
-    from charloop.layout import IterationPaths
-    from charloop.publish import prepare_stores, publish_iteration
-    from charloop.review import run_review
-    from charloop.train import run_train
+    from charloop.lineage import registry, versioning
+    from charloop.lineage.publish import prepare_stores, publish_iteration
+    from charloop.stages.caption.stage import run_caption
+    from charloop.stages.evaluate.stage import run_evaluate
+    from charloop.stages.filter.stage import run_filter
+    from charloop.stages.generate.stage import run_generate
+    from charloop.stages.layout import IterationPaths
+    from charloop.stages.review.stage import run_review
+    from charloop.stages.train.stage import run_train
 
     paths = IterationPaths.of(project.workdir, 1)
     times: dict[str, float] = {}
@@ -56,7 +56,7 @@ def library_iteration(project) -> dict[str, float]:
     filt = timed("filter", times, run_filter, project, gen, paths.filtered)
     rev = timed("review", times, run_review, gen, filt, None, paths.reviewed)
     data = timed("caption", times, run_caption, project, gen, rev, paths.dataset)
-    adapter = timed("train", times, run_train, project, data, paths.adapter, {"iteration": 1})
+    adapter = timed("train", times, run_train, project, data, paths.adapter, {"iteration": "1"})
     score = timed("evaluate", times, run_evaluate, project, adapter, data, paths.evaluation)
     outputs = {"generate": gen, "filter": filt, "review": rev, "caption": data}
     outputs |= {"train": adapter, "evaluate": score}

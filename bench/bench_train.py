@@ -28,11 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def make_dataset(folder: Path, images: int, base: str | None = None) -> Path:
     """A captioned dataset from the base model (generate -> filter -> review -> caption);
     ``base`` overrides the tiny model (e.g. models/world-sd15)."""
-    from charloop.caption import run_caption
-    from charloop.config import load_project
-    from charloop.filter import run_filter
-    from charloop.generate import run_generate
-    from charloop.review import run_review
+    from charloop.params.project import load_project
+    from charloop.stages.caption.stage import run_caption
+    from charloop.stages.filter.stage import run_filter
+    from charloop.stages.generate.stage import run_generate
+    from charloop.stages.review.stage import run_review
 
     sys.path.insert(0, str(ROOT))
     from tests.conftest import tiny_params, write_params
@@ -53,13 +53,13 @@ def make_dataset(folder: Path, images: int, base: str | None = None) -> Path:
 
 def run_variant(folder: Path, variant: str, steps: int) -> dict[str, float]:
     """Train in this process; returns seconds and peak RSS."""
-    from charloop.config import load_project
-    from charloop.encode_cache import EncodeCache
-    from charloop.params_train import TrainParams
-    from charloop.pipeline import load_pipeline
-    from charloop.train_data import ModelIdentity, encode_rows, read_rows
-    from charloop.train_loop import train_lora
-    from charloop.train_models import build_models, make_accelerator
+    from charloop.models.encode_cache import EncodeCache
+    from charloop.models.pipeline import load_pipeline
+    from charloop.params.project import load_project
+    from charloop.params.train import TrainParams
+    from charloop.stages.train.data import ModelIdentity, encode_rows, read_rows
+    from charloop.stages.train.loop import train_lora
+    from charloop.stages.train.models import build_models, make_accelerator
 
     project = load_project(folder / "params.yaml")
     ref = project.model_ref(project.params.base_model.path)
@@ -82,8 +82,8 @@ def run_variant(folder: Path, variant: str, steps: int) -> dict[str, float]:
 
 def naive_loop(pipe, models, folder, rows, tp) -> None:
     """Encode the batch's images and captions inside every step, then the LoRA step."""
-    from charloop.train_data import load_image_tensor
-    from charloop.train_loop import denoising_loss
+    from charloop.stages.train.data import load_image_tensor
+    from charloop.stages.train.loop import denoising_loss
 
     trainable = [p for p in models.unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=tp.learning_rate)

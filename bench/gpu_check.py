@@ -107,11 +107,11 @@ def trainer_check(precision: str, steps: int, batch: int, checkpointing: bool) -
     from accelerate import Accelerator
     from diffusers import DDPMScheduler
 
-    from charloop.params_train import TrainParams
-    from charloop.train_checkpoint import Checkpointer
-    from charloop.train_data import EncodedDataset
-    from charloop.train_loop import TrainModels, lora_config, train_lora
-    from charloop.train_models import set_attention
+    from charloop.params.train import TrainParams
+    from charloop.stages.train.checkpoint import Checkpointer
+    from charloop.stages.train.data import EncodedDataset
+    from charloop.stages.train.loop import TrainModels, lora_config, train_lora
+    from charloop.stages.train.models import set_attention
 
     tp = TrainParams(
         max_train_steps=steps,
@@ -173,7 +173,7 @@ def cache_ratio(steps: int, batch: int, dtype: torch.dtype) -> dict[str, Any]:
     """Naive (encode every step) vs cached (UNet only) LoRA steps at SD1.5 size, 512 px."""
     from diffusers import DDPMScheduler
 
-    from charloop.train_loop import TrainModels, denoising_loss, lora_config
+    from charloop.stages.train.loop import TrainModels, denoising_loss, lora_config
 
     dev = device()
     unet, vae, text = sd15_parts(dtype, dev)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from charloop.config import ParamsError, Project, load_project
+from charloop.params.project import ParamsError, Project, load_project
 
 console = Console(stderr=True, soft_wrap=True)  # error lines stay whole (grep-able)
 

@@ -37,8 +37,8 @@ def ingest(
     ] = None,
 ) -> None:
     """Copy new reference images in, version them with DVC, and emit the retrain event."""
-    from charloop import versioning
-    from charloop.ingest import ingest_references
+    from charloop.lineage import versioning
+    from charloop.lineage.ingest import ingest_references
 
     project = load_or_exit(params)
     setup_logging(False)
@@ -61,7 +61,7 @@ def ingest(
         typer.echo(f"skipped {name}: {reason}")
     md5 = None
     if project.params.dvc.enabled and report.added:
-        from charloop.publish import dvc_remote
+        from charloop.lineage.publish import dvc_remote
 
         root = versioning.covering_root(project.root, project.workdir, references)
         versioning.ensure_repo(root, dvc_remote(project))

@@ -23,7 +23,7 @@ def _client(project: Any) -> Any:
 
 
 def _resolve(project: Any, spec: str) -> Any:
-    from charloop.lineage import LineageError, parse_spec, resolve_version
+    from charloop.lineage.chain import LineageError, parse_spec, resolve_version
 
     try:
         return resolve_version(_client(project), parse_spec(spec))
@@ -34,7 +34,7 @@ def _resolve(project: Any, spec: str) -> Any:
 
 def lineage(spec: SpecArgument, params: ParamsOption = Path("params.yaml")) -> None:
     """The chain from a version back to the base model: data, metrics, changed params."""
-    from charloop.lineage import LineageError, chain
+    from charloop.lineage.chain import LineageError, chain
 
     project = load_or_exit(params)
     version = _resolve(project, spec)
@@ -71,8 +71,8 @@ def checkout(
     out: Annotated[Path | None, typer.Option(help="Destination (inside the project).")] = None,
 ) -> None:
     """Restore a version's exact training dataset and adapter from the DVC cache or remote."""
-    from charloop.release import RestoreError, verify_restored
-    from charloop.versioning import restore
+    from charloop.lineage.release import RestoreError, verify_restored
+    from charloop.lineage.versioning import restore
 
     project = load_or_exit(params)
     setup_logging(False)
@@ -96,7 +96,7 @@ def promote(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Run the promotion flow: gates, optional approval, production alias, release export."""
-    from charloop.promotion import PromotionRefused
+    from charloop.lineage.promotion import PromotionRefused
 
     project = load_or_exit(params)
     if model != project.params.model_name:
@@ -122,9 +122,9 @@ def rollback(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Make the 'previous' version production again (the demoted one becomes 'previous')."""
-    from charloop.lineage import LineageError
-    from charloop.promotion import rollback as do_rollback
-    from charloop.release import point_production
+    from charloop.lineage.chain import LineageError
+    from charloop.lineage.promotion import rollback as do_rollback
+    from charloop.lineage.release import point_production
 
     project = load_or_exit(params)
     try:
@@ -147,9 +147,9 @@ def generate(
     seed: int = 0,
 ) -> None:
     """Generate with a registered adapter after verifying its hash against the registry."""
-    from charloop.generate import ImageJob, png_bytes, render
-    from charloop.pipeline import load_pipeline, lora_applied
-    from charloop.promotion import adapter_gate
+    from charloop.lineage.promotion import adapter_gate
+    from charloop.models.pipeline import load_pipeline, lora_applied
+    from charloop.stages.generate.stage import ImageJob, png_bytes, render
 
     project = load_or_exit(params)
     setup_logging(False)

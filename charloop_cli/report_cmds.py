@@ -23,7 +23,7 @@ def validity(
     verbose: bool = False,
 ) -> None:
     """Score the base model and each iteration's LoRA with the oracle; write the report."""
-    from charloop.validity import run_validity
+    from charloop_world.validity import run_validity
 
     project = load_or_exit(params)
     setup_logging(verbose)

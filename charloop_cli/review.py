@@ -19,14 +19,17 @@ def review_export(
     params: ParamsOption = Path("params.yaml"), iteration: IterationOption = 1
 ) -> None:
     """Write the iteration's review sheet (CSV) and contact sheet to its review desk."""
-    from charloop.layout import IterationPaths
-    from charloop.review import export_sheet
-    from charloop.stage import read_output
+    from charloop.stages.layout import IterationPaths
+    from charloop.stages.results import Filtered, Generated
+    from charloop.stages.review.stage import export_sheet
+    from charloop_cli.stage_cmds import read_result
 
     project = load_or_exit(params)
     paths = IterationPaths.of(project.workdir, iteration)
     sheet = export_sheet(
-        read_output(paths.generated), read_output(paths.filtered), paths.review_desk
+        read_result(paths.generated, Generated),
+        read_result(paths.filtered, Filtered),
+        paths.review_desk,
     )
     typer.echo(f"review sheet: {sheet}\nedit the 'decision' column (keep/reject), then run:")
     typer.echo(f"  charloop review apply {sheet} --reviewer NAME -i {iteration}")
@@ -41,15 +44,16 @@ def review_apply(
     comment: str = "",
 ) -> None:
     """Validate the edited SHEET and record its decisions for the loop's next run."""
-    from charloop.layout import IterationPaths
-    from charloop.review import ReviewError, candidates, read_sheet, save_decisions
-    from charloop.stage import read_output
+    from charloop.stages.layout import IterationPaths
+    from charloop.stages.results import Filtered
+    from charloop.stages.review.stage import ReviewError, candidates, read_sheet, save_decisions
+    from charloop_cli.stage_cmds import read_result
 
     project = load_or_exit(params)
     paths = IterationPaths.of(project.workdir, iteration)
     try:
         decisions = read_sheet(sheet, reviewer, comment)
-        decisions.validate({row["id"] for row in candidates(read_output(paths.filtered))})
+        decisions.validate({row["id"] for row in candidates(read_result(paths.filtered, Filtered))})
     except ReviewError as exc:
         console.print(f"[red]review not applied[/red]: {exc}")
         raise typer.Exit(EXIT_INVALID) from None

@@ -37,7 +37,7 @@ def build(
     Budgets count the time of earlier runs: a build resumes from its checkpoint in CACHE.
     On a GPU: ``--device cuda --batch-size 256 --lr 6e-4 --characters 40000 --workers 12``.
     """
-    from charloop.world.build import build as build_models
+    from charloop_world.build import build as build_models
 
     if target not in TARGETS:
         console.print(f"[red]unknown target[/red] {target!r}; choose from {', '.join(TARGETS)}")
@@ -67,8 +67,8 @@ def references(
     """Render N reference pictures of one world character over varied contexts."""
     import numpy as np
 
-    from charloop.world.attributes import CHARACTER_VALUES, CharacterSpec, sample_character
-    from charloop.world.captions import render_references
+    from charloop_world.attributes import CHARACTER_VALUES, CharacterSpec, sample_character
+    from charloop_world.captions import render_references
 
     spec = sample_character(np.random.default_rng(seed)).as_dict()
     for item in filter(None, (character or "").split(",")):

@@ -8,23 +8,28 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 from prefect.logging import get_run_logger
 
-from charloop.config import Project, load_project, params_hash
-from charloop.convergence import compare, decide
-from charloop.evaluate import evaluate_fingerprint
-from charloop.generate import AdapterRef
-from charloop.generate_shards import generated_done
-from charloop.layout import IterationPaths
-from charloop.locking import character_lock
-from charloop.publish import preflight
-from charloop.stage import StageOutput, completed
+from charloop.core.locking import character_lock
+from charloop.lineage.provenance import build_provenance
+from charloop.lineage.publish import preflight
+from charloop.params.project import Project, load_project
+from charloop.stages.evaluate.convergence import compare, decide
+from charloop.stages.evaluate.stage import evaluate_identity
+from charloop.stages.generate.stage import generate_identity
+from charloop.stages.layout import IterationPaths
+from charloop.stages.results import (
+    Adapter,
+    AdapterRef,
+    Dataset,
+    Evaluation,
+    Generated,
+    IterationResults,
+)
 from flows.review_gate import review_gate
+from tasks.shards import assemble_generated_task, eval_shard_task, generate_shard_task
 from tasks.stages import (
-    assemble_generated_task,
     caption_task,
-    eval_shard_task,
     evaluate_task,
     filter_task,
-    generate_shard_task,
     generate_task,
     prepare_stores_task,
     publish_task,
@@ -58,11 +63,11 @@ def character_loop(params_file: str = "params.yaml") -> list[dict[str, Any]]:
     return rows
 
 
-def _generate(project: Project, iteration: int, adapter: AdapterRef | None) -> StageOutput:
+def _generate(project: Project, iteration: int, adapter: AdapterRef | None) -> Generated:
     """One generate task, or ``scale.shards`` shard tasks fanned out on the task runner."""
     shards = project.params.scale.shards
     out = IterationPaths.of(project.workdir, iteration).generated
-    if shards <= 1 or generated_done(project, iteration, adapter, out):
+    if shards <= 1 or generate_identity(project, iteration, adapter, out).done():
         return generate_task(project, iteration, adapter)
     futures = [
         generate_shard_task.submit(project, iteration, adapter, shard, shards)
@@ -74,14 +79,14 @@ def _generate(project: Project, iteration: int, adapter: AdapterRef | None) -> S
 def _evaluate(
     project: Project,
     iteration: int,
-    trained: StageOutput,
-    dataset: StageOutput,
+    trained: Adapter,
+    dataset: Dataset,
     previous: dict[str, float] | None,
-) -> StageOutput:
+) -> Evaluation:
     """One evaluate task, its rendering fanned out over ``scale.shards`` tasks first."""
     shards = project.params.scale.shards
     out = IterationPaths.of(project.workdir, iteration).evaluation
-    if shards <= 1 or completed(out, evaluate_fingerprint(project, trained, dataset)):
+    if shards <= 1 or evaluate_identity(project, trained, dataset, out).done():
         return evaluate_task(project, iteration, trained, dataset, previous)
     futures = [
         eval_shard_task.submit(project, iteration, trained, shard, shards)
@@ -106,36 +111,20 @@ def _iterations(project: Project) -> list[dict[str, Any]]:
         reviewed = review_gate(project, iteration, generated, filtered)
         dataset = caption_task(project, iteration, generated, reviewed)
         # Model: train a LoRA on the new dataset and score it on held-out contexts.
-        provenance = {
-            "iteration": iteration,
-            "character": params.subject,
-            "trigger": params.trigger_label,
-            "base_model": params.base_model.path,
-            "dataset_sha256": dataset.digest,
-            "parent_adapter_sha256": adapter.sha256 if adapter else "none",
-            "parent_version": parent_version or "none",
-            "params_hash": params_hash(params),
-        }
+        provenance = build_provenance(project, iteration, dataset, adapter, parent_version)
         trained = train_task(project, iteration, dataset, provenance)
         previous = history[-1] if history else None
         evaluation = _evaluate(project, iteration, trained, dataset, previous)
-        history.append(evaluation.summary)
-        deltas = compare(previous, evaluation.summary) if previous else {}
+        history.append(evaluation.metrics)
+        deltas = compare(previous, evaluation.metrics) if previous else {}
         verdict = decide(history, params.loop.convergence_epsilon, params.loop.max_iterations)
         # Lineage: version the folders with DVC and register the adapter in MLflow, with
         # the metrics-over-iterations plot of iterations 1..N.
-        outputs = {
-            "generate": generated,
-            "filter": filtered,
-            "review": reviewed,
-            "caption": dataset,
-            "train": trained,
-            "evaluate": evaluation,
-        }
+        results = IterationResults(generated, filtered, dataset, trained, evaluation, reviewed)
         published = publish_task(
             project,
             iteration,
-            outputs,
+            results,
             parent_version,
             {"stop": verdict.stop, "reason": verdict.reason, "change_vs_previous": deltas},
             list(history),
@@ -143,9 +132,9 @@ def _iterations(project: Project) -> list[dict[str, Any]]:
         rows.append(
             {
                 "iteration": iteration,
-                "generated": generated.summary["images"],
-                "kept": reviewed.summary["kept"],
-                **evaluation.summary,
+                "generated": generated.images,
+                "kept": reviewed.kept,
+                **evaluation.metrics,
                 "version": published["version"],
                 "dataset_hash": published["dataset_hash"],
                 "decision": verdict.reason,
@@ -153,6 +142,6 @@ def _iterations(project: Project) -> list[dict[str, Any]]:
         )
         if verdict.stop:
             break
-        adapter = AdapterRef(trained.path, str(trained.summary["weights_sha256"]))
+        adapter = trained.ref
         parent_version = published["version"]
     return rows

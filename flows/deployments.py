@@ -11,7 +11,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from charloop.config import Project
+from charloop.params.project import Project
 
 INGEST_EVENT = "charloop.references.ingested"
 CODE_ROOT = Path(__file__).resolve().parents[1]

@@ -10,8 +10,8 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
-from charloop.config import load_project
-from charloop.promotion import Gate, PromotionRefused
+from charloop.lineage.promotion import Gate, PromotionRefused
+from charloop.params.project import load_project
 from flows.pausing import mark_running
 from tasks.promotion import apply_promotion_task, check_promotion_task, failed_gates
 

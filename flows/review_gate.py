@@ -9,10 +9,15 @@ from prefect.input import RunInput
 from prefect.logging import get_run_logger
 from pydantic import Field
 
-from charloop.config import Project
-from charloop.layout import IterationPaths
-from charloop.review import HumanDecisions, ReviewTimedOut, load_decisions, save_decisions
-from charloop.stage import StageOutput
+from charloop.params.project import Project
+from charloop.stages.layout import IterationPaths
+from charloop.stages.results import Filtered, Generated, Reviewed
+from charloop.stages.review.stage import (
+    HumanDecisions,
+    ReviewTimedOut,
+    load_decisions,
+    save_decisions,
+)
 from flows.pausing import mark_running
 from tasks.stages import export_review_task, review_task
 
@@ -27,8 +32,8 @@ class ReviewInput(RunInput):
 
 
 def review_gate(
-    project: Project, iteration: int, generated: StageOutput, filtered: StageOutput
-) -> StageOutput:
+    project: Project, iteration: int, generated: Generated, filtered: Filtered
+) -> Reviewed:
     """The review stage, pausing for a person first when ``review.enabled``.
 
     Decisions already applied on the desk (``charloop review apply``) are used without
@@ -79,8 +84,8 @@ def review_gate(
     return review_task(project, iteration, generated, filtered, decisions)
 
 
-def _instructions(iteration: int, filtered: StageOutput, sheet: str) -> str:
-    kept, total = filtered.summary["kept"], filtered.summary["candidates"]
+def _instructions(iteration: int, filtered: Filtered, sheet: str) -> str:
+    kept, total = filtered.kept, filtered.candidates
     return "\n".join(
         [
             f"### Review iteration {iteration}: the filter kept {kept} of {total} images",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from charloop.params_scale import ScaleParams
+from charloop.params.scale import ScaleParams
 
 
 def task_runner_for(scale: ScaleParams) -> Any:

@@ -9,8 +9,7 @@ from typing import Any
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from charloop.config import Project
-from charloop.promotion import (
+from charloop.lineage.promotion import (
     Gate,
     adapter_gate,
     lineage_gate,
@@ -18,7 +17,8 @@ from charloop.promotion import (
     move_to_production,
     production_version,
 )
-from charloop.release import export_release, point_production
+from charloop.lineage.release import export_release, point_production
+from charloop.params.project import Project
 
 
 def _client(project: Project) -> Any:
@@ -63,7 +63,7 @@ def apply_promotion_task(
     """Move the aliases, write the audit tags and export the release folder."""
     import mlflow
 
-    from charloop.lineage import chain
+    from charloop.lineage.chain import chain
 
     client, name = _client(project), project.params.model_name
     before = move_to_production(client, name, version, approver, reason)

@@ -1,4 +1,6 @@
-"""One Prefect task per loop stage. Each passes paths and digests, never images or tensors."""
+"""One Prefect task per loop stage. Each passes paths, digests and typed stage results,
+never images or tensors. Cache keys are the library's stage identities (``tasks.caching``).
+"""
 
 from __future__ import annotations
 
@@ -12,24 +14,32 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
-from charloop import atomic
-from charloop.caption import run_caption
-from charloop.config import Project
-from charloop.convergence import compare
-from charloop.evaluate import run_evaluate
-from charloop.evaluate_shards import eval_shard_dir, run_eval_shard
-from charloop.filter import run_filter
-from charloop.generate import AdapterRef, run_generate
-from charloop.generate_shards import assemble_generated, run_generate_shard, shard_dir
-from charloop.layout import IterationPaths
-from charloop.publish import HISTORY_PLOT, prepare_stores, publish_iteration
-from charloop.reports import history_markdown, metrics_markdown, per_context_rows
-from charloop.review import HumanDecisions, export_sheet, run_review
-from charloop.stage import StageOutput
-from charloop.train import run_train
-from tasks.caching import output_cache_key, retry_transient
+from charloop.core import atomic
+from charloop.lineage.publish import HISTORY_PLOT, prepare_stores, publish_iteration
+from charloop.lineage.reports import history_markdown, metrics_markdown, per_context_rows
+from charloop.params.project import Project
+from charloop.stages.caption.stage import caption_identity, run_caption
+from charloop.stages.evaluate.convergence import compare
+from charloop.stages.evaluate.stage import evaluate_identity, run_evaluate
+from charloop.stages.filter.stage import filter_identity, run_filter
+from charloop.stages.generate.stage import generate_identity, run_generate
+from charloop.stages.layout import IterationPaths
+from charloop.stages.results import (
+    Adapter,
+    AdapterRef,
+    Dataset,
+    EvalShard,
+    Evaluation,
+    Filtered,
+    Generated,
+    IterationResults,
+    Reviewed,
+)
+from charloop.stages.review.stage import HumanDecisions, export_sheet, review_identity, run_review
+from charloop.stages.train.stage import run_train, train_identity
+from tasks.caching import retry_transient, stage_cache_key
 
-_CACHED: dict[str, Any] = dict(persist_result=True, retries=1, retry_condition_fn=retry_transient)
+CACHED: dict[str, Any] = dict(persist_result=True, retries=1, retry_condition_fn=retry_transient)
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
@@ -40,8 +50,8 @@ def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
         return logging.getLogger(__name__)
 
 
-def _paths(parameters: dict[str, Any]) -> IterationPaths:
-    return IterationPaths.of(parameters["project"].workdir, parameters["iteration"])
+def paths_of(project: Project, iteration: int) -> IterationPaths:
+    return IterationPaths.of(project.workdir, iteration)
 
 
 def _artifact_key(project: Project, iteration: int, what: str) -> str:
@@ -54,53 +64,35 @@ def prepare_stores_task(project: Project) -> None:
     prepare_stores(project)
 
 
-@task(name="generate", cache_key_fn=output_cache_key(lambda p: _paths(p).generated), **_CACHED)
-def generate_task(project: Project, iteration: int, adapter: AdapterRef | None) -> StageOutput:
+@task(
+    name="generate",
+    cache_key_fn=stage_cache_key(
+        lambda p: generate_identity(
+            p["project"],
+            p["iteration"],
+            p["adapter"],
+            paths_of(p["project"], p["iteration"]).generated,
+        )
+    ),
+    **CACHED,
+)
+def generate_task(project: Project, iteration: int, adapter: AdapterRef | None) -> Generated:
     """Render the iteration's prompt matrix (with the previous LoRA from iteration 2 on)."""
-    return run_generate(
-        project, iteration, adapter, IterationPaths.of(project.workdir, iteration).generated
-    )
+    return run_generate(project, iteration, adapter, paths_of(project, iteration).generated)
 
 
 @task(
-    name="generate-shard",
-    cache_key_fn=output_cache_key(lambda p: shard_dir(_paths(p).generated, p["shard"])),
-    **_CACHED,
+    name="filter",
+    cache_key_fn=stage_cache_key(
+        lambda p: filter_identity(
+            p["project"], p["generated"], paths_of(p["project"], p["iteration"]).filtered
+        )
+    ),
+    **CACHED,
 )
-def generate_shard_task(
-    project: Project, iteration: int, adapter: AdapterRef | None, shard: int, shards: int
-) -> StageOutput:
-    """Render one shard of the iteration's images (fans out on Dask/Ray task runners)."""
-    out = IterationPaths.of(project.workdir, iteration).generated
-    return run_generate_shard(project, iteration, adapter, out, shard, shards)
-
-
-@task(name="assemble-generated", retries=1, retry_condition_fn=retry_transient)
-def assemble_generated_task(
-    project: Project, iteration: int, adapter: AdapterRef | None, parts: list[StageOutput]
-) -> StageOutput:
-    """Merge the shards into the generate stage folder."""
-    out = IterationPaths.of(project.workdir, iteration).generated
-    return assemble_generated(project, iteration, adapter, parts, out)
-
-
-@task(
-    name="evaluate-shard",
-    cache_key_fn=output_cache_key(lambda p: eval_shard_dir(_paths(p).evaluation, p["shard"])),
-    **_CACHED,
-)
-def eval_shard_task(
-    project: Project, iteration: int, adapter: StageOutput, shard: int, shards: int
-) -> StageOutput:
-    """Render one shard of the held-out evaluation (fans out on Dask/Ray task runners)."""
-    out = IterationPaths.of(project.workdir, iteration).evaluation
-    return run_eval_shard(project, adapter, out, shard, shards)
-
-
-@task(name="filter", cache_key_fn=output_cache_key(lambda p: _paths(p).filtered), **_CACHED)
-def filter_task(project: Project, iteration: int, generated: StageOutput) -> StageOutput:
+def filter_task(project: Project, iteration: int, generated: Generated) -> Filtered:
     """Apply the discriminators; publish the per-image decisions as a table artifact."""
-    output = run_filter(project, generated, IterationPaths.of(project.workdir, iteration).filtered)
+    output = run_filter(project, generated, paths_of(project, iteration).filtered)
     report = atomic.read_jsonl(Path(output.path) / "report.jsonl")
     create_table_artifact(
         key=_artifact_key(project, iteration, "filter"),
@@ -108,18 +100,17 @@ def filter_task(project: Project, iteration: int, generated: StageOutput) -> Sta
             {"id": r["id"], "decision": r["decision"], "reasons": "; ".join(r["reasons"])}
             for r in report
         ],
-        description=f"Filter decisions, iteration {iteration}: kept {output.summary['kept']}",
+        description=f"Filter decisions, iteration {iteration}: kept {output.kept}",
     )
     return output
 
 
 @task(name="export-review")
 def export_review_task(
-    project: Project, iteration: int, generated: StageOutput, filtered: StageOutput
+    project: Project, iteration: int, generated: Generated, filtered: Filtered
 ) -> str:
     """Write the review sheet to the iteration's desk and publish the candidates."""
-    paths = IterationPaths.of(project.workdir, iteration)
-    sheet = export_sheet(generated, filtered, paths.review_desk)
+    sheet = export_sheet(generated, filtered, paths_of(project, iteration).review_desk)
     report = atomic.read_jsonl(Path(filtered.path) / "report.jsonl")
     create_table_artifact(
         key=_artifact_key(project, iteration, "review-candidates"),
@@ -132,70 +123,114 @@ def export_review_task(
     return str(sheet)
 
 
-@task(name="review", cache_key_fn=output_cache_key(lambda p: _paths(p).reviewed), **_CACHED)
+@task(
+    name="review",
+    cache_key_fn=stage_cache_key(
+        lambda p: review_identity(
+            p["generated"],
+            p["filtered"],
+            p["decisions"],
+            paths_of(p["project"], p["iteration"]).reviewed,
+            p["project"].params.filter.min_kept,
+            p.get("timed_out", False),
+        )
+    ),
+    **CACHED,
+)
 def review_task(
     project: Project,
     iteration: int,
-    generated: StageOutput,
-    filtered: StageOutput,
+    generated: Generated,
+    filtered: Filtered,
     decisions: HumanDecisions | None,
     timed_out: bool = False,
-) -> StageOutput:
+) -> Reviewed:
     """Merge a person's decisions (if any) with the filter's; record who decided what."""
     output = run_review(
         generated,
         filtered,
         decisions,
-        IterationPaths.of(project.workdir, iteration).reviewed,
+        paths_of(project, iteration).reviewed,
         project.params.filter.min_kept,
         timed_out,
     )
-    _logger().info("review: %s", output.summary)
+    _logger().info(
+        "review: kept %d, %d overridden, via %s", output.kept, output.overridden, output.via
+    )
     return output
 
 
-@task(name="caption", cache_key_fn=output_cache_key(lambda p: _paths(p).dataset), **_CACHED)
+@task(
+    name="caption",
+    cache_key_fn=stage_cache_key(
+        lambda p: caption_identity(
+            p["project"],
+            p["generated"],
+            p["reviewed"],
+            paths_of(p["project"], p["iteration"]).dataset,
+        )
+    ),
+    **CACHED,
+)
 def caption_task(
-    project: Project, iteration: int, generated: StageOutput, reviewed: StageOutput
-) -> StageOutput:
+    project: Project, iteration: int, generated: Generated, reviewed: Reviewed
+) -> Dataset:
     """Write the captioned, kohya-style dataset folder."""
-    return run_caption(
-        project, generated, reviewed, IterationPaths.of(project.workdir, iteration).dataset
-    )
+    return run_caption(project, generated, reviewed, paths_of(project, iteration).dataset)
 
 
-@task(name="train", cache_key_fn=output_cache_key(lambda p: _paths(p).adapter), **_CACHED)
+@task(
+    name="train",
+    cache_key_fn=stage_cache_key(
+        lambda p: train_identity(
+            p["project"],
+            p["dataset"],
+            paths_of(p["project"], p["iteration"]).adapter,
+            p["provenance"],
+        )
+    ),
+    **CACHED,
+)
 def train_task(
-    project: Project, iteration: int, dataset: StageOutput, provenance: dict[str, Any]
-) -> StageOutput:
+    project: Project, iteration: int, dataset: Dataset, provenance: dict[str, str]
+) -> Adapter:
     """Train the iteration's LoRA adapter."""
-    output = run_train(
-        project, dataset, IterationPaths.of(project.workdir, iteration).adapter, provenance
-    )
-    _logger().info("train: %s", output.summary)
+    output = run_train(project, dataset, paths_of(project, iteration).adapter, provenance)
+    _logger().info("train: %d steps, final loss %.4f", output.steps, output.final_loss)
     return output
 
 
-@task(name="evaluate", cache_key_fn=output_cache_key(lambda p: _paths(p).evaluation), **_CACHED)
+@task(
+    name="evaluate",
+    cache_key_fn=stage_cache_key(
+        lambda p: evaluate_identity(
+            p["project"],
+            p["adapter"],
+            p["dataset"],
+            paths_of(p["project"], p["iteration"]).evaluation,
+        )
+    ),
+    **CACHED,
+)
 def evaluate_task(
     project: Project,
     iteration: int,
-    adapter: StageOutput,
-    dataset: StageOutput,
+    adapter: Adapter,
+    dataset: Dataset,
     previous: dict[str, float] | None = None,
-    rendered: list[StageOutput] | None = None,
-) -> StageOutput:
+    rendered: list[EvalShard] | None = None,
+) -> Evaluation:
     """Score the adapter on held-out contexts; publish the metrics and their change since
     the ``previous`` iteration's (a markdown artifact) and the per-context scores (a table).
     ``rendered``: evaluation shards already rendered by ``eval_shard_task``.
     """
-    out = IterationPaths.of(project.workdir, iteration).evaluation
+    out = paths_of(project, iteration).evaluation
     output = run_evaluate(project, adapter, dataset, out, rendered)
-    deltas = compare(previous, output.summary) if previous is not None else None
+    deltas = compare(previous, output.metrics) if previous is not None else None
     create_markdown_artifact(
         key=_artifact_key(project, iteration, "metrics"),
         markdown=metrics_markdown(
-            iteration, output.summary, deltas, Path(output.path) / "contact_sheet.png"
+            iteration, output.metrics, deltas, Path(output.path) / "contact_sheet.png"
         ),
         description=f"Evaluation metrics, iteration {iteration}",
     )
@@ -212,7 +247,7 @@ def evaluate_task(
 def publish_task(
     project: Project,
     iteration: int,
-    outputs: dict[str, StageOutput],
+    results: IterationResults,
     parent_version: str | None,
     extra_summary: dict[str, Any],
     history: list[dict[str, float]] | None = None,
@@ -222,9 +257,9 @@ def publish_task(
     With ``history`` (iterations 1..``iteration``), also plot the metrics over iterations
     and publish them as a markdown artifact.
     """
-    result = publish_iteration(project, iteration, outputs, parent_version, extra_summary, history)
+    result = publish_iteration(project, iteration, results, parent_version, extra_summary, history)
     if history:
-        plot = IterationPaths.of(project.workdir, iteration).reports / HISTORY_PLOT
+        plot = paths_of(project, iteration).reports / HISTORY_PLOT
         create_markdown_artifact(
             key=_artifact_key(project, iteration, "history"),
             markdown=history_markdown(history, plot),

@@ -20,7 +20,7 @@ os.environ.setdefault("GIT_AUTHOR_EMAIL", "tests@charloop.invalid")
 os.environ.setdefault("GIT_COMMITTER_NAME", "charloop-tests")
 os.environ.setdefault("GIT_COMMITTER_EMAIL", "tests@charloop.invalid")
 
-from charloop.config import Project, load_project
+from charloop.params.project import Project, load_project
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"

@@ -14,14 +14,14 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
-from charloop.cast_identity import assign_strips, cast_identity, strips
-from charloop.config import load_project
-from charloop.control import ControlMap, side_by_side
-from charloop.discriminators import Decision
-from charloop.generate import plan_jobs
-from charloop.params import Params
-from charloop.params_filter import IdentityCheck
-from charloop.prompts import scene_text
+from charloop.params.filter import IdentityCheck
+from charloop.params.project import load_project
+from charloop.params.schema import Params
+from charloop.scenes.prompts import scene_text
+from charloop.stages.filter.cast_identity import assign_strips, cast_identity, strips
+from charloop.stages.filter.discriminators import Decision
+from charloop.stages.generate.control import ControlMap, side_by_side
+from charloop.stages.generate.stage import plan_jobs
 from tests.conftest import tiny_params, write_params
 
 KIRA = {"name": "kira", "trigger": "zxq kira", "traits": ["teal hair"], "references": "refs/kira"}
@@ -144,8 +144,8 @@ def _random_lora(seed: int, rank: int) -> Any:
     from diffusers import UNet2DConditionModel
     from peft.utils import get_peft_model_state_dict
 
-    from charloop.train import AdapterState
-    from charloop.train_loop import lora_config
+    from charloop.stages.train.adapter import AdapterState
+    from charloop.stages.train.loop import lora_config
 
     unet = UNet2DConditionModel.from_pretrained(str(Path("models/tiny-sd15")), subfolder="unet")
     unet.add_adapter(lora_config(rank, rank * 2, ["to_k", "to_q", "to_v", "to_out.0"]))
@@ -159,9 +159,9 @@ def _random_lora(seed: int, rank: int) -> Any:
 
 def test_per_character_loras_combine_exactly_as_set_adapters(tmp_path):
     """The combined file renders what diffusers renders with both adapters and weights."""
-    from charloop.pipeline import load_pipeline
-    from charloop.train import write_adapter
-    from charloop.train_cast import combine
+    from charloop.models.pipeline import load_pipeline
+    from charloop.stages.train.adapter import write_adapter
+    from charloop.stages.train.cast import combine
 
     rank, alpha, weights = 2, 4.0, [1.0, 0.5]
     states = [_random_lora(1, rank), _random_lora(2, rank)]
@@ -212,7 +212,7 @@ def crew(tmp_path_factory, prefect_harness):
 
 
 def test_cast_loop_trains_per_character_loras_and_reports_bleed(crew):
-    from charloop.layout import IterationPaths
+    from charloop.stages.layout import IterationPaths
 
     project, rows = crew
     paths = IterationPaths.of(project.workdir, 1)

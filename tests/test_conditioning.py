@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from charloop import atomic
-from charloop.caption import run_caption
-from charloop.config import ParamsError, load_project
-from charloop.filter import run_filter
-from charloop.generate import run_generate
-from charloop.params import AXES
-from charloop.review import run_review
-from charloop.tiny_addons import IP_ADAPTER_WEIGHTS, build_tiny_blip, build_tiny_ip_adapter
+from charloop.core import atomic
+from charloop.models.tiny_addons import IP_ADAPTER_WEIGHTS, build_tiny_blip, build_tiny_ip_adapter
+from charloop.params.project import ParamsError, load_project
+from charloop.params.schema import AXES
+from charloop.stages.caption.stage import run_caption
+from charloop.stages.filter.stage import run_filter
+from charloop.stages.generate.stage import run_generate
+from charloop.stages.review.stage import run_review
 from tests.conftest import MODELS, tiny_params, write_params
 
 
@@ -81,7 +81,7 @@ def test_vlm_captioner_appends_a_description_after_the_tags(tmp_path):
     reviewed = run_review(generated, filtered, None, tmp_path / "rev")
     dataset = run_caption(project, generated, reviewed, tmp_path / "data")
     rows = atomic.read_jsonl(Path(dataset.path) / "manifest.jsonl")
-    assert rows and dataset.summary["captioner"] == "vlm"
+    assert rows and dataset.captioner == "vlm"
     for row in rows:
         tags = row["caption"].split(", ")
         context_tags = [row["context"][axis] for axis in AXES if row["context"].get(axis)]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from charloop.params import Params
+from charloop.params.schema import Params
 from tests.conftest import REPO, tiny_params
 
 pytestmark = pytest.mark.slow
@@ -33,6 +33,19 @@ def test_dvc_repro_runs_one_iteration(tmp_path):
     assert repro.returncode == 0, repro.stderr[-3000:] + repro.stdout[-3000:]
     metrics = json.loads((tmp_path / "data/06_evaluation/metrics.json").read_text())
     assert -1 <= metrics["identity_consistency"] <= 1
+    # dvc repro's adapter carries the same provenance keys as the flow's (one builder).
+    from charloop.core.safetensors_header import read_header
+    from charloop.lineage.provenance import PROVENANCE_KEYS
+
+    header = read_header(tmp_path / "data/05_adapter/pytorch_lora_weights.safetensors")
+    keys = {k for k in header["__metadata__"] if k.startswith("charloop.")}
+    assert keys == {f"charloop.{k}" for k in PROVENANCE_KEYS}
+    logged = json.loads((tmp_path / "data/mlflow_run.json").read_text())
+    assert set(PROVENANCE_KEYS) <= set(logged) and logged["parent_version"] == "none"
+    shown = subprocess.run(
+        ["dvc", "metrics", "show", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert "identity_consistency" in shown.stdout, shown.stderr[-2000:]
     lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())
     stages = {"generate", "filter", "review", "caption", "train", "evaluate", "log"}
     assert set(lock["stages"]) == stages

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from charloop import atomic
-from charloop.config import load_project
-from charloop.layout import IterationPaths
+from charloop.core import atomic
+from charloop.params.project import load_project
+from charloop.stages.layout import IterationPaths
 from tests.conftest import tiny_params, write_params
 
 pytestmark = pytest.mark.e2e
@@ -81,7 +81,7 @@ def test_two_iterations_register_two_chained_versions(loop_result, git_project):
 def test_dataset_hash_is_the_dvc_hash_of_the_training_files(loop_result, git_project):
     from dvc.api import DVCFileSystem
 
-    from charloop.hashing import sha256_file
+    from charloop.core.hashing import sha256_file
 
     fs = DVCFileSystem(str(git_project.root))
     for version in _versions(git_project):
@@ -99,7 +99,7 @@ def test_iteration_two_was_generated_with_iteration_one_adapter(loop_result, git
     first = IterationPaths.of(git_project.workdir, 1)
     second = IterationPaths.of(git_project.workdir, 2)
     rows = atomic.read_jsonl(second.generated / "manifest.jsonl")
-    from charloop.hashing import sha256_file
+    from charloop.core.hashing import sha256_file
 
     expected = sha256_file(first.adapter / "pytorch_lora_weights.safetensors")
     assert rows and all(r["adapter"]["path"] == str(first.adapter) for r in rows)
@@ -159,3 +159,42 @@ def test_rerun_reuses_everything_and_registers_nothing_new(loop_result, git_proj
     assert [r["version"] for r in again] == [r["version"] for r in rows]
     assert len(_versions(git_project)) == 2
     assert elapsed < first_seconds, (elapsed, first_seconds)
+
+
+def _provenance_headers(adapter_dir: Path) -> dict[str, dict[str, str]]:
+    from charloop.core.safetensors_header import read_header
+
+    return {
+        name: {
+            k: v
+            for k, v in read_header(adapter_dir / name).get("__metadata__", {}).items()
+            if k.startswith("charloop.")
+        }
+        for name in ("pytorch_lora_weights.safetensors", "lora_kohya.safetensors")
+    }
+
+
+def test_flow_and_cli_train_write_the_same_provenance(loop_result, git_project, tmp_path):
+    """One provenance builder: the flow's adapter and `charloop stage train` (what dvc.yaml
+    runs) on the same dataset carry the same keys and values, and the registry's tags
+    are those values."""
+    from typer.testing import CliRunner
+
+    from charloop.lineage.provenance import PROVENANCE_KEYS
+    from charloop_cli.main import app
+
+    first, second = (IterationPaths.of(git_project.workdir, i) for i in (1, 2))
+    flow_headers = _provenance_headers(second.adapter)
+    expected_keys = {f"charloop.{k}" for k in PROVENANCE_KEYS}
+    assert all(set(h) == expected_keys for h in flow_headers.values())
+    assert flow_headers["pytorch_lora_weights.safetensors"]["charloop.parent_version"] == "1"
+    out = tmp_path / "cli-adapter"
+    args = ["stage", "train", str(second.dataset), str(out), "--params"]
+    args += [str(git_project.params_file), "--iteration", "2", "--parent", str(first.adapter)]
+    result = CliRunner().invoke(app, [*args, "--parent-version", "1"])
+    assert result.exit_code == 0, result.output
+    assert _provenance_headers(out) == flow_headers
+    provenance = json.loads((second.adapter / "provenance.json").read_text())
+    assert json.loads((out / "provenance.json").read_text()) == provenance
+    _, v2 = _versions(git_project)
+    assert {k: v2.tags[k] for k in PROVENANCE_KEYS} == provenance

@@ -12,16 +12,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from charloop import atomic
-from charloop.contact_sheet import contact_sheet
-from charloop.convergence import compare
-from charloop.eval_metrics import (
+from charloop.core import atomic
+from charloop.core.contact_sheet import contact_sheet
+from charloop.lineage.reports import (
+    history_markdown,
+    metrics_markdown,
+    per_context_rows,
+    plot_history,
+)
+from charloop.stages.evaluate.convergence import compare
+from charloop.stages.evaluate.metrics import (
     consistency_metrics,
     headline,
     validation_loss,
     with_and_without,
 )
-from charloop.reports import history_markdown, metrics_markdown, per_context_rows, plot_history
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -188,7 +193,7 @@ def test_markdown_and_per_context_rows():
 
 
 def test_a_context_the_training_matrix_contains_is_flagged(make_project):
-    from charloop.evaluate import seen_in_training
+    from charloop.stages.evaluate.stage import seen_in_training
 
     params = make_project().params
     trained = {"style": "watercolor", "setting": "on a beach", "expression": "smiling"}
@@ -202,13 +207,13 @@ def test_a_context_the_training_matrix_contains_is_flagged(make_project):
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
-    from charloop.caption import run_caption
-    from charloop.config import load_project
-    from charloop.evaluate import run_evaluate
-    from charloop.filter import run_filter
-    from charloop.generate import run_generate
-    from charloop.review import run_review
-    from charloop.train import run_train
+    from charloop.params.project import load_project
+    from charloop.stages.caption.stage import run_caption
+    from charloop.stages.evaluate.stage import run_evaluate
+    from charloop.stages.filter.stage import run_filter
+    from charloop.stages.generate.stage import run_generate
+    from charloop.stages.review.stage import run_review
+    from charloop.stages.train.stage import run_train
     from tests.conftest import tiny_params, write_params
 
     root = tmp_path_factory.mktemp("evaluate")
@@ -218,7 +223,7 @@ def evaluated(tmp_path_factory):
     filtered = run_filter(project, generated, root / "filt")
     reviewed = run_review(generated, filtered, None, root / "review")
     dataset = run_caption(project, generated, reviewed, root / "data")
-    adapter = run_train(project, dataset, root / "adapter", {"iteration": 1})
+    adapter = run_train(project, dataset, root / "adapter", {"iteration": "1"})
     # An adapter whose training logged a validation curve.
     adapter_dir = root / "adapter-with-validation"
     shutil.copytree(adapter.path, adapter_dir)
@@ -251,8 +256,8 @@ def test_evaluation_writes_the_new_metrics(evaluated):
         assert {"diversity", "reference_similarity", "trigger_effect"} <= set(entry)
     assert not any(c["in_training_matrix"] for c in metrics["contexts"].values())
     assert _finite_everywhere(metrics)
-    assert output.summary == headline(metrics)
-    assert {"trigger_effect", "diversity", "validation_loss"} <= set(output.summary)
+    assert output.metrics == headline(metrics)
+    assert {"trigger_effect", "diversity", "validation_loss"} <= set(output.metrics)
 
 
 def test_evaluation_contact_sheet_has_a_row_per_context_and_a_column_per_seed(evaluated):

@@ -13,12 +13,12 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from charloop.config import load_project
-from charloop.hashing import tree_digest
-from charloop.layout import IterationPaths
-from charloop.lineage import param_changes
-from charloop.params_promote import PromoteParams
-from charloop.promotion import PromotionRefused, metric_gates
+from charloop.core.hashing import tree_digest
+from charloop.lineage.chain import param_changes
+from charloop.lineage.promotion import PromotionRefused, metric_gates
+from charloop.params.project import load_project
+from charloop.params.promote import PromoteParams
+from charloop.stages.layout import IterationPaths
 from charloop_cli.main import app
 from tests.conftest import tiny_params, write_params
 

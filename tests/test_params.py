@@ -8,7 +8,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from charloop.config import ParamsError, load_project, params_hash
+from charloop.params.project import ParamsError, load_project, params_hash
 from charloop_cli.main import app
 from tests.conftest import REPO, tiny_params, write_params
 
@@ -152,7 +152,7 @@ def test_prefect_yaml_deployments_point_at_real_flows():
 
 
 def test_tracking_uri_from_params_then_environment_then_default(tmp_path, monkeypatch):
-    from charloop.config import load_project
+    from charloop.params.project import load_project
     from tests.conftest import tiny_params, write_params
 
     monkeypatch.delenv("CHARLOOP_TRACKING_URI", raising=False)

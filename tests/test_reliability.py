@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from charloop.config import load_project
-from charloop.faults import ENV, POINTS
-from charloop.hashing import tree_digest
-from charloop.layout import IterationPaths
-from charloop.locking import LoopLocked, character_lock
-from charloop.stage import MARKER
+from charloop.core.faults import ENV, POINTS
+from charloop.core.hashing import tree_digest
+from charloop.core.locking import LoopLocked, character_lock
+from charloop.params.project import load_project
+from charloop.stages.contract import MARKER
+from charloop.stages.layout import IterationPaths
 from tests.conftest import tiny_params, write_params
 
 SUMMARY: dict[str, int] = {"faults injected": 0, "runs recovered": 0, "data lost": 0}
@@ -132,7 +132,7 @@ def test_changed_params_start_a_new_lineage_branch(tmp_path):
 
 
 def test_bad_base_model_and_unwritable_workdir_fail_before_any_work(tmp_path):
-    from charloop.publish import preflight
+    from charloop.lineage.publish import preflight
 
     missing = load_project(
         write_params(tmp_path / "m", tiny_params(base_model={"path": "./models/nope"}))
@@ -152,8 +152,8 @@ def test_bad_base_model_and_unwritable_workdir_fail_before_any_work(tmp_path):
 
 def test_params_in_a_subfolder_version_a_workdir_beside_it(tmp_path):
     """examples/tiny.yaml's layout: params in a subfolder, ``workdir: ../runs``."""
-    from charloop import versioning
-    from charloop.publish import prepare_stores
+    from charloop.lineage import versioning
+    from charloop.lineage.publish import prepare_stores
 
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     data = tiny_params()

@@ -11,12 +11,14 @@ import pytest
 from prefect import flow
 from typer.testing import CliRunner
 
-from charloop import atomic
-from charloop.config import Project, load_project
-from charloop.filter import NotEnoughImages, run_filter
-from charloop.generate import run_generate
-from charloop.layout import IterationPaths
-from charloop.review import (
+from charloop.core import atomic
+from charloop.params.project import Project, load_project
+from charloop.stages.contract import read_output
+from charloop.stages.filter.stage import NotEnoughImages, run_filter
+from charloop.stages.generate.stage import run_generate
+from charloop.stages.layout import IterationPaths
+from charloop.stages.results import Filtered, Generated, Reviewed
+from charloop.stages.review.stage import (
     HumanDecisions,
     ReviewError,
     ReviewTimedOut,
@@ -24,7 +26,6 @@ from charloop.review import (
     read_sheet,
     run_review,
 )
-from charloop.stage import StageOutput, read_output
 from charloop_cli.main import app
 from tests.conftest import tiny_params, write_params
 
@@ -35,7 +36,7 @@ MIXED_FILTER = {
 }
 
 
-def _reviewable(folder: Path, **review: object) -> tuple[Project, StageOutput, StageOutput]:
+def _reviewable(folder: Path, **review: object) -> tuple[Project, Generated, Filtered]:
     project = load_project(
         write_params(folder, tiny_params(filter=MIXED_FILTER, review={**review}))
     )
@@ -50,7 +51,7 @@ def staged(tmp_path_factory):
     return _reviewable(tmp_path_factory.mktemp("review"))
 
 
-def _ids(filtered: StageOutput, decision: str) -> list[str]:
+def _ids(filtered: Filtered, decision: str) -> list[str]:
     rows = atomic.read_jsonl(Path(filtered.path) / "report.jsonl")
     return [r["id"] for r in rows if r["decision"] == decision]
 
@@ -94,7 +95,7 @@ def test_review_stage_applies_and_records_human_overrides(staged, tmp_path):
     kept_rows = atomic.read_jsonl(tmp_path / "reviewed/kept.jsonl")
     assert {r["id"] for r in kept_rows} == (set(kept) - {kept[0]}) | {rejected[0]}
     assert all("prompt" in r and "review" in r for r in kept_rows)  # full manifest rows
-    assert output.summary["overridden"] == 2 and output.summary["via"] == "cli"
+    assert output.overridden == 2 and output.via == "cli"
 
 
 def test_review_that_rejects_everything_stops_the_iteration(staged, tmp_path):
@@ -113,7 +114,7 @@ def test_cli_review_export_then_apply(tmp_path):
     assert result.exit_code == 0, result.output
     desk = IterationPaths.of(project.workdir, 1).review_desk
     rows = list(csv.DictReader((desk / "review_sheet.csv").open()))
-    assert len(rows) == filtered.summary["candidates"] and (desk / "contact_sheet.png").is_file()
+    assert len(rows) == filtered.candidates and (desk / "contact_sheet.png").is_file()
     flipped = rows[0]["id"]
     rows[0]["decision"] = "reject" if rows[0]["automatic"] == "keep" else "keep"
     bad = [dict(r) for r in rows]
@@ -136,12 +137,14 @@ def test_cli_review_export_then_apply(tmp_path):
 
 
 @flow(name="review-gate-test")
-def _gate_flow(params_file: str) -> StageOutput:
+def _gate_flow(params_file: str) -> Reviewed:
     from flows.review_gate import review_gate
 
     project = load_project(params_file)
     paths = IterationPaths.of(project.workdir, 1)
-    return review_gate(project, 1, read_output(paths.generated), read_output(paths.filtered))
+    return review_gate(
+        project, 1, read_output(paths.generated, Generated), read_output(paths.filtered, Filtered)
+    )
 
 
 def _resume_when_paused(run_input: dict[str, object], found: list[str]) -> None:
@@ -168,9 +171,9 @@ def test_gate_pauses_for_a_person_and_records_the_answer(tmp_path, prefect_harne
     output = _gate_flow(str(project.params_file))
     resumer.join(5)
     assert found, "the flow never paused"
-    assert output.summary["via"] == "prefect" and output.summary["reviewer"] == "ana"
+    assert output.via == "prefect" and output.reviewer == "ana"
     kept = {r["id"] for r in atomic.read_jsonl(Path(output.path) / "kept.jsonl")}
-    assert victim not in kept and len(kept) == filtered.summary["kept"] - 1
+    assert victim not in kept and len(kept) == filtered.kept - 1
     desk = IterationPaths.of(project.workdir, 1).review_desk
     assert (desk / "review_sheet.csv").is_file()
     assert load_decisions(desk) == HumanDecisions((), (victim,), "ana", "off model", "prefect")
@@ -185,8 +188,8 @@ def test_gate_timeout_keeps_automatic_decisions_or_fails(tmp_path, prefect_harne
         tmp_path / "keep", enabled=True, timeout_s=1, poll_interval_s=1
     )
     output = _gate_flow(str(project.params_file))
-    assert output.summary["via"] == "timeout"
-    assert output.summary["kept"] == filtered.summary["kept"]
+    assert output.via == "timeout"
+    assert output.kept == filtered.kept
     strict, _, _ = _reviewable(
         tmp_path / "fail", enabled=True, timeout_s=1, poll_interval_s=1, on_timeout="fail"
     )

@@ -10,18 +10,18 @@ import pytest
 from PIL import Image
 from prefect import flow
 
-from charloop import atomic
-from charloop.config import load_project
-from charloop.generate import plan_jobs, run_generate
-from charloop.layout import IterationPaths
-from charloop.stage import StageOutput
+from charloop.core import atomic
+from charloop.params.project import load_project
+from charloop.stages.generate.stage import plan_jobs, run_generate
+from charloop.stages.layout import IterationPaths
+from charloop.stages.results import Generated
 from flows.runners import task_runner_for
 
 pytestmark = pytest.mark.slow
 
 
 @flow(name="generate-only")
-def _generate_only(params_file: str) -> StageOutput:
+def _generate_only(params_file: str) -> Generated:
     from flows.character_loop import _generate
 
     return _generate(load_project(params_file), 1, None)
@@ -31,7 +31,7 @@ def test_dask_renders_shards_in_worker_processes(make_project, prefect_harness, 
     project = make_project(scale={"task_runner": "dask", "workers": 2, "shards": 2})
     runner = task_runner_for(project.params.scale)
     output = _generate_only.with_options(task_runner=runner)(str(project.params_file))
-    pids = output.summary["shard_pids"]
+    pids = output.shard_pids
     assert len(pids) == 2 and os.getpid() not in pids  # two worker processes did the work
     rows = atomic.read_jsonl(Path(output.path) / "manifest.jsonl")
     assert [r["id"] for r in rows] == [j.id for j in plan_jobs(project, 1)]  # plan order

@@ -10,17 +10,19 @@ import pytest
 import torch
 from PIL import Image
 
-from charloop import atomic
-from charloop.caption import run_caption
-from charloop.config import load_project
-from charloop.evaluate import run_evaluate
-from charloop.filter import NotEnoughImages, run_filter
-from charloop.generate import AdapterRef, ImageJob, plan_jobs, render, run_generate
-from charloop.hashing import sha256_file
-from charloop.pipeline import load_pipeline, lora_applied
-from charloop.review import run_review
-from charloop.stage import MARKER
-from charloop.train import TrainingDiverged, run_train
+from charloop.core import atomic
+from charloop.core.hashing import sha256_file
+from charloop.models.pipeline import load_pipeline, lora_applied
+from charloop.params.project import load_project
+from charloop.scenes.render import ImageJob, render
+from charloop.stages.caption.stage import run_caption
+from charloop.stages.contract import MARKER
+from charloop.stages.evaluate.stage import run_evaluate
+from charloop.stages.filter.stage import NotEnoughImages, run_filter
+from charloop.stages.generate.stage import plan_jobs, run_generate
+from charloop.stages.results import AdapterRef
+from charloop.stages.review.stage import run_review
+from charloop.stages.train.stage import TrainingDiverged, run_train
 from tests.conftest import tiny_params, write_params
 
 
@@ -40,7 +42,7 @@ def outputs(project, loop_dir):
     filtered = run_filter(project, generated, loop_dir / "filt")
     reviewed = run_review(generated, filtered, None, loop_dir / "review")
     dataset = run_caption(project, generated, reviewed, loop_dir / "data")
-    adapter = run_train(project, dataset, loop_dir / "adapter", {"iteration": 1})
+    adapter = run_train(project, dataset, loop_dir / "adapter", {"iteration": "1"})
     evaluation = run_evaluate(project, adapter, dataset, loop_dir / "eval")
     return {
         "generate": generated,
@@ -61,7 +63,7 @@ def _pipe(project):
 def test_generate_writes_manifest_rows_matching_files(outputs, project):
     folder = Path(outputs["generate"].path)
     rows = atomic.read_jsonl(folder / "manifest.jsonl")
-    assert len(rows) == 4 * 2 == outputs["generate"].summary["images"]
+    assert len(rows) == 4 * 2 == outputs["generate"].images
     for row in rows:
         assert sha256_file(folder / row["file"]) == row["sha256"]
         assert row["prompt"].startswith("zxq kira")
@@ -84,11 +86,7 @@ def test_filter_report_and_kept_rows(outputs):
     report = atomic.read_jsonl(folder / "report.jsonl")
     kept = atomic.read_jsonl(folder / "kept.jsonl")
     assert len(report) == 8
-    assert (
-        len(kept)
-        == outputs["filter"].summary["kept"]
-        == sum(r["decision"] == "keep" for r in report)
-    )
+    assert len(kept) == outputs["filter"].kept == sum(r["decision"] == "keep" for r in report)
     assert all(r["reasons"] for r in report if r["decision"] == "reject")
 
 
@@ -107,7 +105,7 @@ def test_caption_folder_is_kohya_style(outputs):
     folder = Path(outputs["caption"].path)
     subset = folder / "1_zxq_kira"
     texts = sorted(subset.glob("*.txt"))
-    assert len(texts) == outputs["filter"].summary["kept"]
+    assert len(texts) == outputs["filter"].kept
     for text in texts:
         assert (subset / f"{text.stem}.png").is_file()
         assert text.read_text().startswith("zxq kira, ")
@@ -123,7 +121,7 @@ def test_caption_folder_is_kohya_style(outputs):
 def test_trained_adapter_loads_and_changes_the_output(outputs, project):
     adapter = Path(outputs["train"].path)
     weights = adapter / "pytorch_lora_weights.safetensors"
-    assert sha256_file(weights) == outputs["train"].summary["weights_sha256"]
+    assert sha256_file(weights) == outputs["train"].weights_sha256
     losses = json.loads((adapter / "train_log.json").read_text())["loss"]
     assert len(losses) == 6 and all(np.isfinite(losses))
     pipe = _pipe(project)
@@ -137,8 +135,8 @@ def test_trained_adapter_loads_and_changes_the_output(outputs, project):
 
 
 def test_training_is_reproducible(outputs, project, tmp_path):
-    again = run_train(project, outputs["caption"], tmp_path / "again", {"iteration": 1})
-    assert again.summary["weights_sha256"] == outputs["train"].summary["weights_sha256"]
+    again = run_train(project, outputs["caption"], tmp_path / "again", {"iteration": "1"})
+    assert again.weights_sha256 == outputs["train"].weights_sha256
 
 
 def test_nan_loss_stops_training(outputs, tmp_path):
@@ -149,7 +147,7 @@ def test_nan_loss_stops_training(outputs, tmp_path):
         )
     )
     with pytest.raises(TrainingDiverged, match="learning_rate"):
-        run_train(bad, outputs["caption"], tmp_path / "adapter", {"iteration": 1})
+        run_train(bad, outputs["caption"], tmp_path / "adapter", {"iteration": "1"})
     assert not (tmp_path / "adapter").exists(), "nothing half-written"
 
 
@@ -164,14 +162,14 @@ def test_evaluate_writes_metrics_and_contact_sheet(outputs):
     ):
         assert -1.0 <= metrics[key] <= 1.0
     assert len(metrics["per_context"]) == 2
-    assert metrics["adapter_sha256"] == outputs["train"].summary["weights_sha256"]
+    assert metrics["adapter_sha256"] == outputs["train"].weights_sha256
     with Image.open(folder / "contact_sheet.png") as sheet:
         assert sheet.width > 2 * 96 and sheet.height > 2 * 96
     assert len(list((folder / "images").glob("lora-*.png"))) == 2
 
 
 def test_finished_stages_are_not_redone(outputs, project, loop_dir, monkeypatch):
-    import charloop.generate as generate_module
+    import charloop.stages.generate.stage as generate_module
 
     def explode(*args, **kwargs):
         raise AssertionError("generation must not run again")
@@ -187,7 +185,7 @@ def test_finished_stages_are_not_redone(outputs, project, loop_dir, monkeypatch)
 
 
 def test_iteration_two_generates_with_the_previous_adapter(outputs, project, tmp_path):
-    adapter = AdapterRef(outputs["train"].path, outputs["train"].summary["weights_sha256"])
+    adapter = AdapterRef(outputs["train"].path, outputs["train"].weights_sha256)
     second = run_generate(project, 2, adapter, tmp_path / "gen2")
     rows = atomic.read_jsonl(Path(second.path) / "manifest.jsonl")
     assert all(r["adapter"]["sha256"] == adapter.sha256 for r in rows)
@@ -195,7 +193,7 @@ def test_iteration_two_generates_with_the_previous_adapter(outputs, project, tmp
 
 
 def test_adapter_header_is_sorted_and_carries_provenance(outputs):
-    from charloop.safetensors_header import read_header
+    from charloop.core.safetensors_header import read_header
 
     header = read_header(Path(outputs["train"].path) / "pytorch_lora_weights.safetensors")
     metadata = header["__metadata__"]
@@ -244,7 +242,7 @@ def test_filter_scores_identity_and_prompt_and_draws_a_sheet(outputs):
     assert all(
         -1 <= r["scores"]["identity"] <= 1 and -1 <= r["scores"]["prompt"] <= 1 for r in readable
     )
-    assert outputs["filter"].summary["identity"]["anchor"] == "cohesive cluster"
+    assert outputs["filter"].identity["anchor"] == "cohesive cluster"
     with Image.open(folder / "contact_sheet.png") as sheet:
         assert sheet.width >= 8 * 64
 
@@ -261,18 +259,18 @@ def test_filter_uses_readable_references_and_reports_skipped_ones(outputs, tmp_p
     data["character"]["references"] = "refs"
     project = load_project(write_params(tmp_path, data))
     result = run_filter(project, outputs["generate"], tmp_path / "filt")
-    assert result.summary["identity"] == {"anchor": "references", "references": 3}
-    assert result.summary["references_used"] == 3
-    assert "broken.jpg" in result.summary["references_skipped"]
+    assert result.identity == {"anchor": "references", "references": 3}
+    assert result.references_used == 3
+    assert "broken.jpg" in result.references_skipped
 
 
 def test_dinov2_backend_embeds_and_drives_the_identity_check(outputs, tmp_path):
     from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
 
-    from charloop.discriminators import identity_scores
-    from charloop.embedder import embed_in_batches, load_embedder
-    from charloop.params import Dinov2Embedder
-    from charloop.params_filter import IdentityCheck
+    from charloop.models.embedder import embed_in_batches, load_embedder
+    from charloop.params.filter import IdentityCheck
+    from charloop.params.schema import Dinov2Embedder
+    from charloop.stages.filter.discriminators import identity_scores
 
     torch.manual_seed(0)
     config = Dinov2Config(
@@ -353,8 +351,8 @@ def test_controlnet_canny_conditions_generation(outputs, project, tmp_path):
 
 
 def test_control_preprocessors_without_weights_and_a_clear_error_with_missing_ones(tmp_path):
-    from charloop.control import control_maps
-    from charloop.params import ControlNetParams
+    from charloop.params.schema import ControlNetParams
+    from charloop.stages.generate.control import control_maps
 
     poses = tmp_path / "poses"
     poses.mkdir()
@@ -371,17 +369,17 @@ def test_control_preprocessors_without_weights_and_a_clear_error_with_missing_on
 
 
 def test_sharded_evaluation_scores_like_one_pass(outputs, project, tmp_path):
-    from charloop.evaluate_shards import run_eval_shard
+    from charloop.stages.evaluate.shards import run_eval_shard
 
     out = tmp_path / "06_evaluation"
     parts = [run_eval_shard(project, outputs["train"], out, k, 2) for k in range(2)]
-    assert sorted(job for p in parts for job in p.summary["jobs"]) == sorted(
+    assert sorted(job for p in parts for job in p.jobs) == sorted(
         p.stem.removeprefix("lora-")
         for p in (Path(outputs["evaluate"].path) / "images").glob("lora-*.png")
     )
     sharded = run_evaluate(project, outputs["train"], outputs["caption"], out, parts)
     # Same seeds; shards batch the jobs differently, which moves pixels by float noise only.
-    assert sharded.summary == pytest.approx(outputs["evaluate"].summary, abs=1e-4)
+    assert sharded.metrics == pytest.approx(outputs["evaluate"].metrics, abs=1e-4)
     for image in (Path(sharded.path) / "images").glob("*.png"):
         a = np.asarray(Image.open(image), dtype=np.int16)
         b = np.asarray(Image.open(Path(outputs["evaluate"].path) / "images" / image.name))
@@ -411,8 +409,8 @@ def test_caption_adds_weighted_reference_art(outputs, tmp_path):
     assert all(r["repeats"] == 3 for r in refs_rows)
     assert all(r["repeats"] == 1 for r in rows if r not in refs_rows)
     assert (folder / "3_zxq_kira_references" / "ref-kira-art_1.png").is_file()
-    assert dataset.summary["references"] == 2
-    assert dataset.summary["images"] == outputs["caption"].summary["images"] + 2
+    assert dataset.references == 2
+    assert dataset.images == outputs["caption"].images + 2
     toml = (folder / "dataset.toml").read_text()
     assert 'image_dir = "3_zxq_kira_references"\n  num_repeats = 3' in toml
     assert 'image_dir = "1_zxq_kira"\n  num_repeats = 1' in toml
@@ -426,7 +424,7 @@ def test_caption_adds_weighted_reference_art(outputs, tmp_path):
 
 
 def test_include_references_needs_references(tmp_path):
-    from charloop.config import ParamsError
+    from charloop.params.project import ParamsError
 
     params = tiny_params(caption={"include_references": True})
     params["character"].pop("references", None)

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from charloop.layout import IterationPaths
-from tasks.caching import output_cache_key
+from charloop.stages.generate.stage import generate_identity
+from charloop.stages.layout import IterationPaths
+from tasks.caching import stage_cache_key
 from tasks.stages import caption_task, filter_task, generate_task, review_task
 
 
 def test_cache_key_needs_a_finished_output_and_tracks_its_content(make_project, tmp_path):
     project = make_project()
-    key_fn = output_cache_key(
-        lambda p: IterationPaths.of(p["project"].workdir, p["iteration"]).generated
+    key_fn = stage_cache_key(
+        lambda p: generate_identity(
+            p["project"],
+            p["iteration"],
+            p["adapter"],
+            IterationPaths.of(p["project"].workdir, p["iteration"]).generated,
+        )
     )
     context = SimpleNamespace(task=SimpleNamespace(name="generate"))
     parameters = {"project": project, "iteration": 1, "adapter": None}
@@ -22,24 +28,26 @@ def test_cache_key_needs_a_finished_output_and_tracks_its_content(make_project, 
     assert first and first == key_fn(context, parameters)
     assert key_fn(context, {**parameters, "iteration": 2}) is None
     image = next(p for p in IterationPaths.of(project.workdir, 1).generated.glob("*.png"))
-    image.write_bytes(image.read_bytes() + b"\0")  # edited output: a different key
-    assert key_fn(context, parameters) not in (None, first)
-    assert output.summary["images"] == 8
+    image.write_bytes(image.read_bytes() + b"\0")  # damaged output: no key, so the task runs
+    assert key_fn(context, parameters) is None
+    again = generate_task.fn(project, 1, None)  # redone with the same bytes: the same key
+    assert key_fn(context, parameters) == first and again.digest == output.digest
+    assert output.images == 8
 
 
 def test_stage_tasks_chain_through_fn(make_project, prefect_harness):
     project = make_project()
     generated = generate_task.fn(project, 1, None)
     filtered = filter_task.fn(project, 1, generated)  # also publishes a table artifact
-    assert filtered.summary["candidates"] == 8
+    assert filtered.candidates == 8
     reviewed = review_task.fn(project, 1, generated, filtered, None)
-    assert reviewed.summary == {
-        "kept": filtered.summary["kept"],
+    assert reviewed.facts() == {
+        "kept": filtered.kept,
         "overridden": 0,
         "reviewer": None,
         "via": "automatic",
         "comment": "",
     }
     dataset = caption_task.fn(project, 1, generated, reviewed)
-    assert dataset.summary["images"] == filtered.summary["kept"]
+    assert dataset.images == filtered.kept
     assert dataset.path == str(IterationPaths.of(project.workdir, 1).dataset)

@@ -7,7 +7,7 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from charloop.tiny_models import PROMPT_WORDS, build_tiny_clip, build_tokenizer
+from charloop.models.tiny import PROMPT_WORDS, build_tiny_clip, build_tokenizer
 from tests.conftest import MODELS
 
 

@@ -10,17 +10,24 @@ import pytest
 import torch
 from PIL import Image
 
-from charloop.caption import run_caption
-from charloop.config import load_project
-from charloop.encode_cache import EncodeCache
-from charloop.filter import run_filter
-from charloop.generate import plan_jobs, render, run_generate
-from charloop.kohya import KOHYA_WEIGHTS_NAME, to_kohya
-from charloop.pipeline import load_pipeline, lora_applied
-from charloop.review import run_review
-from charloop.train import WEIGHTS_NAME, build_models, make_accelerator, run_train, save_adapter
-from charloop.train_data import ModelIdentity, encode_rows, read_rows, split_validation
-from charloop.train_loop import TrainingInterrupted, snr_weights, train_lora
+from charloop.models.encode_cache import EncodeCache
+from charloop.models.pipeline import load_pipeline, lora_applied
+from charloop.params.project import load_project
+from charloop.scenes.render import render
+from charloop.stages.caption.stage import run_caption
+from charloop.stages.filter.stage import run_filter
+from charloop.stages.generate.stage import plan_jobs, run_generate
+from charloop.stages.review.stage import run_review
+from charloop.stages.train.data import ModelIdentity, encode_rows, read_rows, split_validation
+from charloop.stages.train.kohya import KOHYA_WEIGHTS_NAME, to_kohya
+from charloop.stages.train.loop import TrainingInterrupted, snr_weights, train_lora
+from charloop.stages.train.stage import (
+    WEIGHTS_NAME,
+    build_models,
+    make_accelerator,
+    run_train,
+    save_adapter,
+)
 from tests.conftest import tiny_params, write_params
 
 FAST_TRAIN = {"max_train_steps": 6, "batch_size": 2, "validation": {"images": 2, "every": 3}}
@@ -96,17 +103,17 @@ def test_min_snr_weights_clip_high_snr_timesteps():
 
 
 def test_interrupted_training_resumes_to_the_same_adapter(dataset, tmp_path):
-    straight = run_train(_project(tmp_path / "a"), dataset, tmp_path / "a/out", {"iteration": 1})
+    straight = run_train(_project(tmp_path / "a"), dataset, tmp_path / "a/out", {"iteration": "1"})
     project = _project(tmp_path / "b", checkpoint_every=2)
     with pytest.raises(TrainingInterrupted):
-        run_train(project, dataset, tmp_path / "b/out", {"iteration": 1}, stop_after=3)
+        run_train(project, dataset, tmp_path / "b/out", {"iteration": "1"}, stop_after=3)
     assert not (tmp_path / "b/out").exists()
     checkpoints = list((tmp_path / "b").glob(".out.checkpoints/*/step-*.pt"))
     assert [p.name for p in checkpoints] == ["step-000002.pt"]
-    resumed = run_train(project, dataset, tmp_path / "b/out", {"iteration": 1})
-    assert resumed.summary["resumed_from"] == 2
-    assert resumed.summary["weights_sha256"] == straight.summary["weights_sha256"]
-    assert resumed.summary["kohya_sha256"] == straight.summary["kohya_sha256"]
+    resumed = run_train(project, dataset, tmp_path / "b/out", {"iteration": "1"})
+    assert resumed.resumed_from == 2
+    assert resumed.weights_sha256 == straight.weights_sha256
+    assert resumed.kohya_sha256 == straight.kohya_sha256
     log = json.loads((tmp_path / "b/out/train_log.json").read_text())
     assert log == json.loads((tmp_path / "a/out/train_log.json").read_text())
     assert [v["step"] for v in log["validation_loss"]] == [0, 3, 6]
@@ -173,12 +180,12 @@ def test_kohya_names_for_an_sd15_shaped_unet():
 
 
 def test_gradient_checkpointing_and_accumulation_train(dataset, tmp_path):
-    plain = run_train(_project(tmp_path / "p"), dataset, tmp_path / "p/out", {"iteration": 1})
+    plain = run_train(_project(tmp_path / "p"), dataset, tmp_path / "p/out", {"iteration": "1"})
     run_train(
         _project(tmp_path / "c", gradient_checkpointing=True),
         dataset,
         tmp_path / "c/out",
-        {"iteration": 1},
+        {"iteration": "1"},
     )
     a = json.loads((tmp_path / "p/out/train_log.json").read_text())["loss"]
     b = json.loads((tmp_path / "c/out/train_log.json").read_text())["loss"]
@@ -187,11 +194,11 @@ def test_gradient_checkpointing_and_accumulation_train(dataset, tmp_path):
         _project(tmp_path / "g", gradient_accumulation_steps=2, lr_scheduler="cosine"),
         dataset,
         tmp_path / "g/out",
-        {"iteration": 1},
+        {"iteration": "1"},
     )
     log = json.loads((tmp_path / "g/out/train_log.json").read_text())
     assert len(log["loss"]) == 6 and log["learning_rate"][-1] == pytest.approx(0.0)
-    assert accumulated.summary["weights_sha256"] != plain.summary["weights_sha256"]
+    assert accumulated.weights_sha256 != plain.weights_sha256
 
 
 def test_xformers_needs_cuda(dataset, tmp_path):

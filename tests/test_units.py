@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from charloop.caption import caption_text, subset_folder
-from charloop.convergence import decide
-from charloop.embedder import mean_pairwise_cosine
-from charloop.evaluate import consistency_metrics
-from charloop.filter import judge
-from charloop.hashing import sha256_bytes, tree_digest
-from charloop.imagestats import dhash, hamming, quality_scores
-from charloop.params import AXES, CaptionParams, Character, Contexts, FilterParams
-from charloop.params_filter import DuplicatesCheck, IdentityCheck, QualityCheck
-from charloop.prompts import context_matrix, derive_seed, render_prompt
+from charloop.core.hashing import sha256_bytes, tree_digest
+from charloop.models.embedder import mean_pairwise_cosine
+from charloop.params.filter import DuplicatesCheck, IdentityCheck, QualityCheck
+from charloop.params.schema import AXES, CaptionParams, Character, Contexts, FilterParams
+from charloop.scenes.prompts import context_matrix, derive_seed, render_prompt
+from charloop.stages.caption.stage import caption_text, subset_folder
+from charloop.stages.evaluate.convergence import decide
+from charloop.stages.evaluate.stage import consistency_metrics
+from charloop.stages.filter.imagestats import dhash, hamming, quality_scores
+from charloop.stages.filter.stage import judge
 
 CONTEXTS = Contexts(
     styles=["flat", "watercolor", "pixel art"],
@@ -156,7 +156,7 @@ def test_axes_order_matches_contexts():
 
 
 def test_identity_anchor_from_the_most_cohesive_cluster():
-    from charloop.discriminators import identity_scores
+    from charloop.stages.filter.discriminators import identity_scores
 
     rng = np.random.default_rng(0)
     centre = np.array([1.0, 0.0, 0.0, 0.0])
@@ -171,7 +171,7 @@ def test_identity_anchor_from_the_most_cohesive_cluster():
 
 
 def test_identity_outliers_are_rejected_with_reasons(tmp_path):
-    from charloop.discriminators import Decision, apply_threshold
+    from charloop.stages.filter.discriminators import Decision, apply_threshold
 
     decisions = [Decision(id=str(i), file="") for i in range(20)]
     scores = np.array([0.9] * 19 + [0.1]) + np.linspace(0, 0.01, 20)
@@ -184,7 +184,7 @@ def test_identity_outliers_are_rejected_with_reasons(tmp_path):
 
 
 def test_references_skip_bad_files_with_reasons(tmp_path):
-    from charloop.references import load_references
+    from charloop.scenes.references import load_references
 
     _noise(1).save(tmp_path / "good.png")
     (tmp_path / "notes.txt").write_text("hello")
@@ -198,8 +198,8 @@ def test_references_skip_bad_files_with_reasons(tmp_path):
 
 
 def test_common_word_triggers_are_detected():
-    from charloop.caption import common_word_tokens
-    from charloop.tiny_models import build_tokenizer
+    from charloop.models.tiny import build_tokenizer
+    from charloop.stages.caption.stage import common_word_tokens
 
     tokenizer = build_tokenizer()
     assert common_word_tokens(tokenizer, "zxq kira") == []
@@ -209,8 +209,8 @@ def test_common_word_triggers_are_detected():
 def test_keep_best_keeps_only_the_top_fraction_by_score():
     import numpy as np
 
-    from charloop.discriminators import Decision, apply_threshold
-    from charloop.params_filter import IdentityCheck
+    from charloop.params.filter import IdentityCheck
+    from charloop.stages.filter.discriminators import Decision, apply_threshold
 
     decisions = [Decision(id=str(i), file=f"{i}.png") for i in range(8)]
     scores = np.array([0.9, 0.1, 0.8, 0.2, 0.7, 0.3, 0.6, 0.4])
@@ -226,8 +226,8 @@ def test_training_draws_rows_by_their_repeats():
 
     import torch
 
-    from charloop.train_data import EncodedDataset
-    from charloop.train_loop import _batches
+    from charloop.stages.train.data import EncodedDataset
+    from charloop.stages.train.loop import _batches
 
     data = EncodedDataset(["a", "b", "c"], torch.zeros(3), torch.zeros(3), None, [1, 3, 1])
     assert data.epoch_pool() == [0, 1, 1, 1, 2]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from charloop.validity import Scores, score
+from charloop_world.validity import Scores, score
 from tests.conftest import REPO
 
 ORACLE = REPO / "models" / "world-oracle"
@@ -27,9 +27,9 @@ def test_summary_reports_agreement_per_seed_and_attribute():
 
 
 def test_oracle_scores_the_true_character_far_above_random_ones():
-    from charloop.world.attributes import CharacterSpec, sample_character, sample_context
-    from charloop.world.oracle import load_oracle
-    from charloop.world.render import render
+    from charloop_world.attributes import CharacterSpec, sample_character, sample_context
+    from charloop_world.oracle import load_oracle
+    from charloop_world.render import render
 
     oracle = load_oracle(ORACLE)
     rng = np.random.default_rng(5)
@@ -47,8 +47,8 @@ def test_oracle_scores_the_true_character_far_above_random_ones():
 @pytest.mark.slow
 def test_world_loop_raises_oracle_consistency(tmp_path):
     """The shipped params.yaml: 3 iterations, then the report's margin over the base model."""
-    from charloop.config import load_project
-    from charloop.validity import run_validity
+    from charloop.params.project import load_project
+    from charloop_world.validity import run_validity
     from flows.character_loop import character_loop
 
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
@@ -67,8 +67,8 @@ def test_world_loop_raises_oracle_consistency(tmp_path):
 
 
 def test_shipped_params_target_the_world_and_know_their_truth():
-    from charloop.config import load_project
-    from charloop.validity import load_truth
+    from charloop.params.project import load_project
+    from charloop_world.validity import load_truth
 
     project = load_project(REPO / "params.yaml")
     assert project.params.filter.embedder.type == "world"

@@ -1,4 +1,4 @@
-"""The procedural character world and the models trained on it (charloop.world)."""
+"""The procedural character world and the models trained on it (charloop_world)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from charloop.world.attributes import (
+from charloop_world.attributes import (
     CHARACTER_VALUES,
     CONTEXT_VALUES,
     WORLD_WORDS,
@@ -19,8 +19,8 @@ from charloop.world.attributes import (
     sample_character,
     sample_context,
 )
-from charloop.world.captions import caption, character_phrases, render_references
-from charloop.world.render import render
+from charloop_world.captions import caption, character_phrases, render_references
+from charloop_world.render import render
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 BASE, EMBEDDER, ORACLE = MODELS / "world-sd15", MODELS / "world-embedder", MODELS / "world-oracle"
@@ -146,7 +146,7 @@ WORLD_PHRASES = {phrase(name, value) for name, values in CONTEXT_VALUES.items() 
 
 
 def test_tokenizer_keeps_world_words_whole_and_tokenizes_triggers() -> None:
-    from charloop.world.tokenizer import build_world_tokenizer
+    from charloop_world.tokenizer import build_world_tokenizer
 
     tokenizer = build_world_tokenizer()
     for word in WORLD_WORDS:
@@ -161,7 +161,7 @@ def test_tokenizer_keeps_world_words_whole_and_tokenizes_triggers() -> None:
 def test_committed_tokenizer_matches_code() -> None:
     from transformers import CLIPTokenizer
 
-    from charloop.world.tokenizer import build_world_tokenizer
+    from charloop_world.tokenizer import build_world_tokenizer
 
     saved = CLIPTokenizer.from_pretrained(str(BASE / "tokenizer"))
     text = "zxq kira, " + caption(CHARACTER, Context())
@@ -172,7 +172,7 @@ def test_committed_tokenizer_matches_code() -> None:
 def test_base_model_loads_and_generates() -> None:
     import torch
 
-    from charloop.world.base_model import load_pipeline
+    from charloop_world.base_model import load_pipeline
 
     assert sum(f.stat().st_size for f in BASE.rglob("*") if f.is_file()) < 30e6
     pipe = load_pipeline(BASE)
@@ -200,7 +200,7 @@ def _fresh_renders(n_characters: int, views: int, seed: int) -> tuple[list, list
 
 @needs_embedder
 def test_embedder_same_character_closer_than_different() -> None:
-    from charloop.world.embedder import WorldEmbedderBackend, identity_metrics
+    from charloop_world.embedder import WorldEmbedderBackend, identity_metrics
 
     backend = WorldEmbedderBackend(str(EMBEDDER))
     assert backend.embed_texts(["a character"]) is None
@@ -215,7 +215,7 @@ def test_embedder_same_character_closer_than_different() -> None:
 
 @needs_oracle
 def test_oracle_reads_fresh_renders() -> None:
-    from charloop.world.oracle import accuracy, load_oracle
+    from charloop_world.oracle import accuracy, load_oracle
 
     oracle = load_oracle(ORACLE)
     images, records, _ = _fresh_renders(120, 1, seed=54321)
@@ -230,9 +230,9 @@ def test_oracle_reads_fresh_renders() -> None:
 @needs_base
 @needs_oracle
 def test_base_model_follows_prompts() -> None:
-    from charloop.world.base_model import load_pipeline
-    from charloop.world.oracle import load_oracle
-    from charloop.world.quality import prompt_accuracy
+    from charloop_world.base_model import load_pipeline
+    from charloop_world.oracle import load_oracle
+    from charloop_world.quality import prompt_accuracy
 
     scores = prompt_accuracy(load_pipeline(BASE), load_oracle(ORACLE), n=32, seed=7)
     # measured on 96 prompts (MODEL_CARD.md): 1.0, 0.99, 0.97, 0.94, 1.0; chance 0.17-0.25
@@ -255,7 +255,7 @@ def test_cli_references(tmp_path: Path) -> None:
 
 
 def test_dataset_is_the_same_with_worker_processes() -> None:
-    from charloop.world.dataset import make_dataset
+    from charloop_world.dataset import make_dataset
 
     serial, parallel = make_dataset(5, 2, seed=3), make_dataset(5, 2, seed=3, workers=2)
     assert np.array_equal(serial.images, parallel.images)
@@ -264,9 +264,9 @@ def test_dataset_is_the_same_with_worker_processes() -> None:
 
 
 def test_caption_batches_draw_fresh_captions_and_token_ids() -> None:
-    from charloop.world.batches import CaptionBatches, caption_batches
-    from charloop.world.dataset import make_dataset
-    from charloop.world.tokenizer import build_world_tokenizer
+    from charloop_world.batches import CaptionBatches, caption_batches
+    from charloop_world.dataset import make_dataset
+    from charloop_world.tokenizer import build_world_tokenizer
 
     tokenizer = build_world_tokenizer()
     records = make_dataset(6, 1, seed=0).records
@@ -288,8 +288,8 @@ def torch_equal(a: tuple, b: tuple) -> bool:
 def test_diffusion_training_checkpoints_and_resumes(tmp_path: Path) -> None:
     import torch
 
-    from charloop.world import base_model, train_base
-    from charloop.world.dataset import make_dataset
+    from charloop_world import base_model, train_base
+    from charloop_world.dataset import make_dataset
 
     data = make_dataset(4, 2, seed=0)
     vae, text_encoder, tokenizer, _ = base_model.new_components(0)

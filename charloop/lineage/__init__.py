@@ -1,0 +1,3 @@
+"""Lineage: DVC versioning, the MLflow registry, publishing an iteration, provenance,
+promotion and releases, lineage chains, reports and reference ingest.
+"""

@@ -1,0 +1,183 @@
+"""Promotion: gates a version must pass, alias moves, audit tags, rollback.
+
+Aliases: fresh iterations get ``candidate``; an approved version gets ``production`` and
+the version it replaces gets ``previous``. Every move writes audit tags on the versions
+(who, when, why), so the registry is the audit trail.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from charloop.core.hashing import sha256_file
+from charloop.lineage.chain import LineageError, LineageStep, chain, missing_tags
+from charloop.params.promote import PromoteParams
+from charloop.stages.layout import ADAPTER_WEIGHTS
+
+logger = logging.getLogger(__name__)
+
+PRODUCTION = "production"
+PREVIOUS = "previous"
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One promotion check and its outcome, in words a reviewer can act on."""
+
+    name: str
+    passed: bool
+    detail: str
+
+
+class PromotionRefused(RuntimeError):
+    """A gate failed (or approval was denied); nothing in the registry changed."""
+
+    def __init__(self, model: str, version: str, failed: list[Gate]) -> None:
+        self.failed = failed
+        lines = "\n".join(f"  - {g.name}: {g.detail}" for g in failed)
+        super().__init__(f"promotion of {model} v{version} refused:\n{lines}")
+
+
+def metric_gates(
+    candidate: dict[str, float], production: dict[str, float] | None, rules: PromoteParams
+) -> list[Gate]:
+    """Minimums, maximums and the allowed regression against production, per metric."""
+    gates = [
+        _bound_gate("min", metric, candidate.get(metric), bound)
+        for metric, bound in sorted(rules.min_metrics.items())
+    ]
+    gates += [
+        _bound_gate("max", metric, candidate.get(metric), bound)
+        for metric, bound in sorted(rules.max_metrics.items())
+    ]
+    if production is not None:
+        for metric, margin in sorted(rules.max_regression.items()):
+            if metric not in production or metric not in candidate:
+                continue
+            drop = production[metric] - candidate[metric]
+            ok = drop <= margin
+            detail = (
+                f"{metric} {candidate[metric]:.4f} vs production {production[metric]:.4f}: "
+                f"{'down' if drop > 0 else 'up'} {abs(drop):.4f} (allowed drop {margin})"
+            )
+            gates.append(Gate(f"no regression {metric}", ok, detail))
+    return gates
+
+
+def _bound_gate(kind: str, metric: str, value: float | None, bound: float) -> Gate:
+    """A 'min' or 'max' gate on one metric, saying by how much it misses."""
+    name = f"{kind} {metric}"
+    if value is None:
+        return Gate(name, False, f"{metric} missing")
+    if kind == "min":
+        ok, word, miss = value >= bound, (">=" if value >= bound else "<"), bound - value
+        gap = f"(short by {miss:.4f})"
+    else:
+        ok, word, miss = value <= bound, ("<=" if value <= bound else ">"), value - bound
+        gap = f"(over by {miss:.4f})"
+    detail = f"{metric} {value:.4f} {word} {kind} {bound}" + ("" if ok else f" {gap}")
+    return Gate(name, ok, detail)
+
+
+def lineage_gate(client: Any, name: str, version: Any) -> tuple[Gate, list[LineageStep]]:
+    """Complete when every step back to iteration 1 exists and carries every lineage tag."""
+    try:
+        steps = chain(client, name, version)
+    except LineageError as exc:
+        return Gate("lineage complete", False, str(exc)), []
+    gaps = {s.version: missing_tags(s) for s in steps if missing_tags(s)}
+    if gaps:
+        return Gate("lineage complete", False, f"versions missing tags: {gaps}"), steps
+    return Gate("lineage complete", True, f"{len(steps)} version(s) back to the base"), steps
+
+
+def download_adapter(client: Any, version: Any, dest: Path | None = None) -> Path:
+    """Fetch a version's adapter folder from the artifact store."""
+    import mlflow
+
+    dest = dest or Path(tempfile.mkdtemp(prefix="charloop-adapter-"))
+    path = mlflow.artifacts.download_artifacts(
+        artifact_uri=version.source, dst_path=str(dest), tracking_uri=client.tracking_uri
+    )
+    return Path(path)
+
+
+def adapter_gate(client: Any, version: Any) -> tuple[Gate, Path | None]:
+    """The stored weights must hash to the ``adapter_sha256`` tag recorded at registration."""
+    expected = version.tags.get("adapter_sha256")
+    try:
+        folder = download_adapter(client, version)
+    except Exception as exc:
+        return Gate("adapter hash", False, f"adapter not retrievable: {exc}"), None
+    weights = folder / ADAPTER_WEIGHTS
+    actual = sha256_file(weights) if weights.is_file() else "missing"
+    ok = actual == expected
+    detail = f"sha256 {actual[:12]} {'matches' if ok else 'does not match'} {str(expected)[:12]}"
+    return Gate("adapter hash", ok, detail), folder if ok else None
+
+
+def production_version(client: Any, name: str) -> Any | None:
+    """The version aliased ``production``, or None."""
+    try:
+        return client.get_model_version_by_alias(name, PRODUCTION)
+    except Exception:
+        return None
+
+
+def move_to_production(
+    client: Any, name: str, version: str, approver: str, reason: str
+) -> str | None:
+    """Alias ``version`` as production (the replaced one becomes ``previous``) and audit it.
+
+    Returns:
+        The version that was production before, or None.
+    """
+    current = production_version(client, name)
+    before = str(current.version) if current is not None else None
+    if before is not None and before != version:
+        client.set_registered_model_alias(name, PREVIOUS, before)
+        client.set_model_version_tag(name, before, "demoted_at", _now())
+    client.set_registered_model_alias(name, PRODUCTION, version)
+    for key, value in {
+        "approved_by": approver,
+        "approved_at": _now(),
+        "promotion_reason": reason,
+    }.items():
+        client.set_model_version_tag(name, version, key, value)
+    logger.info("registry: %s v%s is production (was %s)", name, version, before)
+    return before
+
+
+def rollback(client: Any, name: str, approver: str, reason: str) -> tuple[str, str]:
+    """Swap ``production`` and ``previous``; returns (restored, demoted) versions.
+
+    Raises:
+        LineageError: there is no ``previous`` version to restore.
+    """
+    try:
+        previous = client.get_model_version_by_alias(name, PREVIOUS)
+    except Exception:
+        raise LineageError(f"{name} has no '{PREVIOUS}' version to roll back to") from None
+    current = production_version(client, name)
+    restored = str(previous.version)
+    client.set_registered_model_alias(name, PRODUCTION, restored)
+    demoted = str(current.version) if current is not None else ""
+    if demoted:
+        client.set_registered_model_alias(name, PREVIOUS, demoted)
+        client.set_model_version_tag(name, demoted, "rolled_back_at", _now())
+    for key, value in {
+        "restored_by": approver,
+        "restored_at": _now(),
+        "rollback_reason": reason,
+    }.items():
+        client.set_model_version_tag(name, restored, key, value)
+    return restored, demoted
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

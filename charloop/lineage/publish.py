@@ -1,0 +1,151 @@
+"""Publish a finished iteration: version its folders with DVC, register it in MLflow."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from charloop.core import atomic
+from charloop.core.faults import failpoint
+from charloop.core.locking import store_lock
+from charloop.lineage import registry, reports, versioning
+from charloop.lineage.provenance import read_provenance
+from charloop.models.encode_cache import component_identity
+from charloop.params.project import Project
+from charloop.stages.layout import IterationPaths
+from charloop.stages.results import IterationResults
+
+logger = logging.getLogger(__name__)
+
+HISTORY_PLOT = "metrics_history.png"
+
+
+def prepare_stores(project: Project) -> None:
+    """Check the inputs and outputs, then create the DVC repo and the MLflow database once,
+    before the loop starts (concurrent first-time migrations race).
+
+    Raises:
+        FileNotFoundError: the base model is a local path that does not exist.
+        PermissionError: the work folder cannot be written.
+    """
+    preflight(project)
+    if project.params.dvc.enabled:
+        root = versioning.covering_root(project.root, project.workdir)
+        versioning.ensure_repo(root, dvc_remote(project))
+    registry.init_store(project.tracking_uri)
+
+
+def dvc_remote(project: Project) -> str | None:
+    """The DVC remote: a URL as written, a folder resolved against the params file."""
+    remote = project.params.dvc.remote
+    return remote if remote is None or "://" in remote else str(project.resolve(remote))
+
+
+def preflight(project: Project) -> None:
+    """Fail before any work on a missing local base model or an unwritable work folder."""
+    spec = project.params.base_model
+    ref = project.model_ref(spec.path)
+    # model_ref makes local paths absolute and leaves hub ids ('org/name') as they are.
+    if Path(ref).is_absolute() and not (Path(ref) / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"base_model.path {spec.path!r} resolves to {ref}, which holds no diffusers "
+            "pipeline (model_index.json); fix the path or use a hub id"
+        )
+    try:
+        project.character_dir.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(project.character_dir / ".write-test", "ok")
+        (project.character_dir / ".write-test").unlink()
+    except OSError as exc:
+        raise PermissionError(
+            f"loop.workdir: cannot write to {project.character_dir} ({exc}); "
+            "choose a writable folder"
+        ) from None
+
+
+def _publish(
+    project: Project,
+    iteration: int,
+    results: IterationResults,
+    parent_version: str | None,
+    extra_summary: dict[str, Any] | None = None,
+    history: list[dict[str, float]] | None = None,
+) -> dict[str, str]:
+    """DVC-track the iteration's folders, push them, and register the adapter.
+
+    Args:
+        project: Validated params and root.
+        iteration: 1-based iteration number.
+        results: The iteration's stage results.
+        parent_version: Model version of the previous iteration's adapter, if any.
+        extra_summary: Loop facts (convergence verdict...) stored with the run.
+        history: Headline metrics of iterations 1..``iteration``; when given, their plot
+            is drawn into the iteration's ``reports/`` folder and logged with the run.
+
+    Returns:
+        The registry's ``run_id``, ``version`` and ``lineage_key`` plus ``dataset_hash``.
+    """
+    params = project.params
+    paths = IterationPaths.of(project.workdir, iteration)
+    dvc_hashes: dict[str, str] = {}
+    if params.dvc.enabled:
+        dvc_hashes = versioning.track(paths.versioned)
+        if params.dvc.remote:
+            pushed = versioning.push(paths.versioned)
+            logger.info("dvc: pushed %d file(s) of iteration %d", pushed, iteration)
+    failpoint("publish:after-dvc")
+    dataset, adapter, evaluation = results.dataset, results.adapter, results.evaluation
+    dataset_md5 = dvc_hashes.get(str(paths.dataset), dataset.digest)
+    images = {}
+    if history:
+        images["metrics_history"] = str(reports.plot_history(history, paths.reports / HISTORY_PLOT))
+    tags = {
+        **read_provenance(adapter),  # the adapter's own lineage facts, as in its headers
+        "dataset_hash": dataset_md5,
+        "dataset_images": str(dataset.images),
+        "adapter_hash": dvc_hashes.get(str(paths.adapter), adapter.digest),
+        "adapter_sha256": adapter.weights_sha256,
+        "generated_hash": dvc_hashes.get(str(paths.generated), results.generated.digest),
+        "base_model_hash": component_identity(
+            project.model_ref(params.base_model.path), "", params.base_model.revision
+        ),
+        "git_commit": versioning.git_commit(project.root),
+    }
+    if review := results.reviewed:
+        tags["review_via"] = review.via
+        tags["reviewed_by"] = review.reviewer or ""
+    record = registry.IterationRecord(
+        model_name=params.model_name,
+        experiment=params.experiment_name,
+        artifact_location=project.artifact_location,
+        iteration=iteration,
+        adapter_dir=adapter.path,
+        evaluation_dir=evaluation.path,
+        metrics=dict(evaluation.metrics),
+        params=params.model_dump(mode="json"),
+        tags=tags,
+        parent_version=parent_version,
+        dataset_path=str(paths.dataset),
+        dataset_dvc_md5=dataset_md5,
+        summary={
+            "stages": {result.stage: result.facts() for result in results.all()},
+            **(extra_summary or {}),
+        },
+        images=images,
+    )
+    result = registry.register_iteration(project.tracking_uri, record)
+    return {**result, "dataset_hash": dataset_md5}
+
+
+def publish_iteration(
+    project: Project,
+    iteration: int,
+    results: IterationResults,
+    parent_version: str | None,
+    extra_summary: dict[str, Any] | None = None,
+    history: list[dict[str, float]] | None = None,
+) -> dict[str, str]:
+    """:func:`_publish` under the project's store lock, so loops sharing a DVC repo and an
+    MLflow database never write to them at the same time."""
+    with store_lock(project.root):
+        return _publish(project, iteration, results, parent_version, extra_summary, history)

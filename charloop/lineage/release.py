@@ -1,0 +1,125 @@
+"""Release: export a production adapter with a model card, and restore any version's data.
+
+A release folder holds both LoRA formats, the evaluation contact sheet as the sample
+grid, and ``MODEL_CARD.md`` (trigger, base model, metrics, lineage, usage).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from charloop.core import atomic
+from charloop.core.hashing import sha256_file, tree_digest
+from charloop.lineage.chain import LineageStep
+from charloop.stages.contract import MARKER
+from charloop.stages.layout import ADAPTER_WEIGHTS
+
+logger = logging.getLogger(__name__)
+
+CARD = "MODEL_CARD.md"
+KEY_METRICS = (
+    "identity_consistency",
+    "base_identity_consistency",
+    "prompt_fidelity",
+    "nearest_train_similarity",
+)
+
+
+class RestoreError(RuntimeError):
+    """Restored bytes do not match what the registry recorded."""
+
+
+def model_card(name: str, steps: list[LineageStep], sample_grid: str | None) -> str:
+    """Markdown model card for ``steps[0]`` with its lineage (newest first)."""
+    head = steps[0]
+    tags = head.tags
+    lines = [
+        f"# {name} v{head.version}",
+        "",
+        f"- trigger: `{tags.get('trigger', '?')}` (put it first in the prompt)",
+        f"- base model: `{tags.get('base_model', '?')}`",
+        f"- dataset: DVC `{tags.get('dataset_hash', '?')}`, {tags.get('dataset_images', '?')} "
+        "images",
+        f"- adapter sha256: `{tags.get('adapter_sha256', '?')}`",
+        f"- params hash: `{tags.get('params_hash', '?')}`, code: `{tags.get('git_commit', '?')}`",
+        f"- approved by: {tags.get('approved_by', '-')} ({tags.get('approved_at', '-')}): "
+        f"{tags.get('promotion_reason', '')}",
+        "",
+        "## Metrics",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *(f"| {m} | {head.metrics[m]:.4f} |" for m in KEY_METRICS if m in head.metrics),
+        "",
+        "## Lineage",
+        "",
+        "| version | iteration | dataset (DVC md5) | images | identity | params changed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for step in steps:
+        changed = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in step.changed_params.items())
+        identity = step.metrics.get("identity_consistency")
+        lines.append(
+            f"| {step.version} | {step.iteration} | `{step.tags.get('dataset_hash', '?')}` | "
+            f"{step.tags.get('dataset_images', '?')} | "
+            f"{'-' if identity is None else f'{identity:.4f}'} | {changed or '-'} |"
+        )
+    lines += [
+        "",
+        "## Usage",
+        "",
+        "```python",
+        f"pipe.load_lora_weights('.', weight_name='{ADAPTER_WEIGHTS}')",
+        "```",
+        "",
+        "A1111 / ComfyUI / InvokeAI: use `lora_kohya.safetensors`.",
+    ]
+    if sample_grid:
+        lines += ["", "## Samples", "", f"![held-out contexts x seeds]({sample_grid})"]
+    return "\n".join(lines) + "\n"
+
+
+def export_release(
+    release_root: Path,
+    name: str,
+    steps: list[LineageStep],
+    adapter_dir: Path,
+    sample_grid: Path | None,
+) -> Path:
+    """Write ``<release_root>/<name>/v<version>/`` atomically; returns the folder."""
+    head = steps[0]
+    final = release_root / name / f"v{head.version}"
+    with atomic.staged_dir(final) as staging:
+        for weights in sorted(adapter_dir.glob("*.safetensors")):
+            shutil.copyfile(weights, staging / weights.name)
+        grid = None
+        if sample_grid is not None and sample_grid.is_file():
+            shutil.copyfile(sample_grid, staging / "sample_grid.png")
+            grid = "sample_grid.png"
+        (staging / CARD).write_text(model_card(name, steps, grid), encoding="utf-8")
+    logger.info("release: %s", final)
+    return final
+
+
+def verify_restored(tags: dict[str, str], dataset: Path, adapter: Path) -> None:
+    """Check restored folders against the registry's content digests.
+
+    Raises:
+        RestoreError: a digest differs.
+    """
+    dataset_digest = tree_digest(dataset, exclude=(MARKER,))
+    if dataset_digest != tags.get("dataset_sha256"):
+        raise RestoreError(
+            f"dataset digest {dataset_digest[:12]} != registry {tags.get('dataset_sha256')}"
+        )
+    weights = adapter / ADAPTER_WEIGHTS
+    actual = sha256_file(weights) if weights.is_file() else "missing"
+    if actual != tags.get("adapter_sha256"):
+        raise RestoreError(f"adapter sha256 {actual[:12]} != registry {tags.get('adapter_sha256')}")
+
+
+def point_production(release_root: Path, name: str, version: str) -> Path:
+    """Record which release folder is production (``<root>/<name>/PRODUCTION``)."""
+    return atomic.write_text(release_root / name / "PRODUCTION", f"v{version}\n")

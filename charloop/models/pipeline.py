@@ -1,0 +1,108 @@
+"""Loading the base pipeline once per process, and applying a LoRA to it for a while."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from charloop.params.schema import BaseModelSpec
+
+logger = logging.getLogger(__name__)
+
+_PIPELINES: dict[tuple[str, str, str, str | None], Any] = {}
+
+
+def resolve_device(requested: str) -> torch.device:
+    """'auto' picks CUDA, then MPS, then CPU; explicit names are used as given."""
+    if requested != "auto":
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """'auto' is float16 on CUDA and float32 elsewhere (CPU half precision is slow)."""
+    if requested == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return getattr(torch, requested)
+
+
+def load_pipeline(model_ref: str, spec: BaseModelSpec) -> Any:
+    """The StableDiffusionPipeline for ``model_ref``, loaded once per process and reused.
+
+    Args:
+        model_ref: Hub id or local diffusers folder (already resolved to an absolute path).
+        spec: Device, dtype and revision settings from params.
+    """
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    key = (model_ref, str(device), str(dtype), spec.revision)
+    if key not in _PIPELINES:
+        from diffusers import StableDiffusionPipeline
+
+        logger.info("loading base model %s on %s (%s)", model_ref, device, dtype)
+        if not Path(model_ref).exists() and model_ref.startswith((".", "/")):
+            raise FileNotFoundError(f"base_model.path {model_ref} does not exist")
+        pipe = StableDiffusionPipeline.from_pretrained(
+            model_ref,
+            torch_dtype=dtype,
+            revision=spec.revision,
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
+        pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        enable_memory_efficient_attention(pipe, device)
+        _PIPELINES[key] = pipe
+    return _PIPELINES[key]
+
+
+def enable_memory_efficient_attention(pipe: Any, device: torch.device) -> None:
+    """xformers when installed on CUDA; otherwise diffusers' default PyTorch SDPA."""
+    if device.type != "cuda":
+        return
+    try:
+        import xformers  # noqa: F401
+
+        pipe.enable_xformers_memory_efficient_attention()
+        logger.info("attention: xformers")
+    except Exception:  # ImportError, or an xformers build that does not match torch
+        logger.info("attention: PyTorch scaled_dot_product_attention")
+
+
+def clear_pipeline_cache() -> None:
+    """Forget loaded pipelines (tests, or freeing memory between phases)."""
+    _PIPELINES.clear()
+
+
+@contextmanager
+def lora_applied(
+    pipe: Any,
+    adapter_dir: str | Path | None,
+    scale: float = 1.0,
+    weight_name: str | None = None,
+) -> Iterator[Any]:
+    """Load a LoRA into the shared pipeline for the duration of the block, then remove it.
+
+    With ``adapter_dir=None`` the block runs on the plain base model. ``weight_name``
+    picks a file in the folder (e.g. the kohya export); default: the diffusers file.
+    """
+    if adapter_dir is None:
+        yield pipe
+        return
+    name = "charloop_active"
+    extra = {"weight_name": weight_name} if weight_name else {}
+    pipe.load_lora_weights(str(adapter_dir), adapter_name=name, **extra)
+    pipe.set_adapters([name], adapter_weights=[scale])
+    try:
+        yield pipe
+    finally:
+        pipe.delete_adapters(name)

@@ -1,0 +1,59 @@
+"""The caption stage's params: tags, reference art, and the caption backend."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from charloop.params.base import StrictModel
+
+
+class TemplateCaptioner(StrictModel):
+    """Captions from the context that produced each image only (no model)."""
+
+    type: Literal["template"] = "template"
+
+
+class VlmCaptioner(StrictModel):
+    """A vision-language captioning model (BLIP, GIT, Florence...) through transformers.
+
+    Its description is appended after the template tags; the trigger stays first.
+    """
+
+    type: Literal["vlm"] = "vlm"
+    path: str
+    """Hub id (e.g. 'Salesforce/blip-image-captioning-base') or local folder with the model
+    and its processor (AutoProcessor + AutoModelForImageTextToText)."""
+    prompt: str | None = None
+    """Optional text prefix for conditional captioning models (e.g. 'a picture of')."""
+    max_new_tokens: int = Field(default=30, ge=1, le=200)
+    """Longest description, in tokens."""
+    batch_size: int = Field(default=8, ge=1)
+    """Images per captioning call."""
+
+
+Captioner = Annotated[TemplateCaptioner | VlmCaptioner, Field(discriminator="type")]
+
+
+class CaptionParams(StrictModel):
+    """Caption files written next to each training image."""
+
+    repeats: int = Field(default=1, ge=1)
+    """Kohya folder repeats (the folder is named '<repeats>_<trigger>'): how often each
+    image is drawn per epoch, by kohya and by charloop's trainer alike."""
+    include_traits: bool = False
+    """Caption the fixed traits too; off by default so the trigger absorbs them."""
+    include_references: bool = False
+    """Add each character's reference images (``character.references``) to every
+    iteration's dataset, captioned with its trigger (and traits, with include_traits): the
+    first LoRA learns the character from the art itself, as an artist's first LoRA does,
+    and later ones keep it as an anchor while the generated images add the contexts."""
+    reference_repeats: int = Field(default=1, ge=1)
+    """Repeats of the reference images (their subset's ``num_repeats``): weight of the
+    references against the generated images."""
+    separator: str = ", "
+    """Separator between tags."""
+    captioner: Captioner = TemplateCaptioner()
+    """Caption backend: 'template' (context tags only) or 'vlm' (tags + a model's
+    description of the image)."""

@@ -1,0 +1,23 @@
+"""One character: its trigger, traits and references."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from charloop.params.base import StrictModel
+
+
+class Character(StrictModel):
+    """The character the loop makes consistent."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)
+    """Slug used in folder and model names (lowercase letters, digits, '-' and '_')."""
+    trigger: str = Field(min_length=2)
+    """Unique trigger phrase that the LoRA binds the identity to; always the caption's first tag."""
+    description: str = ""
+    """Free-text description, recorded in manifests and model cards."""
+    traits: list[str] = []
+    """Fixed traits that define the identity (hair, eyes, outfit details...)."""
+    references: str | None = None
+    """Folder of reference images: the identity anchor for filtering (relative to params).
+    Unreadable or non-image files in it are skipped with a reason."""

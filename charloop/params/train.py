@@ -1,0 +1,69 @@
+"""Training settings of params.yaml: LoRA shape, optimisation, precision, caches, checkpoints."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from charloop.params.base import StrictModel
+
+
+class ValidationParams(StrictModel):
+    """Deterministic validation loss on dataset images held out of training."""
+
+    images: int = Field(default=2, ge=0)
+    """How many dataset images to hold out (0 turns validation off); chosen by id hash."""
+    every: int = Field(default=10, ge=1)
+    """Compute the validation loss every this many optimizer steps (and after the last)."""
+    timesteps: list[int] = [100, 400, 700, 900]
+    """Fixed diffusion timesteps the loss averages over (same noise every time)."""
+
+
+class TrainParams(StrictModel):
+    """LoRA training (peft + accelerate)."""
+
+    rank: int = Field(default=4, ge=1)
+    """LoRA rank."""
+    alpha: float = Field(default=4.0, gt=0)
+    """LoRA alpha; the effective scale is alpha / rank."""
+    target_modules: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]
+    """UNet module names that receive LoRA layers (kohya's default set adds 'proj_in',
+    'proj_out', 'ff.net.0.proj', 'ff.net.2')."""
+    train_text_encoder: bool = False
+    """Also train a LoRA on the text encoder's attention (q/k/v/out projections)."""
+    text_encoder_learning_rate: float | None = Field(default=None, gt=0)
+    """Learning rate of the text-encoder LoRA (default: ``learning_rate``)."""
+    learning_rate: float = Field(default=1e-3, gt=0)
+    """AdamW learning rate."""
+    lr_scheduler: Literal[
+        "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts"
+    ] = "constant"
+    """Learning-rate schedule (diffusers' get_scheduler)."""
+    lr_warmup_steps: int = Field(default=0, ge=0)
+    """Warm-up steps for schedules that have one."""
+    max_train_steps: int = Field(default=40, ge=1)
+    """Optimizer steps per iteration."""
+    batch_size: int = Field(default=4, ge=1)
+    """Images per micro-batch (per process)."""
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    """Micro-batches per optimizer step."""
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    """'auto' is bf16 on CUDA devices that support it (else fp16) and full precision on CPU."""
+    gradient_checkpointing: bool = False
+    """Trade compute for memory in the UNet (and text encoder when trained)."""
+    attention: Literal["auto", "sdpa", "xformers"] = "auto"
+    """'auto' uses xformers on CUDA when installed, else PyTorch SDPA."""
+    min_snr_gamma: float | None = Field(default=5.0, gt=0)
+    """Min-SNR loss weighting (Hang et al. 2023); null for the plain MSE loss."""
+    noise_offset: float = Field(default=0.0, ge=0)
+    """Offset noise strength (helps very dark/bright images); 0 turns it off."""
+    checkpoint_every: int | None = Field(default=None, ge=1)
+    """Save the full training state every N steps so an interrupted run resumes there."""
+    cache_dir: str = ".charloop/cache"
+    """On-disk cache of VAE latents and text embeddings, keyed by content hash, model and
+    resolution (relative to the params file)."""
+    validation: ValidationParams = ValidationParams()
+    """Held-out validation loss."""
+    seed: int = 0
+    """Seed for LoRA init, data order, noise and timesteps."""

@@ -1,0 +1,1 @@
+"""Caption: the kohya-style training dataset, trigger first, then structured tags."""

@@ -1,0 +1,3 @@
+"""Evaluate: held-out contexts with and without the LoRA; identity consistency, prompt
+fidelity, memorisation and cast bleed metrics; the convergence rule.
+"""

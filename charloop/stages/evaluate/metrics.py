@@ -1,0 +1,118 @@
+"""Evaluation metrics from embeddings: pure functions, no models.
+
+Two axes, never one scalar: identity (pairwise across contexts, and to the reference set)
+and prompt fidelity. Overfitting shows as high similarity to the nearest training image
+and low diversity across seeds of one context. Everything is broken down per context so
+the base model's bias shows. A metric that cannot be computed is left out, never NaN.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from charloop.models.embedder import mean_pairwise_cosine
+from charloop.stages.layout import TRAIN_LOG
+
+logger = logging.getLogger(__name__)
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    return vector / max(float(np.linalg.norm(vector)), 1e-12)
+
+
+def consistency_metrics(
+    embeddings: np.ndarray,
+    text_embeddings: np.ndarray | None,
+    train_embeddings: np.ndarray | None,
+    groups: list[str],
+    references: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Identity, prompt fidelity, memorisation and diversity scores for one set of images.
+
+    Args:
+        embeddings: L2-normalised image embeddings, one row per image.
+        text_embeddings: Matching context-prompt embeddings (rows aligned), or None.
+        train_embeddings: Embeddings of the training images, or None.
+        groups: The context id of each image (images of one context differ by seed).
+        references: Embeddings of the character's reference images, or None.
+
+    Returns:
+        Flat float metrics plus ``per_context``: context id -> the same scores for its images.
+    """
+    sims = embeddings @ embeddings.T
+    labels = np.array(groups)
+    metrics: dict[str, Any] = {"identity_consistency": mean_pairwise_cosine(embeddings)}
+    per_image: dict[str, np.ndarray] = {}
+    if text_embeddings is not None:
+        per_image["prompt_fidelity"] = np.sum(embeddings * text_embeddings, axis=1)
+    if train_embeddings is not None and len(train_embeddings):
+        per_image["nearest_train_similarity"] = (embeddings @ train_embeddings.T).max(1)
+    if references is not None and len(references):
+        per_image["reference_similarity"] = embeddings @ _unit(references.mean(0))
+    metrics.update({name: float(scores.mean()) for name, scores in per_image.items()})
+    per_context: dict[str, dict[str, float]] = {}
+    diversities = []
+    for group in dict.fromkeys(groups):
+        inside, outside = labels == group, labels != group
+        entry = {name: float(scores[inside].mean()) for name, scores in per_image.items()}
+        if outside.any():
+            entry["identity_to_other_contexts"] = float(sims[np.ix_(inside, outside)].mean())
+        if inside.sum() >= 2:
+            entry["diversity"] = 1.0 - mean_pairwise_cosine(embeddings[inside])
+            diversities.append(entry["diversity"])
+        per_context[group] = entry
+    if diversities:
+        metrics["diversity"] = float(np.mean(diversities))
+    metrics["per_context"] = per_context
+    return metrics
+
+
+def with_and_without(lora: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """Merge the LoRA's and the base model's metrics; add the trigger's effect.
+
+    The LoRA's flat metrics keep their names, the base model's get a ``base_`` prefix;
+    ``trigger_effect`` is how much more consistent the identity is with the LoRA
+    (overall, and per context on ``identity_to_other_contexts``).
+    """
+    merged: dict[str, Any] = {k: v for k, v in lora.items() if k != "per_context"}
+    merged.update({f"base_{k}": v for k, v in base.items() if k != "per_context"})
+    merged["trigger_effect"] = lora["identity_consistency"] - base["identity_consistency"]
+    per_context = {group: dict(entry) for group, entry in lora["per_context"].items()}
+    for group, entry in per_context.items():
+        base_entry = base["per_context"].get(group, {})
+        if "identity_to_other_contexts" in entry and "identity_to_other_contexts" in base_entry:
+            entry["trigger_effect"] = (
+                entry["identity_to_other_contexts"] - base_entry["identity_to_other_contexts"]
+            )
+    merged["per_context"] = per_context
+    merged["base_per_context"] = base["per_context"]
+    return merged
+
+
+def validation_loss(adapter_dir: str | Path) -> float | None:
+    """The last validation loss the training stage recorded, or None (older adapters).
+
+    Reads ``train_log.json``'s ``validation_loss``: a list of ``{"step", "loss"}``.
+    """
+    path = Path(adapter_dir) / TRAIN_LOG
+    if not path.is_file():
+        return None
+    points = json.loads(path.read_text()).get("validation_loss") or []
+    if not points:
+        return None
+    loss = float(points[-1]["loss"])
+    if not math.isfinite(loss):
+        logger.warning("evaluate: the last validation loss is %s; left out", loss)
+        return None
+    return loss
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, float]:
+    """The flat, finite float metrics (what the flow compares and MLflow logs)."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)}

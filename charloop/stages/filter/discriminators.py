@@ -1,0 +1,121 @@
+"""Discriminators: pure scoring rules that turn per-image scores into recorded reasons."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from charloop.params.filter import DuplicatesCheck, IdentityCheck, QualityCheck, ScoreThreshold
+from charloop.stages.filter.clustering import cohesive_anchor
+from charloop.stages.filter.imagestats import dhash, hamming, quality_scores
+
+
+@dataclass
+class Decision:
+    """The filter's verdict on one image: kept when no discriminator gave a reason."""
+
+    id: str
+    file: str
+    scores: dict[str, float] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def kept(self) -> bool:
+        return not self.reasons
+
+    def as_row(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "file": self.file,
+            "decision": "keep" if self.kept else "reject",
+            "reasons": self.reasons,
+            "scores": self.scores,
+        }
+
+
+def check_quality(decision: Decision, image: Image.Image, rule: QualityCheck) -> None:
+    """Score exposure, contrast and sharpness; add a reason for each failed threshold."""
+    scores = quality_scores(image)
+    decision.scores.update(scores)
+    low, high = rule.exposure_range
+    if not low <= scores["exposure"] <= high:
+        decision.reasons.append(f"exposure {scores['exposure']:.3f} outside [{low}, {high}]")
+    if scores["contrast"] < rule.min_contrast:
+        decision.reasons.append(f"contrast {scores['contrast']:.4f} < {rule.min_contrast}")
+    if scores["sharpness"] < rule.min_sharpness:
+        decision.reasons.append(
+            f"sharpness {scores['sharpness']:.2e} < {rule.min_sharpness} (blurry)"
+        )
+
+
+def check_duplicates(
+    decisions: list[Decision], images: dict[str, Image.Image], rule: DuplicatesCheck
+) -> None:
+    """Reject images within ``rule.max_distance`` dHash bits of an earlier surviving image."""
+    survivors: list[tuple[str, int]] = []
+    for decision in decisions:
+        if decision.id not in images:
+            continue
+        phash = dhash(images[decision.id])
+        close = [(hamming(phash, h), other) for other, h in survivors]
+        close = [(d, other) for d, other in close if d <= rule.max_distance]
+        if close:
+            distance, other = min(close)
+            decision.reasons.append(f"near duplicate of {other} (dHash distance {distance})")
+        elif decision.kept:
+            survivors.append((decision.id, phash))
+
+
+def apply_threshold(
+    decisions: list[Decision], scores: np.ndarray, name: str, rule: ScoreThreshold
+) -> None:
+    """Record ``scores`` as ``name``; reject by absolute floor, low-outlier z-score and/or
+    rank (only the best ``keep_best`` fraction passes)."""
+    mean, std = float(scores.mean()), float(scores.std())
+    cut = None
+    if rule.keep_best is not None and len(scores):
+        keep = max(1, int(np.ceil(rule.keep_best * len(scores))))
+        cut = float(np.sort(scores)[::-1][keep - 1])
+    for decision, score in zip(decisions, scores, strict=True):
+        decision.scores[name] = float(score)
+        if rule.min_similarity is not None and score < rule.min_similarity:
+            decision.reasons.append(f"{name} {score:.4f} < {rule.min_similarity}")
+        if rule.max_outlier_z is not None and std > 1e-6:
+            z = (score - mean) / std
+            if z < -rule.max_outlier_z:
+                decision.reasons.append(
+                    f"{name} {score:.4f} is an outlier (z={z:.2f} < -{rule.max_outlier_z})"
+                )
+        if cut is not None and score < cut:
+            decision.reasons.append(
+                f"{name} {score:.4f} is below the best {rule.keep_best:.0%} (cut {cut:.4f})"
+            )
+
+
+def identity_anchor(
+    embeddings: np.ndarray, references: np.ndarray | None, rule: IdentityCheck
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The identity anchor (unit vector) and how it was chosen: the mean reference
+    embedding, else the centroid of the most cohesive cluster of ``embeddings``."""
+    if references is not None and len(references):
+        anchor = references.mean(0)
+        anchor /= max(float(np.linalg.norm(anchor)), 1e-12)
+        return anchor, {"anchor": "references", "references": len(references)}
+    anchor, labels, best = cohesive_anchor(embeddings, rule.cluster_divisor, rule.min_cluster_size)
+    info = {
+        "anchor": "cohesive cluster",
+        "clusters": int(labels.max()) + 1,
+        "anchor_cluster_size": int((labels == best).sum()),
+    }
+    return anchor, info
+
+
+def identity_scores(
+    embeddings: np.ndarray, references: np.ndarray | None, rule: IdentityCheck
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Cosine of each image to the identity anchor, and how the anchor was chosen."""
+    anchor, info = identity_anchor(embeddings, references, rule)
+    return embeddings @ anchor, info

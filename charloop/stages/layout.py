@@ -1,0 +1,86 @@
+"""Where an iteration's data lives: numbered folders read in the order data flows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+ADAPTER_WEIGHTS = "pytorch_lora_weights.safetensors"
+"""The diffusers-format LoRA file in an adapter folder (what ``load_lora_weights`` reads)."""
+
+PROVENANCE_FILE = "provenance.json"
+"""The adapter's lineage facts as JSON, beside the weights (also in their headers)."""
+
+PROVENANCE_PREFIX = "charloop."
+"""Prefix of the provenance keys in an adapter's safetensors headers."""
+
+TRAIN_LOG = "train_log.json"
+"""Loss, learning rate and validation loss per step, in an adapter folder."""
+
+
+def shard_dir(out_dir: Path, shard: int) -> Path:
+    """Scratch folder of one shard of a fanned-out stage (not versioned)."""
+    return out_dir.parent / ".shards" / f"{out_dir.name}-{shard:02d}"
+
+
+@dataclass(frozen=True)
+class IterationPaths:
+    """Folders of one iteration under ``<workdir>/<character>/iter-NNN/``."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, workdir: Path, iteration: int) -> IterationPaths:
+        return cls(workdir / f"iter-{iteration:03d}")
+
+    @property
+    def generated(self) -> Path:
+        return self.root / "01_generated"
+
+    @property
+    def filtered(self) -> Path:
+        return self.root / "02_filtered"
+
+    @property
+    def reviewed(self) -> Path:
+        return self.root / "03_reviewed"
+
+    @property
+    def dataset(self) -> Path:
+        return self.root / "04_dataset"
+
+    @property
+    def adapter(self) -> Path:
+        return self.root / "05_adapter"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.root / "06_evaluation"
+
+    @property
+    def review_desk(self) -> Path:
+        """Where a person works on the review: the exported sheet and applied decisions.
+
+        Not a stage folder: its files are inputs to the review stage, edited by hand.
+        """
+        return self.root / "review"
+
+    @property
+    def reports(self) -> Path:
+        """Reports drawn when the iteration is published (metrics-over-iterations plot).
+
+        Not a stage folder and not DVC-tracked: redrawn from the metrics on every publish.
+        """
+        return self.root / "reports"
+
+    @property
+    def versioned(self) -> list[Path]:
+        """Every folder DVC tracks for this iteration."""
+        return [
+            self.generated,
+            self.filtered,
+            self.reviewed,
+            self.dataset,
+            self.adapter,
+            self.evaluation,
+        ]

@@ -1,0 +1,143 @@
+"""A trained LoRA as state dicts, written as diffusers and kohya files with provenance.
+
+Shared by the single-LoRA train stage and the per-character cast training.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from charloop.core import atomic
+from charloop.core.safetensors_header import canonicalize
+from charloop.models.encode_cache import EncodeCache
+from charloop.params.project import Project
+from charloop.params.train import TrainParams
+from charloop.stages.layout import ADAPTER_WEIGHTS, PROVENANCE_FILE, PROVENANCE_PREFIX
+from charloop.stages.train.checkpoint import Checkpointer
+from charloop.stages.train.data import ModelIdentity, encode_rows, split_validation
+from charloop.stages.train.kohya import KOHYA_WEIGHTS_NAME, save_kohya
+from charloop.stages.train.loop import TrainLog, TrainModels, train_lora
+from charloop.stages.train.models import build_models
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_NAME = ADAPTER_WEIGHTS
+
+
+@dataclass
+class AdapterState:
+    """A trained LoRA as peft state dicts (``<module>.lora_A.weight`` keys) and configs."""
+
+    unet: dict[str, Any]
+    unet_config: dict[str, Any]
+    text_encoder: dict[str, Any] | None = None
+    text_encoder_config: dict[str, Any] | None = None
+
+
+def adapter_state(accelerator: Any, models: TrainModels) -> AdapterState:
+    """The LoRA layers of trained ``models``."""
+    from peft.utils import get_peft_model_state_dict
+
+    unet = accelerator.unwrap_model(models.unet)
+    state = AdapterState(get_peft_model_state_dict(unet), unet.peft_config["default"].to_dict())
+    if models.text_encoder is not None:
+        text_encoder = accelerator.unwrap_model(models.text_encoder)
+        state.text_encoder = get_peft_model_state_dict(text_encoder)
+        state.text_encoder_config = text_encoder.peft_config["default"].to_dict()
+    return state
+
+
+def write_adapter(
+    out_dir: Path, state: AdapterState, rank: int, alpha: float, metadata: dict[str, str]
+) -> Path:
+    """Write the diffusers-format LoRA and its kohya twin, both with provenance headers."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    te_state = state.text_encoder
+    StableDiffusionPipeline.save_lora_weights(
+        out_dir,
+        unet_lora_layers=convert_state_dict_to_diffusers(state.unet),
+        text_encoder_lora_layers=convert_state_dict_to_diffusers(te_state) if te_state else None,
+        safe_serialization=True,
+        unet_lora_adapter_metadata=state.unet_config,
+        text_encoder_lora_adapter_metadata=state.text_encoder_config,
+    )
+    provenance = {PROVENANCE_PREFIX + k: v for k, v in metadata.items()}
+    weights = out_dir / WEIGHTS_NAME
+    canonicalize(weights, provenance)
+    save_kohya(out_dir / KOHYA_WEIGHTS_NAME, state.unet, te_state, rank, alpha, provenance)
+    atomic.write_json(out_dir / PROVENANCE_FILE, metadata)
+    return weights
+
+
+def save_adapter(
+    accelerator: Any, models: TrainModels, out_dir: Path, tp: TrainParams, metadata: dict[str, str]
+) -> Path:
+    """Write the trained LoRA of ``models`` in both formats (see ``write_adapter``)."""
+    return write_adapter(out_dir, adapter_state(accelerator, models), tp.rank, tp.alpha, metadata)
+
+
+@dataclass
+class Fit:
+    """One finished training: the models with their LoRA, the log and the split sizes."""
+
+    models: TrainModels
+    log: TrainLog
+    images: int
+    held_out: int
+
+
+def fit(
+    project: Project,
+    pipe: Any,
+    accelerator: Any,
+    dataset_dir: Path,
+    rows: list[dict[str, Any]],
+    checkpoints: Checkpointer,
+    stop_after: int | None = None,
+) -> Fit:
+    """Encode ``rows`` (through the cache) and train a fresh LoRA on them."""
+    params = project.params
+    tp = params.train
+    base_ref = project.model_ref(params.base_model.path)
+    identity = ModelIdentity(base_ref, params.base_model.revision)
+    cache = EncodeCache(project.resolve(tp.cache_dir))
+    train_rows, val_rows = split_validation(rows, tp.validation.images, tp.seed)
+    encode: dict[str, Any] = dict(
+        identity=identity, cache=cache, with_text_embeddings=not tp.train_text_encoder
+    )
+    data = encode_rows(pipe, dataset_dir, train_rows, params.generate.resolution, **encode)
+    val = encode_rows(pipe, dataset_dir, val_rows, params.generate.resolution, **encode)
+    logger.info("train: encode cache %d hits, %d misses", cache.hits, cache.misses)
+    models = build_models(base_ref, params.base_model.revision, tp, accelerator)
+    log = train_lora(accelerator, models, data, tp, val, checkpoints, stop_after)
+    return Fit(models, log, len(data), len(val))
+
+
+def log_record(log: TrainLog) -> dict[str, Any]:
+    """What ``train_log.json`` holds: loss, learning rate and validation loss per step."""
+    return {
+        "loss": log.loss,
+        "learning_rate": log.learning_rate,
+        "validation_loss": log.validation_loss,
+    }
+
+
+def train_summary(result: Fit, processes: int) -> dict[str, Any]:
+    """The train stage's summary facts for one fit."""
+    log = result.log
+    return {
+        "steps": len(log.loss),
+        "final_loss": float(np.mean(log.loss[-5:])),
+        "validation_loss": log.validation_loss[-1]["loss"] if log.validation_loss else None,
+        "images": result.images,
+        "validation_images": result.held_out,
+        "processes": processes,
+        "resumed_from": log.resumed_from,
+    }

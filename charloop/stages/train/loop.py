@@ -1,0 +1,271 @@
+"""The LoRA optimisation loop: accelerate, mixed precision, min-SNR, checkpoints, validation.
+
+Everything random (data order, noise, timesteps) is drawn from one seeded CPU generator
+whose state is checkpointed with the LoRA weights, optimizer and scheduler, so a resumed
+run continues exactly where the interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from charloop.core.faults import failpoint
+from charloop.core.progress import progress_bar
+from charloop.params.train import TrainParams
+from charloop.stages.train.checkpoint import Checkpointer
+from charloop.stages.train.data import EncodedDataset
+
+logger = logging.getLogger(__name__)
+
+TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+VALIDATION_SEED_OFFSET = 7919
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; nothing from this run may be registered."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised by ``stop_after`` (tests and tools simulating a crash after a checkpoint)."""
+
+
+@dataclass
+class TrainModels:
+    """What the loop optimises: the UNet, optionally the text encoder, and the scheduler."""
+
+    unet: Any
+    noise_scheduler: Any
+    text_encoder: Any | None = None
+
+
+@dataclass
+class TrainLog:
+    """Per-step record written to ``train_log.json``."""
+
+    loss: list[float] = field(default_factory=list)
+    learning_rate: list[float] = field(default_factory=list)
+    validation_loss: list[dict[str, float]] = field(default_factory=list)
+    resumed_from: int | None = None
+
+
+def lora_config(rank: int, alpha: float, targets: list[str]):  # -> peft.LoraConfig
+    """A peft LoRA configuration (gaussian init, as diffusers' LoRA scripts use)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=rank,
+        lora_alpha=alpha,  # type: ignore[arg-type]  # peft accepts float alphas
+        init_lora_weights="gaussian",
+        target_modules=list(targets),
+    )
+
+
+def snr_weights(noise_scheduler: Any, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights per sample (Hang et al. 2023)."""
+    alphas = noise_scheduler.alphas_cumprod.to(torch.float32)[timesteps]
+    snr = alphas / (1 - alphas)
+    clipped = torch.clamp(snr, max=gamma)
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        return clipped / (snr + 1)
+    return clipped / snr
+
+
+def denoising_loss(
+    models: TrainModels,
+    latents: torch.Tensor,
+    cond: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    min_snr_gamma: float | None,
+) -> torch.Tensor:
+    """The (optionally min-SNR-weighted) noise or velocity prediction loss."""
+    scheduler = models.noise_scheduler
+    device = latents.device
+    noisy = scheduler.add_noise(latents, noise, timesteps.cpu()).to(device)
+    if scheduler.config.prediction_type == "v_prediction":
+        target = scheduler.get_velocity(latents, noise, timesteps.cpu())
+    else:
+        target = noise
+    prediction = models.unet(noisy, timesteps.to(device), cond).sample
+    per_sample = F.mse_loss(prediction.float(), target.to(device).float(), reduction="none")
+    per_sample = per_sample.mean(dim=list(range(1, per_sample.ndim)))
+    if min_snr_gamma is not None:
+        per_sample = per_sample * snr_weights(scheduler, timesteps.cpu(), min_snr_gamma).to(device)
+    return per_sample.mean()
+
+
+def conditioning(models: TrainModels, data: EncodedDataset, batch: list[int]) -> torch.Tensor:
+    """Cached text embeddings, or the (trained) text encoder's output for the batch."""
+    device = next(models.unet.parameters()).device
+    if data.text_embeddings is not None:
+        return data.text_embeddings[batch].to(device)
+    assert models.text_encoder is not None
+    return models.text_encoder(data.input_ids[batch].to(device))[0]
+
+
+@torch.no_grad()
+def validation_loss(models: TrainModels, val: EncodedDataset, tp: TrainParams) -> float:
+    """Plain MSE on held-out images at fixed timesteps with fixed noise: comparable
+    across steps and across runs with the same validation set."""
+    device = next(models.unet.parameters()).device
+    total, count = 0.0, 0
+    for index in range(len(val)):
+        generator = torch.Generator("cpu").manual_seed(tp.seed + VALIDATION_SEED_OFFSET + index)
+        latents = val.latents[index : index + 1]
+        cond = conditioning(models, val, [index])
+        for timestep in tp.validation.timesteps:
+            noise = torch.randn(latents.shape, generator=generator)
+            t = torch.tensor([timestep])
+            loss = denoising_loss(models, latents.to(device), cond, noise.to(device), t, None)
+            total, count = total + loss.item(), count + 1
+    return total / max(count, 1)
+
+
+def _batches(generator: torch.Generator, order: list[int], size: int, pool: list[int]) -> list[int]:
+    """Take the next ``size`` indices, reshuffling ``pool`` (one epoch's row indices,
+    repeats included) deterministically when the epoch ends."""
+    while len(order) < size:
+        order += [pool[i] for i in torch.randperm(len(pool), generator=generator).tolist()]
+    batch = order[:size]
+    del order[:size]
+    return batch
+
+
+def train_lora(
+    accelerator: Any,
+    models: TrainModels,
+    data: EncodedDataset,
+    tp: TrainParams,
+    val: EncodedDataset | None = None,
+    checkpoints: Checkpointer | None = None,
+    stop_after: int | None = None,
+) -> TrainLog:
+    """Optimise LoRA layers added to ``models`` in place.
+
+    Args:
+        accelerator: An ``accelerate.Accelerator`` (mixed precision, processes).
+        models: The UNet (and text encoder) with LoRA adapters already added.
+        data: Training inputs.
+        tp: Train params.
+        val: Held-out inputs for the validation loss, or None.
+        checkpoints: Where to save and resume the training state, or None.
+        stop_after: Raise TrainingInterrupted after this step (simulates a crash).
+
+    Raises:
+        TrainingDiverged: a step's loss was NaN or infinite.
+    """
+    from diffusers.optimization import get_scheduler
+
+    trainable = [p for p in models.unet.parameters() if p.requires_grad]
+    groups: list[dict[str, Any]] = [{"params": trainable, "lr": tp.learning_rate}]
+    if models.text_encoder is not None:
+        te_params = [p for p in models.text_encoder.parameters() if p.requires_grad]
+        te_lr = tp.text_encoder_learning_rate or tp.learning_rate
+        groups.append({"params": te_params, "lr": te_lr})
+    optimizer = torch.optim.AdamW(groups, lr=tp.learning_rate)
+    processes = accelerator.num_processes
+    scheduler = get_scheduler(
+        tp.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=tp.lr_warmup_steps * processes,
+        num_training_steps=tp.max_train_steps * processes,
+    )
+    modules = [models.unet] + ([models.text_encoder] if models.text_encoder is not None else [])
+    prepared = accelerator.prepare(*modules, optimizer, scheduler)
+    models.unet = prepared[0]
+    if models.text_encoder is not None:
+        models.text_encoder = prepared[1]
+    optimizer, scheduler = prepared[-2], prepared[-1]
+    # Each process draws its own batches and noise; process 0 alone matches 1-process runs.
+    generator = torch.Generator("cpu").manual_seed(tp.seed + 1_000_003 * accelerator.process_index)
+    order: list[int] = []
+    log = TrainLog()
+    start = 0
+    if checkpoints is not None and (state := checkpoints.latest()) is not None:
+        start = checkpoints.restore(state, accelerator, models, optimizer, scheduler)
+        generator.set_state(state["generator"])
+        order = list(state["order"])
+        log = TrainLog(**state["log"])
+        log.resumed_from = start
+        logger.info("train: resumed from step %d", start)
+    if val is not None and len(val) and start == 0:
+        log.validation_loss.append({"step": 0, "loss": _validate(models, val, tp)})
+    device = accelerator.device
+    pool = data.epoch_pool()
+    for step in progress_bar(range(start, tp.max_train_steps), "train", unit="step"):
+        models.unet.train()
+        step_loss = 0.0
+        for micro in range(tp.gradient_accumulation_steps):
+            last = micro == tp.gradient_accumulation_steps - 1
+            with accelerator.no_sync(models.unet) if not last else nullcontext():
+                batch = _batches(generator, order, tp.batch_size, pool)
+                latents = data.latents[batch]
+                noise = torch.randn(latents.shape, generator=generator)
+                if tp.noise_offset:
+                    noise += tp.noise_offset * torch.randn(
+                        (latents.shape[0], latents.shape[1], 1, 1), generator=generator
+                    )
+                timesteps = torch.randint(
+                    0,
+                    models.noise_scheduler.config.num_train_timesteps,
+                    (len(batch),),
+                    generator=generator,
+                )
+                with accelerator.autocast():
+                    cond = conditioning(models, data, batch)
+                    loss = denoising_loss(
+                        models,
+                        latents.to(device),
+                        cond,
+                        noise.to(device),
+                        timesteps,
+                        tp.min_snr_gamma,
+                    )
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"loss is {loss.item()} at step {step}; lower train.learning_rate "
+                        "(or use mixed_precision: 'no' / 'bf16' if fp16 overflows)"
+                    )
+                accelerator.backward(loss / tp.gradient_accumulation_steps)
+                step_loss += loss.item() / tp.gradient_accumulation_steps
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        log.loss.append(step_loss)
+        log.learning_rate.append(float(scheduler.get_last_lr()[0]))
+        done = step + 1
+        if (
+            val is not None
+            and len(val)
+            and (done % tp.validation.every == 0 or done == tp.max_train_steps)
+        ):
+            log.validation_loss.append({"step": done, "loss": _validate(models, val, tp)})
+        if checkpoints is not None and checkpoints.due(done, tp.max_train_steps):
+            checkpoints.save(
+                done, accelerator, models, optimizer, scheduler, generator, order, asdict(log)
+            )
+            failpoint("train:after-checkpoint")
+        if stop_after is not None and done >= stop_after:
+            raise TrainingInterrupted(f"stopped after step {done}")
+    return log
+
+
+def _validate(models: TrainModels, val: EncodedDataset, tp: TrainParams) -> float:
+    models.unet.eval()
+    loss = validation_loss(models, val, tp)
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"validation loss is {loss}; lower train.learning_rate")
+    return loss
+
+
+def checkpoint_root(out_dir: Path, fingerprint: str) -> Path:
+    """Checkpoints of one training configuration, beside (not inside) the output folder."""
+    return out_dir.parent / f".{out_dir.name}.checkpoints" / fingerprint

@@ -1,0 +1,103 @@
+"""Models for training: accelerate setup, precision, attention kernel, fresh LoRA layers."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from charloop.params.train import TrainParams
+from charloop.stages.train.loop import TEXT_ENCODER_TARGETS, TrainModels, lora_config
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_mixed_precision(requested: str, device: torch.device) -> str:
+    """'auto': bf16 on CUDA when supported, else fp16; full precision off CUDA."""
+    if requested != "auto":
+        return requested
+    if device.type != "cuda":
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def make_accelerator(tp: TrainParams, device: torch.device) -> Any:
+    """The accelerate ``Accelerator`` for this process (CPU, one GPU, or a launched rank)."""
+    from accelerate import Accelerator
+
+    return Accelerator(
+        cpu=device.type == "cpu",
+        mixed_precision=resolve_mixed_precision(tp.mixed_precision, device),
+    )
+
+
+def set_attention(unet: Any, choice: str, device: torch.device) -> str:
+    """Pick the UNet's attention kernel; returns the one in use."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    if choice in ("auto", "xformers") and device.type == "cuda":
+        try:
+            unet.enable_xformers_memory_efficient_attention()
+            return "xformers"
+        except Exception as exc:  # not installed, or built for another torch
+            if choice == "xformers":
+                raise ValueError(
+                    f"train.attention is 'xformers' but it is unusable: {exc}"
+                ) from exc
+    elif choice == "xformers":
+        raise ValueError("train.attention 'xformers' needs a CUDA device; use 'auto' or 'sdpa'")
+    unet.set_attn_processor(AttnProcessor2_0())
+    return "sdpa"
+
+
+def build_models(
+    base_ref: str, revision: str | None, tp: TrainParams, accelerator: Any
+) -> TrainModels:
+    """Fresh base weights with new LoRA layers (the frozen base in the mixed-precision dtype,
+    the LoRA parameters in float32)."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers.training_utils import cast_training_params
+    from transformers import CLIPTextModel
+
+    device = accelerator.device
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+        accelerator.mixed_precision, torch.float32
+    )
+    unet = UNet2DConditionModel.from_pretrained(
+        base_ref, subfolder="unet", revision=revision, torch_dtype=dtype
+    ).to(device)
+    unet.requires_grad_(False)
+    attention = set_attention(unet, tp.attention, device)
+    torch.manual_seed(tp.seed)  # LoRA init draws from the global generator
+    unet.add_adapter(lora_config(tp.rank, tp.alpha, tp.target_modules))
+    if tp.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    text_encoder = None
+    if tp.train_text_encoder:
+        text_encoder = CLIPTextModel.from_pretrained(
+            base_ref, subfolder="text_encoder", revision=revision or "main", dtype=dtype
+        ).to(device)
+        text_encoder.requires_grad_(False)
+        add_lora(text_encoder, lora_config(tp.rank, tp.alpha, TEXT_ENCODER_TARGETS))
+        if tp.gradient_checkpointing:
+            text_encoder.gradient_checkpointing_enable()
+    if dtype != torch.float32:
+        cast_training_params(
+            [m for m in (unet, text_encoder) if m is not None], dtype=torch.float32
+        )
+    logger.info("train: %s attention, mixed precision %s", attention, accelerator.mixed_precision)
+    scheduler = DDPMScheduler.from_pretrained(base_ref, subfolder="scheduler", revision=revision)
+    return TrainModels(unet=unet, noise_scheduler=scheduler, text_encoder=text_encoder)
+
+
+def add_lora(model: Any, config: Any) -> None:
+    """Inject LoRA layers into a transformers model the way its ``add_adapter`` would.
+
+    transformers 5 refuses ``add_adapter`` with the peft release pip offers here, so call
+    peft directly and record the config where ``get_peft_model_state_dict`` looks for it.
+    """
+    from peft import inject_adapter_in_model
+
+    inject_adapter_in_model(config, model, adapter_name="default")
+    model.peft_config = {"default": config}

@@ -1,0 +1,178 @@
+"""Validity report: does the loop make the character more consistent, judged by an oracle?
+
+On the embedded world (``charloop_world``) every picture's attributes can be read back by
+the attribute oracle, so consistency needs no human: render the held-out contexts with
+many seeds on the base model (no LoRA) and with each iteration's LoRA, let the oracle read
+each image, and score how many of the character's true attributes it shows.
+
+- ``consistency``: mean share of the character's attributes the oracle reads as the
+  character's values (100: every image shows every attribute);
+- ``all_attributes``: share of images that show every attribute;
+- both per seed, so the noise across seeds is reported next to the margin.
+
+The character's true attributes come from ``identity.json`` in its references folder
+(written by ``charloop world references``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from charloop.core import atomic
+from charloop.core.contact_sheet import contact_sheet
+from charloop.models.pipeline import load_pipeline, lora_applied
+from charloop.params.project import Project
+from charloop.scenes.prompts import context_id, scene_prompt
+from charloop.scenes.render import ImageJob, render
+from charloop.stages.layout import ADAPTER_WEIGHTS, IterationPaths
+
+logger = logging.getLogger(__name__)
+
+IDENTITY_FILE = "identity.json"
+
+
+def load_truth(project: Project) -> dict[str, str]:
+    """The character's true world attributes (``identity.json`` beside its references).
+
+    Raises:
+        FileNotFoundError: no references folder or no identity file in it.
+    """
+    refs = project.params.members[0].references
+    if not refs:
+        raise FileNotFoundError("character.references is not set: the report needs identity.json")
+    path = project.resolve(refs) / IDENTITY_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: write it with `charloop world references`")
+    return dict(json.loads(path.read_text()))
+
+
+def validity_jobs(project: Project, seeds: list[int]) -> list[ImageJob]:
+    """Every held-out context (``evaluate.contexts``) with every seed."""
+    params = project.params
+    character = params.members[0]
+    jobs = []
+    for held_out in params.evaluate.contexts:
+        context = held_out.model_dump()
+        prompt = scene_prompt(params.generate.prompt_template, [character], context)
+        for seed in seeds:
+            jobs.append(
+                ImageJob(
+                    f"{context_id(context)}-s{seed}",
+                    prompt,
+                    params.generate.negative_prompt,
+                    seed,
+                    context,
+                    (character.name,),
+                )
+            )
+    return jobs
+
+
+@dataclass
+class Scores:
+    """Oracle agreement of one model's images with the character's attributes."""
+
+    matches: np.ndarray
+    """images x attributes: the oracle read the character's value."""
+    attributes: list[str]
+    seeds: list[int]
+    """Seed of each image (row)."""
+
+    def summary(self) -> dict[str, Any]:
+        """Percentages overall, per seed (mean and spread) and per attribute."""
+        agreement = self.matches.mean(1)
+        complete = self.matches.all(1)
+        seeds = np.array(self.seeds)
+        per_seed = [float(agreement[seeds == s].mean() * 100) for s in dict.fromkeys(self.seeds)]
+        return {
+            "consistency": float(agreement.mean() * 100),
+            "consistency_seed_std": float(np.std(per_seed)),
+            "consistency_per_seed": per_seed,
+            "all_attributes": float(complete.mean() * 100),
+            "per_attribute": {
+                name: float(self.matches[:, i].mean() * 100)
+                for i, name in enumerate(self.attributes)
+            },
+            "images": len(self.seeds),
+        }
+
+
+def score(
+    oracle: Any, images: list[Image.Image], truth: dict[str, str], seeds: list[int]
+) -> Scores:
+    """Let the oracle read ``images`` and compare with ``truth``."""
+    reads = oracle.read(images)
+    names = list(truth)
+    matches = np.array([[row[n] == truth[n] for n in names] for row in reads], dtype=bool)
+    return Scores(matches.reshape(len(images), len(names)), names, seeds)
+
+
+def run_validity(
+    project: Project, oracle_path: str | Path, seeds: list[int], out_dir: str | Path
+) -> dict[str, Any]:
+    """Score the base model and every finished iteration's LoRA; write the report.
+
+    Writes ``validity.json``, ``VALIDITY.md`` and one contact sheet per model into
+    ``out_dir`` (rows: held-out contexts, columns: seeds).
+    """
+    from charloop_world.oracle import load_oracle
+
+    params = project.params
+    truth = load_truth(project)
+    oracle = load_oracle(oracle_path)
+    jobs = validity_jobs(project, seeds)
+    pipe = load_pipeline(project.model_ref(params.base_model.path), params.base_model)
+    models: dict[str, Path | None] = {"base model": None}
+    for iteration in range(1, params.loop.max_iterations + 1):
+        folder = IterationPaths.of(project.workdir, iteration).adapter
+        if (folder / ADAPTER_WEIGHTS).is_file():
+            models[f"iteration {iteration}"] = folder
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {}
+    labels = [", ".join(v for v in c.model_dump().values() if v) for c in params.evaluate.contexts]
+    for name, adapter in models.items():
+        with lora_applied(pipe, adapter, params.generate.lora_scale):
+            images = render(pipe, jobs, params.generate)
+        results[name] = score(oracle, images, truth, [job.seed for job in jobs]).summary()
+        sheet = contact_sheet({name: images}, columns=len(seeds), row_labels=labels)
+        sheet.save(out / f"{name.replace(' ', '-')}.png")
+        logger.info("validity: %s consistency %.1f%%", name, results[name]["consistency"])
+    report = {"character": truth, "prompt": jobs[0].prompt, "seeds": seeds, "models": results}
+    last = list(results)[-1]
+    report["margin"] = results[last]["consistency"] - results["base model"]["consistency"]
+    atomic.write_json(out / "validity.json", report)
+    atomic.write_text(out / "VALIDITY.md", validity_markdown(report))
+    return report
+
+
+def validity_markdown(report: dict[str, Any]) -> str:
+    """The report as a markdown table (one row per model)."""
+    models = report["models"]
+    attributes = list(report["character"])
+    lines = [
+        "# Validity report",
+        "",
+        f"Character: {report['character']}. Prompt (first context): `{report['prompt']}`.",
+        f"Seeds: {len(report['seeds'])} per held-out context. Consistency: mean share of the "
+        "character's attributes the oracle reads back (100 = all, in every image); "
+        "± is the standard deviation across seeds.",
+        "",
+        "| model | consistency % | ± seeds | all attributes % | " + " | ".join(attributes) + " |",
+        "|---" * (4 + len(attributes)) + "|",
+    ]
+    for name, row in models.items():
+        cells = [f"{row['per_attribute'][a]:.0f}" for a in attributes]
+        lines.append(
+            f"| {name} | {row['consistency']:.1f} | {row['consistency_seed_std']:.1f} | "
+            f"{row['all_attributes']:.1f} | " + " | ".join(cells) + " |"
+        )
+    lines += ["", f"Margin (last iteration minus base model): {report['margin']:+.1f} points.", ""]
+    return "\n".join(lines)
