@@ -188,6 +188,11 @@ def stage_deps(
 
     from charloop.lineage.dvc_stages import stale_deps, write_deps
 
+    if not dvc_yaml.is_file():
+        console.print(
+            f"[red]no dvc.yaml at {dvc_yaml}[/red]: pass the path of the project's dvc.yaml"
+        )
+        raise typer.Exit(EXIT_INVALID)
     if write:
         changed = write_deps(dvc_yaml)
         typer.echo(f"updated: {', '.join(changed)}" if changed else "up to date")

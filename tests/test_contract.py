@@ -133,3 +133,22 @@ def test_results_round_trip_through_their_marker_record():
     }
     with pytest.raises(ValueError, match="unknown stage"):
         from_record({"name": "nope"})
+
+
+def test_stage_deps_cli_checks_and_rewrites_dvc_yaml(tmp_path):
+    from typer.testing import CliRunner
+
+    from charloop_cli.main import app
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["stage", "deps", str(REPO / "dvc.yaml")]).exit_code == 0
+    stale = tmp_path / "dvc.yaml"
+    text = (REPO / "dvc.yaml").read_text()
+    stale.write_text(text.replace("      - charloop/stages/filter\n", "", 1))
+    result = runner.invoke(app, ["stage", "deps", str(stale)])
+    assert result.exit_code == 1 and "filter" in result.output
+    assert runner.invoke(app, ["stage", "deps", str(stale), "--write"]).exit_code == 0
+    assert yaml.safe_load(stale.read_text()) == yaml.safe_load(text)  # comments aside, exact
+    assert "# `dvc metrics show`" in stale.read_text()  # comments kept
+    missing = runner.invoke(app, ["stage", "deps", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code == 2
