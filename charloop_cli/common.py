@@ -4,16 +4,43 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from charloop.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_REFUSED, CharloopError
 from charloop.params.project import ParamsError, Project, load_project
 
 console = Console(stderr=True, soft_wrap=True)  # error lines stay whole (grep-able)
 
-EXIT_INVALID = 2
+EXIT_INVALID = EXIT_BAD_INPUT
+__all__ = ["EXIT_FAILURE", "EXIT_INVALID", "EXIT_REFUSED", "fail", "fail_with", "say"]
+
+
+def say(text: str, style: str = "") -> None:
+    """Print ``text`` to stderr as it is: brackets in it are never taken for rich markup."""
+    console.print(escape(text), style=style or None)
+
+
+def fail(headline: str, detail: str = "", code: int = EXIT_FAILURE, hint: str = "") -> NoReturn:
+    """Print one error (headline in red, then the detail and what to do) and exit ``code``.
+
+    Every piece is escaped, so ``[...]`` in a path or a pydantic message stays visible.
+    """
+    line = f"[red]{escape(headline)}[/red]" + (f": {escape(detail)}" if detail else "")
+    console.print(line)
+    if hint:
+        say(hint)
+    raise typer.Exit(code)
+
+
+def fail_with(exc: CharloopError, headline: str = "", hint: str = "") -> NoReturn:
+    """:func:`fail` for one of charloop's own errors, with the exit code its kind carries."""
+    fail(headline or type(exc).__name__, str(exc), exc.exit_code, hint)
+
+
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="Path to params.yaml.")]
 
 
@@ -31,7 +58,7 @@ def load_or_exit(path: Path) -> Project:
     try:
         return load_project(path)
     except ParamsError as exc:
-        console.print(f"[red]invalid params[/red] {exc.source}:")
+        console.print(f"[red]invalid params[/red] {escape(exc.source)}:")
         for problem in exc.problems:
-            console.print(f"  - {problem}")
+            say(f"  - {problem}")
         raise typer.Exit(EXIT_INVALID) from None

@@ -8,18 +8,20 @@ from typing import Annotated
 
 import typer
 
-from charloop_cli.common import EXIT_INVALID, ParamsOption, console, load_or_exit, setup_logging
+from charloop_cli.common import EXIT_INVALID, ParamsOption, fail, load_or_exit, setup_logging
 
 
 def deploy(params: ParamsOption = Path("params.yaml")) -> None:
     """Create the Prefect deployments (loop on cron and ingest events; promotion)."""
     project = load_or_exit(params)
     if not os.environ.get("PREFECT_API_URL"):
-        console.print(
-            "[red]charloop deploy needs a Prefect server[/red]: start one (`prefect server "
-            "start`) and set PREFECT_API_URL, e.g. http://127.0.0.1:4200/api"
+        fail(
+            "charloop deploy needs a Prefect server",
+            "PREFECT_API_URL is not set",
+            EXIT_INVALID,
+            "start one (`prefect server start`) and set PREFECT_API_URL, "
+            "e.g. http://127.0.0.1:4200/api",
         )
-        raise typer.Exit(EXIT_INVALID)
     setup_logging(False)
     from flows.deployments import deploy as create
 
@@ -45,16 +47,13 @@ def ingest(
     p = project.params
     if p.cast is not None and member is None:
         names = [m.name for m in p.cast.members]
-        console.print(f"[red]--member is required for a cast[/red]: one of {names}")
-        raise typer.Exit(EXIT_INVALID)
+        fail("--member is required for a cast", f"one of {names}", EXIT_INVALID)
     try:
         character = p.member(member) if member else p.members[0]
     except KeyError as exc:
-        console.print(f"[red]{exc.args[0]}[/red]")
-        raise typer.Exit(EXIT_INVALID) from None
+        fail("unknown --member", str(exc.args[0]), EXIT_INVALID)
     if not character.references:
-        console.print(f"[red]{character.name}'s references are not set[/red]: name a folder")
-        raise typer.Exit(EXIT_INVALID)
+        fail(f"{character.name}'s references are not set", "name a folder", EXIT_INVALID)
     references = project.resolve(character.references)
     report = ingest_references(folder, references)
     for name, reason in report.skipped.items():
@@ -64,10 +63,11 @@ def ingest(
         from charloop.lineage.publish import dvc_remote
 
         root = versioning.covering_root(project.root, project.workdir, references)
-        versioning.ensure_repo(root, dvc_remote(project))
+        remote = dvc_remote(project)
+        versioning.ensure_repo(root, remote)
         md5 = versioning.track([references])[str(references)]
-        if project.params.dvc.remote:
-            versioning.push([references])
+        if remote:
+            versioning.push([references], versioning.remote_name(remote))
     typer.echo(f"ingested {len(report.added)} image(s) into {references} (dvc {md5})")
     if report.added and project.params.schedule.retrain_on_ingest:
         if os.environ.get("PREFECT_API_URL"):

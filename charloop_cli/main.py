@@ -9,9 +9,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from charloop_cli.common import ParamsOption, console, load_or_exit, setup_logging
+from charloop.core.errors import EXIT_FAILURE, CharloopError
+from charloop_cli.common import ParamsOption, console, load_or_exit, say, setup_logging
 from charloop_cli.deploy_cmds import deploy, ingest
 from charloop_cli.registry_cmds import register
 from charloop_cli.report_cmds import report_app
@@ -27,6 +29,23 @@ app.add_typer(world_app, name="world")
 register(app)
 app.command()(deploy)
 app.command()(ingest)
+
+DEBUG_ENV = "CHARLOOP_DEBUG"
+
+
+@app.callback()
+def options(
+    debug: Annotated[
+        bool, typer.Option("--debug", envvar=DEBUG_ENV, help="Show the traceback of a failure.")
+    ] = False,
+) -> None:
+    """Validate params, run the loop, run single stages (for DVC), manage the registry.
+
+    Exit codes: 0 done, 1 failure, 2 bad input (params, arguments, paths, models),
+    3 refused by a gate or an integrity check (nothing was changed).
+    """
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
 
 
 @app.command()
@@ -50,34 +69,20 @@ def run(
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Prefect's ephemeral API can take longer than its 20 s default on a loaded 2-core box.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    from charloop.lineage.publish import preflight
+    from charloop.lineage.preflight import preflight
     from charloop_cli.prefect_api import start_temporary_api
 
-    try:
-        preflight(project)  # bad input fails before Prefect starts
-    except (PermissionError, FileNotFoundError) as exc:
-        console.print(f"[red]charloop run stopped[/red]: {type(exc).__name__}: {exc}")
-        raise typer.Exit(1) from None
+    preflight(project)  # bad input fails before Prefect starts (exit 2, see main())
     api_ready = start_temporary_api()  # boots while the flow's modules import
-    from charloop.core.locking import LoopLocked
-    from charloop.stages.filter.stage import NotEnoughImages
-    from charloop.stages.review.stage import ReviewTimedOut
-    from charloop.stages.train.stage import TrainingDiverged
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     from flows.character_loop import character_loop
     from flows.runners import task_runner_for
 
-    stopping = (LoopLocked, NotEnoughImages, TrainingDiverged, ReviewTimedOut, PermissionError,
-                FileNotFoundError)  # fmt: skip
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     api = api_ready()
-    try:
-        loop = character_loop.with_options(task_runner=task_runner_for(project.params.scale))
-        with temporary_settings(updates={PREFECT_API_URL: api} if api else {}):
-            rows = loop(params_file=str(project.params_file))
-    except stopping as exc:
-        console.print(f"[red]charloop run stopped[/red]: {type(exc).__name__}: {exc}")
-        raise typer.Exit(1) from None
+    loop = character_loop.with_options(task_runner=task_runner_for(project.params.scale))
+    with temporary_settings(updates={PREFECT_API_URL: api} if api else {}):
+        rows = loop(params_file=str(project.params_file))  # errors: see main()
     Console(width=None if sys.stdout.isatty() else 160).print(summary_table(rows))
 
 
@@ -103,7 +108,7 @@ def summary_table(rows: list[dict[str, Any]]) -> Table:
             f"{row['identity_consistency']:.4f} (base {row['base_identity_consistency']:.4f})",
             "-" if fidelity is None else f"{fidelity:.4f}",
             str(row["version"]),
-            row["decision"],
+            escape(str(row["decision"])),
         )
     return table
 
@@ -121,8 +126,28 @@ def build_tiny_models(
         typer.echo(str(path))
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    sys.exit(app())
+def main(argv: list[str] | None = None) -> None:
+    """The ``charloop`` console entry point: one clear line per failure, no traceback.
+
+    charloop's own errors exit with their kind's code (2 bad input, 3 refused, 1 failed);
+    anything else is a failure (1). ``--debug`` (or ``CHARLOOP_DEBUG=1``) re-raises, so
+    the traceback shows.
+    """
+    try:
+        app(args=argv, prog_name="charloop")
+    except KeyboardInterrupt:
+        say("interrupted; finished stages are kept, a re-run resumes")
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes"):
+            raise
+        verb = next((a for a in (argv or sys.argv[1:]) if not a.startswith("-")), "")
+        code = exc.exit_code if isinstance(exc, CharloopError) else EXIT_FAILURE
+        console.print(f"[red]charloop {escape(verb)} stopped[/red]", end=": ")
+        say(f"{type(exc).__name__}: {exc}")
+        if not isinstance(exc, CharloopError):
+            say("this is unexpected: run again with --debug for the traceback, and report it")
+        sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -54,7 +54,12 @@ def start_temporary_api(timeout_s: float = 120.0) -> Callable[[], str | None]:
     command = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
                "--host", "127.0.0.1", "--port", str(port), "--log-level", "error",
                "--lifespan", "on"]  # fmt: skip
-    process = subprocess.Popen(command, env={**os.environ, **SERVER_ENV}, stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, **SERVER_ENV},
+        stdout=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+    )
     atexit.register(_stop, process)
     started = time.monotonic()
 
@@ -69,6 +74,16 @@ def start_temporary_api(timeout_s: float = 120.0) -> Callable[[], str | None]:
         return None
 
     return wait
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Ask Linux to SIGTERM the server when ``charloop run`` dies, even by kill -9 (atexit
+    handlers do not run then, and an orphaned server would hold its port and database)."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

@@ -8,11 +8,19 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from charloop_cli.common import ParamsOption, console, load_or_exit, setup_logging
+from charloop_cli.common import (
+    EXIT_INVALID,
+    EXIT_REFUSED,
+    ParamsOption,
+    fail,
+    fail_with,
+    load_or_exit,
+    setup_logging,
+)
 
-EXIT_REFUSED = 3
 SpecArgument = Annotated[str, typer.Argument(help="MODEL, MODEL@alias or MODEL:version.")]
 
 
@@ -27,9 +35,8 @@ def _resolve(project: Any, spec: str) -> Any:
 
     try:
         return resolve_version(_client(project), parse_spec(spec))
-    except LineageError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(EXIT_REFUSED) from None
+    except LineageError as exc:  # UnknownVersion: exit 2
+        fail_with(exc, "cannot resolve " + spec, "list versions with `charloop lineage MODEL`")
 
 
 def lineage(spec: SpecArgument, params: ParamsOption = Path("params.yaml")) -> None:
@@ -41,8 +48,7 @@ def lineage(spec: SpecArgument, params: ParamsOption = Path("params.yaml")) -> N
     try:
         steps = chain(_client(project), version.name, version)
     except LineageError as exc:
-        console.print(f"[red]broken lineage[/red]: {exc}")
-        raise typer.Exit(EXIT_REFUSED) from None
+        fail_with(exc, "broken lineage")
     table = Table(title=f"lineage of {spec}")
     for column in ("version", "aliases", "iter", "dataset (DVC md5)", "images", "identity",
                    "prompt fid.", "params changed vs parent"):  # fmt: skip
@@ -50,7 +56,7 @@ def lineage(spec: SpecArgument, params: ParamsOption = Path("params.yaml")) -> N
     for step in steps:
         changed = "; ".join(f"{k}: {a} -> {b}" for k, (a, b) in step.changed_params.items())
         fidelity = step.metrics.get("prompt_fidelity")
-        table.add_row(
+        cells = (
             step.version,
             ",".join(step.aliases),
             str(step.iteration),
@@ -60,6 +66,7 @@ def lineage(spec: SpecArgument, params: ParamsOption = Path("params.yaml")) -> N
             "-" if fidelity is None else f"{fidelity:.4f}",
             changed or ("(root)" if step.parent is None else "-"),
         )
+        table.add_row(*map(escape, cells))  # params values hold brackets
     base = steps[-1].tags
     Console(width=200).print(table)
     typer.echo(f"base model: {base.get('base_model')} ({base.get('base_model_hash', '?')[:16]})")
@@ -78,13 +85,15 @@ def checkout(
     setup_logging(False)
     version = _resolve(project, spec)
     dest = out or project.root / "checkouts" / f"{version.name}-v{version.version}"
-    dataset = restore(version.tags["dataset_hash"], dest / "dataset")
-    adapter = restore(version.tags["adapter_hash"], dest / "adapter")
+    if out is not None and out.exists() and any(out.iterdir()):
+        fail("--out exists", f"{out} is not empty", EXIT_INVALID, "name a new or empty folder")
+    remote = version.tags.get("dvc_remote")  # where this version was pushed
+    dataset = restore(version.tags["dataset_hash"], dest / "dataset", remote)
+    adapter = restore(version.tags["adapter_hash"], dest / "adapter", remote)
     try:
         verify_restored(dict(version.tags), dataset, adapter)
     except RestoreError as exc:
-        console.print(f"[red]restored data does not match the registry[/red]: {exc}")
-        raise typer.Exit(EXIT_REFUSED) from None
+        fail_with(exc, "restored data does not match the registry")
     typer.echo(f"restored {version.name} v{version.version}: {dataset} and {adapter} (verified)")
 
 
@@ -100,8 +109,12 @@ def promote(
 
     project = load_or_exit(params)
     if model != project.params.model_name:
-        console.print(f"[red]{params} describes model {project.params.model_name!r}[/red]")
-        raise typer.Exit(EXIT_REFUSED)
+        fail(
+            f"{params} describes model {project.params.model_name!r}, not {model!r}",
+            code=EXIT_INVALID,
+            hint="pass the params file of that model with --params",
+        )
+    _resolve(project, f"{model}:{version}")  # an unknown version: exit 2 before any flow
     setup_logging(False)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.promote import promote as promote_flow
@@ -109,8 +122,7 @@ def promote(
     try:
         result = promote_flow(str(project.params_file), version, approver, reason)
     except PromotionRefused as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(EXIT_REFUSED) from None
+        fail_with(exc, "promotion refused", "see the audit: `charloop audit MODEL`")
     typer.echo(f"{model} v{result['production']} is production (previous: {result['previous']})")
     typer.echo(f"release: {result['release']}")
 
@@ -130,8 +142,7 @@ def rollback(
     try:
         restored, demoted = do_rollback(_client(project), model, approver or "unspecified", reason)
     except LineageError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(EXIT_REFUSED) from None
+        fail_with(exc, "rollback refused")
     point_production(project.resolve(project.params.promote.release_dir), model, restored)
     typer.echo(f"{model} v{restored} is production again (v{demoted or '-'} is previous)")
 
@@ -149,15 +160,14 @@ def generate(
     """Generate with a registered adapter after verifying its hash against the registry."""
     from charloop.lineage.promotion import adapter_gate
     from charloop.models.pipeline import load_pipeline, lora_applied
-    from charloop.stages.generate.stage import ImageJob, png_bytes, render
+    from charloop.scenes.render import ImageJob, png_bytes, render
 
     project = load_or_exit(params)
     setup_logging(False)
     version = _resolve(project, model)
     gate, folder = adapter_gate(_client(project), version)
     if folder is None:
-        console.print(f"[red]refusing to use {model}[/red]: {gate.detail}")
-        raise typer.Exit(EXIT_REFUSED)
+        fail(f"refusing to use {model}", gate.detail, EXIT_REFUSED)
     spec = project.params.base_model
     pipe = load_pipeline(project.model_ref(version.tags.get("base_model", spec.path)), spec)
     gen = project.params.generate
@@ -170,7 +180,31 @@ def generate(
         typer.echo(f"{path} ({model} v{version.version}, adapter {gate.detail})")
 
 
+def audit(
+    model: Annotated[str, typer.Argument(help="Registered model name.")],
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Print the model's audit log: every promotion, refusal, approval and rollback."""
+    from mlflow.exceptions import MlflowException
+
+    from charloop.lineage.audit import events
+
+    project = load_or_exit(params)
+    try:
+        found = events(_client(project), model)
+    except MlflowException as exc:
+        fail(f"no registered model {model!r}", exc.message, EXIT_INVALID)
+    table = Table(title=f"audit log of {model}")
+    for column in ("#", "at (UTC)", "event", "version", "by", "reason", "detail"):
+        table.add_column(column)
+    for e in found:
+        cells = (str(e.seq), e.at, e.event, e.version, e.by, e.reason, e.detail)
+        table.add_row(*map(escape, cells))
+    Console(width=200).print(table)
+    typer.echo(f"{len(found)} event(s)")
+
+
 def register(app: typer.Typer) -> None:
     """Add the registry commands to the top-level app."""
-    for command in (lineage, checkout, promote, rollback, generate):
+    for command in (lineage, checkout, promote, rollback, generate, audit):
         app.command()(command)

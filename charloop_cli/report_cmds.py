@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from charloop_cli.common import EXIT_INVALID, ParamsOption, console, load_or_exit, setup_logging
+from charloop_cli.common import EXIT_INVALID, ParamsOption, fail, load_or_exit, setup_logging
 
 report_app = typer.Typer(help="Reports over finished loops.")
 
@@ -30,8 +30,7 @@ def validity(
     try:
         report = run_validity(project, oracle, list(range(9000, 9000 + seeds)), out)
     except FileNotFoundError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(EXIT_INVALID) from None
+        fail("missing input", str(exc), EXIT_INVALID)
     for name, row in report["models"].items():
         typer.echo(
             f"{name:12s} consistency {row['consistency']:5.1f}% "

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from charloop_cli.common import EXIT_INVALID, ParamsOption, console, load_or_exit
+from charloop_cli.common import ParamsOption, fail_with, load_or_exit
 
 review_app = typer.Typer(help="Human review without the Prefect UI: export a sheet, apply it.")
 
@@ -55,8 +55,7 @@ def review_apply(
         decisions = read_sheet(sheet, reviewer, comment)
         decisions.validate({row["id"] for row in candidates(read_result(paths.filtered, Filtered))})
     except ReviewError as exc:
-        console.print(f"[red]review not applied[/red]: {exc}")
-        raise typer.Exit(EXIT_INVALID) from None
+        fail_with(exc, "review not applied")
     saved = save_decisions(paths.review_desk, decisions)
     typer.echo(
         f"applied: keep {len(decisions.keep)}, reject {len(decisions.reject)} -> {saved}; "

@@ -13,7 +13,16 @@ from typing import Annotated, TypeVar
 import typer
 
 from charloop.stages.results import StageResult
-from charloop_cli.common import EXIT_INVALID, ParamsOption, console, load_or_exit, setup_logging
+from charloop_cli.common import (
+    EXIT_INVALID,
+    EXIT_REFUSED,
+    ParamsOption,
+    fail,
+    fail_with,
+    load_or_exit,
+    say,
+    setup_logging,
+)
 
 stage_app = typer.Typer(help="Run one stage on explicit folders (what dvc.yaml calls).")
 
@@ -22,13 +31,14 @@ R = TypeVar("R", bound=StageResult)
 
 def read_result(folder: Path, result_type: type[R]) -> R:
     """The typed result sealed in ``folder``, or exit 2 saying which stage must run first."""
-    from charloop.stages.contract import read_output
+    from charloop.stages.contract import CorruptSeal, read_output
 
     try:
         return read_output(folder, result_type)
     except FileNotFoundError as exc:
-        console.print(f"[red]cannot read stage input[/red]: {exc}; run that stage first")
-        raise typer.Exit(EXIT_INVALID) from None
+        fail("cannot read stage input", str(exc), EXIT_INVALID, "run that stage first")
+    except CorruptSeal as exc:
+        fail_with(exc, "stage input fails its seal", "run that stage again")
 
 
 def _report(output: StageResult) -> None:
@@ -166,6 +176,7 @@ def stage_log_run(
         "dvc_exp_baseline": os.environ.get("DVC_EXP_BASELINE_REV", ""),
         "git_commit": git_commit(project.root),
         "adapter_sha256": trained.weights_sha256,
+        "kohya_sha256": trained.kohya_sha256,
     }
     run_id = log_experiment_run(
         project.tracking_uri,
@@ -189,18 +200,14 @@ def stage_deps(
     from charloop.lineage.dvc_stages import stale_deps, write_deps
 
     if not dvc_yaml.is_file():
-        console.print(
-            f"[red]no dvc.yaml at {dvc_yaml}[/red]: pass the path of the project's dvc.yaml"
-        )
-        raise typer.Exit(EXIT_INVALID)
+        fail(f"no dvc.yaml at {dvc_yaml}", code=EXIT_INVALID, hint="pass the project's dvc.yaml")
     if write:
         changed = write_deps(dvc_yaml)
         typer.echo(f"updated: {', '.join(changed)}" if changed else "up to date")
         return
     stale = stale_deps(yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")))
     for name, want in stale.items():
-        console.print(f"[red]{name}[/red]: code deps should be {want}")
+        say(f"{name}: code deps should be {want}", style="red")
     if stale:
-        console.print("run `charloop stage deps --write` to fix them")
-        raise typer.Exit(1)
+        fail("stale code deps", code=EXIT_REFUSED, hint="run `charloop stage deps --write`")
     typer.echo("dvc.yaml code deps match the stages' imports")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from charloop_cli.common import console, setup_logging
+from charloop_cli.common import EXIT_INVALID, fail, say, setup_logging
 
 world_app = typer.Typer(help="Procedural character world: build its models, render references.")
 
@@ -40,8 +40,7 @@ def build(
     from charloop_world.build import build as build_models
 
     if target not in TARGETS:
-        console.print(f"[red]unknown target[/red] {target!r}; choose from {', '.join(TARGETS)}")
-        raise typer.Exit(2)
+        fail("unknown target", repr(target), EXIT_INVALID, f"choose from {', '.join(TARGETS)}")
     setup_logging(verbose)
     options = {
         "device": device,
@@ -51,7 +50,7 @@ def build(
         "workers": workers,
     }
     for path in build_models(target, out, cache, minutes, seed, vae_minutes, options):
-        console.print(f"built {path}")
+        say(f"built {path}")
 
 
 @world_app.command()
@@ -76,12 +75,11 @@ def references(
         spec[key.strip()] = value.strip()
     unknown = set(spec) - set(CHARACTER_VALUES)
     if unknown:
-        console.print(f"[red]unknown attributes[/red] {sorted(unknown)}")
-        raise typer.Exit(2)
+        fail("unknown attributes", str(sorted(unknown)), EXIT_INVALID,
+             f"known: {', '.join(CHARACTER_VALUES)}")  # fmt: skip
     try:
         chosen = CharacterSpec(**spec)
     except ValueError as exc:
-        console.print(f"[red]invalid character[/red] {exc}")
-        raise typer.Exit(2) from None
+        fail("invalid character", str(exc), EXIT_INVALID)
     paths = render_references(chosen, out_dir, n, seed)
-    console.print(f"wrote {len(paths)} references of {chosen.key} to {out_dir}")
+    say(f"wrote {len(paths)} references of {chosen.key} to {out_dir}")

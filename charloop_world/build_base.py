@@ -109,7 +109,7 @@ def build_base(
     vae_ckpt = cache / "vae.pt"
     logs: dict[str, train_base.LoopLog] = {}
     if vae_ckpt.exists():
-        state = torch.load(vae_ckpt, weights_only=False)
+        state = torch.load(vae_ckpt, weights_only=True)
         vae.load_state_dict(state["vae"])
         logs["vae"] = train_base.LoopLog(**state["log"])
     else:

@@ -34,7 +34,7 @@ def load_vae(path: str | Path) -> Any:
         from charloop_world.base_model import build_vae
 
         vae = build_vae()
-        vae.load_state_dict(torch.load(source, weights_only=False)["vae"])
+        vae.load_state_dict(torch.load(source, weights_only=True)["vae"])
     else:
         vae = AutoencoderKL.from_pretrained(str(source / "vae"), torch_dtype=torch.float32)
     return vae.float().eval()

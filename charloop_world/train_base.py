@@ -193,7 +193,7 @@ def train_diffusion(
     ema = [p.detach().clone() for p in params]
     log, step, offset = LoopLog(), 0, 0.0
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False, map_location=device)
+        state = torch.load(checkpoint, weights_only=True, map_location=device)
         unet.load_state_dict(state["unet"])
         text_encoder.load_state_dict(state["text_encoder"])
         opt.load_state_dict(state["opt"])

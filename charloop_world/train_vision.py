@@ -121,7 +121,7 @@ def joint_run(cache_dir: str | Path, minutes: float, seed: int = 0) -> JointRun:
     path = cache / f"vision-s{seed}-{minutes:g}min.pt"
     data = cached_dataset(cache, 2500, 4, seed + 100)
     if path.exists():
-        saved = torch.load(path, weights_only=False)
+        saved = torch.load(path, weights_only=True)
         net = JointNet(saved["characters"])
         net.load_state_dict(saved.pop("state"))
         return JointRun(net=net, **saved)

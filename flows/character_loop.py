@@ -9,8 +9,8 @@ from prefect.artifacts import create_table_artifact
 from prefect.logging import get_run_logger
 
 from charloop.core.locking import character_lock
+from charloop.lineage.preflight import preflight
 from charloop.lineage.provenance import build_provenance
-from charloop.lineage.publish import preflight
 from charloop.params.project import Project, load_project
 from charloop.stages.evaluate.convergence import compare, decide
 from charloop.stages.evaluate.stage import evaluate_identity

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from prefect import flow
 from prefect.exceptions import FlowPauseTimeout
@@ -11,9 +11,9 @@ from prefect.input import RunInput
 from pydantic import Field
 
 from charloop.lineage.promotion import Gate, PromotionRefused
-from charloop.params.project import load_project
+from charloop.params.project import Project, load_project
 from flows.pausing import mark_running
-from tasks.promotion import apply_promotion_task, check_promotion_task, failed_gates
+from tasks.promotion import apply_promotion_task, audit_task, check_promotion_task, failed_gates
 
 
 class ApprovalInput(RunInput):
@@ -37,7 +37,7 @@ def promote(params_file: str, version: str, approver: str = "", reason: str = ""
     name = project.params.model_name
     check = check_promotion_task(project, version)
     if failed := failed_gates(check):
-        raise PromotionRefused(name, version, failed)
+        _refuse(project, version, approver, reason, failed)
     if rules.require_approval:
         passed = "; ".join(g["detail"] for g in check["gates"])
         try:
@@ -54,11 +54,20 @@ def promote(params_file: str, version: str, approver: str = "", reason: str = ""
         except FlowPauseTimeout:
             mark_running("approval timed out")
             detail = f"no decision within {rules.approval_timeout_s}s"
-            raise PromotionRefused(name, version, [Gate("approval", False, detail)]) from None
+            _refuse(project, version, approver, reason, [Gate("approval", False, detail)])
         if not answer.approve:
             detail = f"declined by {answer.approver}: {answer.comment or 'no comment'}"
-            raise PromotionRefused(name, version, [Gate("approval", False, detail)])
+            audit_task(project, "approval-declined", version, answer.approver, answer.comment)
+            _refuse(project, version, approver, reason, [Gate("approval", False, detail)])
         approver, reason = answer.approver, answer.comment or reason
+        audit_task(project, "approved", version, approver, reason, passed)
     return apply_promotion_task(
         project, version, approver or "unspecified", reason, check["adapter_dir"]
     )
+
+
+def _refuse(project: Project, version: str, by: str, reason: str, failed: list[Gate]) -> NoReturn:
+    """Record the refusal in the audit log, then raise it (the registry is unchanged)."""
+    detail = "; ".join(f"{g.name}: {g.detail}" for g in failed)
+    audit_task(project, "promotion-refused", version, by or "unspecified", reason, detail)
+    raise PromotionRefused(project.params.model_name, version, failed)

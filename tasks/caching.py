@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from charloop.stages.contract import NotEnoughImages, StageIdentity
+from charloop.stages.contract import StageIdentity
 
 
 def stage_cache_key(
@@ -30,21 +30,26 @@ def stage_cache_key(
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry unless the failure is deterministic (bad data, diverged loss, bad input)."""
-    from charloop.stages.review.stage import ReviewTimedOut
-    from charloop.stages.train.loop import TrainingDiverged
+    """Retry only what may pass on a second try (a busy file, a dropped connection).
+
+    charloop's own errors (bad input, a refused check, a diverged loss), value and path
+    errors, and MLflow errors that name a missing or invalid resource are deterministic:
+    retrying them only delays the message.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from charloop.core.errors import CharloopError
 
     try:
         state.result()
-    except (
-        NotEnoughImages,
-        TrainingDiverged,
-        ReviewTimedOut,
-        ValueError,
-        FileNotFoundError,
-        PermissionError,
-    ):
+    except (CharloopError, ValueError, FileNotFoundError, PermissionError):
         return False
+    except MlflowException as exc:
+        return exc.error_code not in _PERMANENT_MLFLOW_ERRORS
     except Exception:
         return True
     return False
+
+
+_PERMANENT_MLFLOW_ERRORS = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "BAD_REQUEST",
+                            "PERMISSION_DENIED", "INVALID_STATE"}  # fmt: skip

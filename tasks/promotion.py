@@ -9,6 +9,7 @@ from typing import Any
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
+from charloop.lineage import audit
 from charloop.lineage.promotion import (
     Gate,
     adapter_gate,
@@ -19,6 +20,7 @@ from charloop.lineage.promotion import (
 )
 from charloop.lineage.release import export_release, point_production
 from charloop.params.project import Project
+from tasks.caching import retry_transient
 
 
 def _client(project: Project) -> Any:
@@ -27,7 +29,7 @@ def _client(project: Project) -> Any:
     return MlflowClient(project.tracking_uri)
 
 
-@task(name="check-promotion", retries=1, retry_delay_seconds=2)
+@task(name="check-promotion", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_transient)
 def check_promotion_task(project: Project, version: str) -> dict[str, Any]:
     """Run every gate; publish them as a markdown artifact. Nothing is changed."""
     client, name = _client(project), project.params.model_name
@@ -66,7 +68,6 @@ def apply_promotion_task(
     from charloop.lineage.chain import chain
 
     client, name = _client(project), project.params.model_name
-    before = move_to_production(client, name, version, approver, reason)
     candidate = client.get_model_version(name, version)
     steps = chain(client, name, candidate)
     grid = Path(
@@ -77,9 +78,18 @@ def apply_promotion_task(
         )
     )
     root = project.resolve(project.params.promote.release_dir)
-    release = export_release(root, name, steps, Path(adapter_dir), grid)
+    release = export_release(root, name, steps, Path(adapter_dir), grid)  # before the alias
+    before = move_to_production(client, name, version, approver, reason)
     point_production(root, name, version)
     return {"production": version, "previous": before, "release": str(release)}
+
+
+@task(name="audit")
+def audit_task(
+    project: Project, event: str, version: str, by: str, reason: str = "", detail: str = ""
+) -> None:
+    """Append one event (a refusal, an approval...) to the model's audit log."""
+    audit.record(_client(project), project.params.model_name, event, version, by, reason, detail)
 
 
 def failed_gates(check: dict[str, Any]) -> list[Gate]:

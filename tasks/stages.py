@@ -58,7 +58,7 @@ def _artifact_key(project: Project, iteration: int, what: str) -> str:
     return f"{project.params.subject}-iter-{iteration}-{what}".replace("_", "-").lower()
 
 
-@task(name="prepare-stores", retries=2, retry_delay_seconds=2)
+@task(name="prepare-stores", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_transient)
 def prepare_stores_task(project: Project) -> None:
     """Create the DVC repo and MLflow database once, before any stage runs."""
     prepare_stores(project)
@@ -243,7 +243,7 @@ def evaluate_task(
     return output
 
 
-@task(name="publish", retries=2, retry_delay_seconds=3)
+@task(name="publish", retries=2, retry_delay_seconds=3, retry_condition_fn=retry_transient)
 def publish_task(
     project: Project,
     iteration: int,

@@ -132,7 +132,7 @@ def test_changed_params_start_a_new_lineage_branch(tmp_path):
 
 
 def test_bad_base_model_and_unwritable_workdir_fail_before_any_work(tmp_path):
-    from charloop.lineage.publish import preflight
+    from charloop.lineage.preflight import preflight
 
     missing = load_project(
         write_params(tmp_path / "m", tiny_params(base_model={"path": "./models/nope"}))

@@ -307,7 +307,7 @@ def test_diffusion_training_checkpoints_and_resumes(tmp_path: Path) -> None:
         float((p.detach() - b).abs().sum()) for p, b in zip(unet.parameters(), before, strict=True)
     )
     assert moved > 0
-    state = torch.load(ckpt, weights_only=False)
+    state = torch.load(ckpt, weights_only=True)
     n_params = len(list(unet.parameters())) + len(list(text_encoder.parameters()))
     assert state["step"] % 2 == 0 and len(state["ema"]) == n_params
     budget = state["elapsed"] + 2.0  # the budget counts the time before the checkpoint too

@@ -15,12 +15,58 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+FILE_MODE = 0o666 & ~_UMASK
+"""What ``open()`` would give a new file (mkstemp's 0600 would hide adapters from the team)."""
+DIR_MODE = 0o777 & ~_UMASK
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def sweep_leftovers(final: Path, name: str | None = None) -> list[Path]:
+    """Remove temp files and folders that a killed writer of ``final`` left beside it
+    (with ``name="*"``: of any file in ``final``'s folder).
+
+    Temp names carry the writer's pid (``.<name>.<pid>.<random>.tmp``); only those of
+    processes that no longer run are removed, so a live concurrent writer is never hit.
+    """
+    removed = []
+    for leftover in final.parent.glob(f".{name or final.name}.*.tmp"):
+        pid = leftover.name[:-4].rsplit(".", 2)[-2]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed
+
+
+def _prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
 def write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_prefix(path), suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -62,7 +108,9 @@ def staged_dir(final: str | Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    sweep_leftovers(final)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=_prefix(final), suffix=".tmp"))
+    tmp.chmod(DIR_MODE)
     try:
         yield tmp
         if final.exists():

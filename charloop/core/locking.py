@@ -15,11 +15,12 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from charloop.core import atomic
+from charloop.core.errors import Refused
 
 logger = logging.getLogger(__name__)
 
 
-class LoopLocked(RuntimeError):
+class LoopLocked(Refused, RuntimeError):
     """Another loop holds the character's lock."""
 
 

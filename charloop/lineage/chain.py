@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
 
+from charloop.core.errors import BadInput, Refused
+
 REQUIRED_TAGS = (
     "dataset_hash",
     "dataset_sha256",
@@ -22,11 +24,17 @@ REQUIRED_TAGS = (
     "iteration",
     "parent_version",
 )
-_SPEC = re.compile(r"^(?P<name>[^@:]+)(?:@(?P<alias>[\w-]+)|:(?P<version>\d+))?$")
+_SPEC = re.compile(
+    r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?:@(?P<alias>[\w-]+)|:(?P<version>\d+))?$"
+)
 
 
-class LineageError(ValueError):
+class LineageError(Refused, ValueError):
     """A version spec that names nothing, or a broken chain."""
+
+
+class UnknownVersion(BadInput, LineageError):
+    """A spec that is malformed or names no registered model, alias or version."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,10 @@ def parse_spec(spec: str) -> VersionRef:
     """
     match = _SPEC.match(spec.strip())
     if not match:
-        raise LineageError(f"bad model spec {spec!r}: use MODEL, MODEL@alias or MODEL:version")
+        raise UnknownVersion(
+            f"bad model spec {spec!r}: use MODEL, MODEL@alias or MODEL:version (a model "
+            "name is letters, digits, '.', '_', '-')"
+        )
     return VersionRef(match["name"], match["alias"], match["version"])
 
 
@@ -83,9 +94,9 @@ def resolve_version(client: Any, ref: VersionRef) -> Any:
             return client.get_model_version(ref.name, ref.version)
         versions = client.search_model_versions(f"name = '{ref.name}'")
     except MlflowException as exc:
-        raise LineageError(f"{_describe(ref)} not found in the registry: {exc.message}") from None
+        raise UnknownVersion(f"{_describe(ref)} not found in the registry: {exc.message}") from None
     if not versions:
-        raise LineageError(f"model {ref.name!r} has no versions")
+        raise UnknownVersion(f"model {ref.name!r} has no versions")
     return max(versions, key=lambda v: int(v.version))
 
 

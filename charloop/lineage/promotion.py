@@ -14,10 +14,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from charloop.core.hashing import sha256_file
+from charloop.core.errors import Refused
+from charloop.lineage import audit
+from charloop.lineage.adapter_files import adapter_file_problems
 from charloop.lineage.chain import LineageError, LineageStep, chain, missing_tags
 from charloop.params.promote import PromoteParams
-from charloop.stages.layout import ADAPTER_WEIGHTS
+from charloop.stages.layout import ADAPTER_FILE_TAGS
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ class Gate:
     detail: str
 
 
-class PromotionRefused(RuntimeError):
+class PromotionRefused(Refused, RuntimeError):
     """A gate failed (or approval was denied); nothing in the registry changed."""
 
     def __init__(self, model: str, version: str, failed: list[Gate]) -> None:
@@ -108,17 +110,16 @@ def download_adapter(client: Any, version: Any, dest: Path | None = None) -> Pat
 
 
 def adapter_gate(client: Any, version: Any) -> tuple[Gate, Path | None]:
-    """The stored weights must hash to the ``adapter_sha256`` tag recorded at registration."""
-    expected = version.tags.get("adapter_sha256")
+    """Every stored adapter file must hash to the sha256 recorded at registration."""
     try:
         folder = download_adapter(client, version)
     except Exception as exc:
         return Gate("adapter hash", False, f"adapter not retrievable: {exc}"), None
-    weights = folder / ADAPTER_WEIGHTS
-    actual = sha256_file(weights) if weights.is_file() else "missing"
-    ok = actual == expected
-    detail = f"sha256 {actual[:12]} {'matches' if ok else 'does not match'} {str(expected)[:12]}"
-    return Gate("adapter hash", ok, detail), folder if ok else None
+    problems = adapter_file_problems(folder, dict(version.tags))
+    if problems:
+        return Gate("adapter hash", False, "; ".join(problems)), None
+    checked = [t for t in ADAPTER_FILE_TAGS.values() if t in version.tags]
+    return Gate("adapter hash", True, f"{', '.join(checked)} match"), folder
 
 
 def production_version(client: Any, name: str) -> Any | None:
@@ -143,14 +144,24 @@ def move_to_production(
         client.set_registered_model_alias(name, PREVIOUS, before)
         client.set_model_version_tag(name, before, "demoted_at", _now())
     client.set_registered_model_alias(name, PRODUCTION, version)
+    _clear_stale(client, name, version)
     for key, value in {
         "approved_by": approver,
         "approved_at": _now(),
         "promotion_reason": reason,
-    }.items():
+    }.items():  # the current approval; every earlier one stays in the audit log
         client.set_model_version_tag(name, version, key, value)
+    audit.record(client, name, "promoted", version, approver, reason, f"previous: {before}")
     logger.info("registry: %s v%s is production (was %s)", name, version, before)
     return before
+
+
+def _clear_stale(client: Any, name: str, version: str) -> None:
+    """Drop demotion marks from a version that is production again (history: the audit)."""
+    tags = client.get_model_version(name, version).tags
+    for key in ("demoted_at", "rolled_back_at"):
+        if key in tags:
+            client.delete_model_version_tag(name, version, key)
 
 
 def rollback(client: Any, name: str, approver: str, reason: str) -> tuple[str, str]:
@@ -162,10 +173,15 @@ def rollback(client: Any, name: str, approver: str, reason: str) -> tuple[str, s
     try:
         previous = client.get_model_version_by_alias(name, PREVIOUS)
     except Exception:
+        current = production_version(client, name)
+        version = str(current.version) if current is not None else ""
+        detail = f"no '{PREVIOUS}' version to roll back to"
+        audit.record(client, name, "rollback-refused", version, approver, reason, detail)
         raise LineageError(f"{name} has no '{PREVIOUS}' version to roll back to") from None
     current = production_version(client, name)
     restored = str(previous.version)
     client.set_registered_model_alias(name, PRODUCTION, restored)
+    _clear_stale(client, name, restored)
     demoted = str(current.version) if current is not None else ""
     if demoted:
         client.set_registered_model_alias(name, PREVIOUS, demoted)
@@ -176,6 +192,7 @@ def rollback(client: Any, name: str, approver: str, reason: str) -> tuple[str, s
         "rollback_reason": reason,
     }.items():
         client.set_model_version_tag(name, restored, key, value)
+    audit.record(client, name, "rolled-back", restored, approver, reason, f"demoted: {demoted}")
     return restored, demoted
 
 

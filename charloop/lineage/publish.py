@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
-from charloop.core import atomic
 from charloop.core.faults import failpoint
 from charloop.core.locking import store_lock
 from charloop.lineage import registry, reports, versioning
 from charloop.lineage.provenance import read_provenance
 from charloop.models.encode_cache import component_identity
 from charloop.params.project import Project
+from charloop.stages.contract import CorruptSeal, verify
 from charloop.stages.layout import IterationPaths
 from charloop.stages.results import IterationResults
 
@@ -22,45 +21,34 @@ HISTORY_PLOT = "metrics_history.png"
 
 
 def prepare_stores(project: Project) -> None:
-    """Check the inputs and outputs, then create the DVC repo and the MLflow database once,
-    before the loop starts (concurrent first-time migrations race).
-
-    Raises:
-        FileNotFoundError: the base model is a local path that does not exist.
-        PermissionError: the work folder cannot be written.
-    """
-    preflight(project)
+    """Create the DVC repo and the MLflow database once, before the loop starts
+    (concurrent first-time migrations race). The loop runs :func:`preflight` first."""
     if project.params.dvc.enabled:
         root = versioning.covering_root(project.root, project.workdir)
         versioning.ensure_repo(root, dvc_remote(project))
     registry.init_store(project.tracking_uri)
 
 
+def verify_seals(results: IterationResults) -> None:
+    """Every stage folder must still pass its seal, with the digest the loop saw, before
+    DVC versions it or the registry records it.
+
+    Raises:
+        CorruptSeal: a folder or its marker changed since its stage finished.
+    """
+    for result in results.all():
+        found = verify(result.path)
+        if found.digest != result.digest:
+            raise CorruptSeal(
+                f"{result.path} changed after its {result.stage} stage finished "
+                f"({found.digest[:12]} != {result.digest[:12]}); run the loop again"
+            )
+
+
 def dvc_remote(project: Project) -> str | None:
     """The DVC remote: a URL as written, a folder resolved against the params file."""
     remote = project.params.dvc.remote
-    return remote if remote is None or "://" in remote else str(project.resolve(remote))
-
-
-def preflight(project: Project) -> None:
-    """Fail before any work on a missing local base model or an unwritable work folder."""
-    spec = project.params.base_model
-    ref = project.model_ref(spec.path)
-    # model_ref makes local paths absolute and leaves hub ids ('org/name') as they are.
-    if Path(ref).is_absolute() and not (Path(ref) / "model_index.json").is_file():
-        raise FileNotFoundError(
-            f"base_model.path {spec.path!r} resolves to {ref}, which holds no diffusers "
-            "pipeline (model_index.json); fix the path or use a hub id"
-        )
-    try:
-        project.character_dir.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(project.character_dir / ".write-test", "ok")
-        (project.character_dir / ".write-test").unlink()
-    except OSError as exc:
-        raise PermissionError(
-            f"loop.workdir: cannot write to {project.character_dir} ({exc}); "
-            "choose a writable folder"
-        ) from None
+    return remote if remote is None else versioning.remote_url(project.root, remote)
 
 
 def _publish(
@@ -87,11 +75,13 @@ def _publish(
     """
     params = project.params
     paths = IterationPaths.of(project.workdir, iteration)
+    verify_seals(results)
     dvc_hashes: dict[str, str] = {}
     if params.dvc.enabled:
         dvc_hashes = versioning.track(paths.versioned)
-        if params.dvc.remote:
-            pushed = versioning.push(paths.versioned)
+        if remote := dvc_remote(project):
+            name = versioning.remote_name(remote)
+            pushed = versioning.push(paths.versioned, name)
             logger.info("dvc: pushed %d file(s) of iteration %d", pushed, iteration)
     failpoint("publish:after-dvc")
     dataset, adapter, evaluation = results.dataset, results.adapter, results.evaluation
@@ -105,12 +95,15 @@ def _publish(
         "dataset_images": str(dataset.images),
         "adapter_hash": dvc_hashes.get(str(paths.adapter), adapter.digest),
         "adapter_sha256": adapter.weights_sha256,
+        "kohya_sha256": adapter.kohya_sha256,
         "generated_hash": dvc_hashes.get(str(paths.generated), results.generated.digest),
         "base_model_hash": component_identity(
             project.model_ref(params.base_model.path), "", params.base_model.revision
         ),
         "git_commit": versioning.git_commit(project.root),
     }
+    if remote := dvc_remote(project):
+        tags["dvc_remote"] = remote  # where checkout fetches from, whatever ran last
     if review := results.reviewed:
         tags["review_via"] = review.via
         tags["reviewed_by"] = review.reviewer or ""

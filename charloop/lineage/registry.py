@@ -65,6 +65,17 @@ def init_store(tracking_uri: str) -> None:
     MlflowClient(tracking_uri).search_experiments(max_results=1)
 
 
+def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | None = None) -> str:
+    """The id of experiment ``name``, created (with ``artifact_location``) when missing."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    return str(client.create_experiment(name, artifact_location=artifact_location))
+
+
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested params as MLflow params: dotted keys, string values (lists as JSON-ish text)."""
     flat: dict[str, str] = {}
@@ -78,14 +89,36 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def find_version(client: Any, model_name: str, lineage_key: str) -> Any | None:
-    """The model version registered with ``lineage_key``, if any."""
+    """The model version registered with ``lineage_key``, if any.
+
+    Only a missing registered model means "none yet"; any other registry error (a bad
+    filter, a database fault) is raised, since treating it as "none" would register
+    every iteration again.
+    """
+    from mlflow.exceptions import MlflowException
+
     try:
         versions = client.search_model_versions(
             f"name = '{model_name}' and tags.lineage_key = '{lineage_key}'"
         )
-    except Exception:  # the registered model does not exist yet
-        return None
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
     return versions[0] if versions else None
+
+
+def _end_abandoned_runs(client: Any, experiment_id: str, key: str) -> None:
+    """Mark runs of ``key`` left RUNNING by a killed attempt as KILLED (the loop lock
+    guarantees no live attempt of the same iteration is logging now)."""
+    for run in client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.lineage_key = '{key}' and attributes.status = 'RUNNING'",
+    ):
+        client.set_terminated(run.info.run_id, status="KILLED")
+        logger.warning(
+            "registry: run %s was left RUNNING by a killed attempt; marked KILLED", run.info.run_id
+        )
 
 
 def register_iteration(tracking_uri: str, record: IterationRecord) -> dict[str, str]:
@@ -105,12 +138,7 @@ def register_iteration(tracking_uri: str, record: IterationRecord) -> dict[str, 
         return {"run_id": existing.run_id, "version": str(existing.version), "lineage_key": key}
 
     mlflow.set_tracking_uri(tracking_uri)
-    experiment = client.get_experiment_by_name(record.experiment)
-    experiment_id = (
-        experiment.experiment_id
-        if experiment
-        else client.create_experiment(record.experiment, artifact_location=record.artifact_location)
-    )
+    experiment_id = ensure_experiment(tracking_uri, record.experiment, record.artifact_location)
     # A run logged by an attempt that died before creating its version is reused, not
     # duplicated: the lineage key identifies it.
     logged = client.search_runs(
@@ -121,6 +149,7 @@ def register_iteration(tracking_uri: str, record: IterationRecord) -> dict[str, 
         run_id, artifact_uri = logged[0].info.run_id, logged[0].info.artifact_uri
         logger.info("registry: reusing run %s logged by an interrupted attempt", run_id)
     else:
+        _end_abandoned_runs(client, experiment_id, key)
         run_id, artifact_uri = _log_run(experiment_id, record, key)
     failpoint("register:after-run")
     try:
@@ -209,11 +238,8 @@ def log_experiment_run(
         The run id.
     """
     import mlflow
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    experiment_id = ensure_experiment(tracking_uri, experiment)
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(experiment_id=experiment_id, run_name=tags.get("dvc_exp_name")) as run:
         mlflow.set_tags(tags)

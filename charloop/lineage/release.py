@@ -11,7 +11,9 @@ import shutil
 from pathlib import Path
 
 from charloop.core import atomic
-from charloop.core.hashing import sha256_file, tree_digest
+from charloop.core.errors import Refused
+from charloop.core.hashing import tree_digest
+from charloop.lineage.adapter_files import adapter_file_problems
 from charloop.lineage.chain import LineageStep
 from charloop.stages.contract import MARKER
 from charloop.stages.layout import ADAPTER_WEIGHTS
@@ -27,7 +29,7 @@ KEY_METRICS = (
 )
 
 
-class RestoreError(RuntimeError):
+class RestoreError(Refused, RuntimeError):
     """Restored bytes do not match what the registry recorded."""
 
 
@@ -114,10 +116,8 @@ def verify_restored(tags: dict[str, str], dataset: Path, adapter: Path) -> None:
         raise RestoreError(
             f"dataset digest {dataset_digest[:12]} != registry {tags.get('dataset_sha256')}"
         )
-    weights = adapter / ADAPTER_WEIGHTS
-    actual = sha256_file(weights) if weights.is_file() else "missing"
-    if actual != tags.get("adapter_sha256"):
-        raise RestoreError(f"adapter sha256 {actual[:12]} != registry {tags.get('adapter_sha256')}")
+    if problems := adapter_file_problems(adapter, tags):
+        raise RestoreError("adapter " + "; ".join(problems))
 
 
 def point_production(release_root: Path, name: str, version: str) -> Path:

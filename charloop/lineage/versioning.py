@@ -5,6 +5,7 @@ All DVC calls go through one process at a time: DVC holds one lock per repositor
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import subprocess
@@ -14,7 +15,22 @@ import yaml
 
 logger = logging.getLogger(__name__)
 
-REMOTE_NAME = "charloop"
+REMOTE_PREFIX = "charloop"
+
+
+def remote_name(url: str) -> str:
+    """The DVC remote name of ``url``: one named remote per remote location.
+
+    Several params files (a character, a cast, the tiny example) can share one DVC repo
+    with different remotes; each gets its own name, so running one never repoints
+    another's, and every registered version records the name and URL it was pushed to.
+    """
+    return f"{REMOTE_PREFIX}-{hashlib.sha256(url.encode()).hexdigest()[:8]}"
+
+
+def remote_url(root: Path, remote: str) -> str:
+    """A remote as written (a URL) or a folder resolved against ``root``."""
+    return remote if "://" in remote else str((root / remote).resolve())
 
 
 def is_git_repo(root: Path) -> bool:
@@ -71,10 +87,12 @@ def covering_root(root: Path, *paths: Path) -> Path:
 
 
 def ensure_repo(root: Path, remote: str | None) -> Path:
-    """Initialise DVC at ``root`` unless a DVC repo already covers it; set the default remote.
+    """Initialise DVC at ``root`` unless a DVC repo already covers it; add ``remote``.
 
     Outside git the repo is initialised with ``--no-scm``. A relative ``remote`` folder is
-    resolved against ``root``.
+    resolved against ``root``. The remote is added under :func:`remote_name` in
+    ``.dvc/config.local``; it becomes the repo's default only when there is none yet (so a
+    plain ``dvc push`` works), and other params files' remotes are left as they are.
     """
     from dvc.repo import Repo
 
@@ -86,13 +104,25 @@ def ensure_repo(root: Path, remote: str | None) -> Path:
         Repo.init(str(root), no_scm=not in_git, subdir=top is not None and top != root.resolve())
         logger.info("initialised DVC in %s", root)
     if remote:
-        url = remote if "://" in remote else str((root / remote).resolve())
-        if "://" not in remote:
-            Path(url).mkdir(parents=True, exist_ok=True)
-        with Repo(str(repo_root)) as repo, repo.config.edit("local") as config:
-            config["remote"][REMOTE_NAME] = {"url": url}
-            config["core"]["remote"] = REMOTE_NAME
+        add_remote(repo_root, remote_url(root, remote))
     return repo_root
+
+
+def add_remote(repo_root: Path, url: str) -> str:
+    """Add ``url`` as a named remote of the repo at ``repo_root`` (idempotent); its name."""
+    from dvc.repo import Repo
+
+    name = remote_name(url)
+    if "://" not in url:
+        Path(url).mkdir(parents=True, exist_ok=True)
+    with Repo(str(repo_root)) as repo:
+        merged = repo.config.load_one("repo")  # a default set in the committed config
+        with repo.config.edit("local") as config:
+            config["remote"][name] = {"url": url}
+            default = config["core"].get("remote") or merged.get("core", {}).get("remote")
+            if not default or default == REMOTE_PREFIX:  # the single shared name of old
+                config["core"]["remote"] = name
+    return name
 
 
 def track(paths: list[Path]) -> dict[str, str]:
@@ -113,20 +143,23 @@ def recorded_md5(path: Path) -> str:
     return str(meta["outs"][0]["md5"])
 
 
-def push(paths: list[Path]) -> int:
-    """Push the tracked folders' cache objects to the default remote; returns files pushed."""
+def push(paths: list[Path], remote: str | None = None) -> int:
+    """Push the tracked folders' cache objects to ``remote`` (a name; None: the default
+    remote); returns files pushed."""
     from dvc.repo import Repo
 
     root = dvc_root(paths[0].resolve().parent)
     with Repo(str(root)) as repo:
-        return int(repo.push(targets=[f"{p}.dvc" for p in paths]))
+        return int(repo.push(targets=[f"{p}.dvc" for p in paths], remote=remote))
 
 
-def restore(md5: str, dest: Path) -> Path:
+def restore(md5: str, dest: Path, remote: str | None = None) -> Path:
     """Materialise the DVC object ``md5`` (a file or a ``.dir``) at ``dest``.
 
-    Served from the local cache, or fetched from the default remote when the cache lacks
-    it. ``dest`` must lie inside the DVC repository; an existing ``dest`` is replaced.
+    Served from the local cache, or fetched when the cache lacks it: from ``remote`` (the
+    URL the version was pushed to, added as a named remote when missing), else from the
+    default remote. ``dest`` must lie inside the DVC repository; an existing ``dest`` is
+    replaced.
 
     Raises:
         RuntimeError: no DVC repository above ``dest``.
@@ -139,6 +172,7 @@ def restore(md5: str, dest: Path) -> Path:
     root = dvc_root(dest.parent)
     if root is None:
         raise RuntimeError(f"no DVC repository above {dest}")
+    name = add_remote(root, remote) if remote else None
     dvcfile = dest.parent / f"{dest.name}.dvc"
     dvcfile.write_text(yaml.safe_dump({"outs": [{"md5": md5, "path": dest.name, "hash": "md5"}]}))
     try:
@@ -147,7 +181,7 @@ def restore(md5: str, dest: Path) -> Path:
                 repo.checkout(targets=[str(dvcfile)], force=True)
             except CheckoutError:
                 logger.info("dvc: %s not in the local cache; fetching from the remote", md5)
-                repo.fetch(targets=[str(dvcfile)])
+                repo.fetch(targets=[str(dvcfile)], remote=name)
                 repo.checkout(targets=[str(dvcfile)], force=True)
     finally:
         dvcfile.unlink(missing_ok=True)

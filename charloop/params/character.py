@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from charloop.params.base import StrictModel
 
@@ -21,3 +21,15 @@ class Character(StrictModel):
     references: str | None = None
     """Folder of reference images: the identity anchor for filtering (relative to params).
     Unreadable or non-image files in it are skipped with a reason."""
+
+    @field_validator("trigger")
+    @classmethod
+    def _visible_trigger(cls, value: str) -> str:
+        if value != value.strip() or len(value.strip()) < 2:
+            raise ValueError(
+                "the trigger must be a visible phrase of at least 2 characters with no "
+                f"leading or trailing spaces (got {value!r}), e.g. 'zxq kira'"
+            )
+        if "," in value:
+            raise ValueError(f"the trigger cannot contain ',' (the tag separator): {value!r}")
+        return value

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from charloop.core.errors import BadInput
 from charloop.core.hashing import sha256_json
 from charloop.params.schema import Params
 
@@ -39,7 +40,7 @@ PRESENTATION_FIELDS = ("train.cache_dir", "train.checkpoint_every")
 set to their defaults before hashing, so changing them keeps the branch."""
 
 
-class ParamsError(Exception):
+class ParamsError(BadInput):
     """params.yaml could not be used; ``problems`` lists one line per error."""
 
     def __init__(self, source: str, problems: list[str]):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import PurePosixPath
+
+from pydantic import Field, field_validator
 
 from charloop.params.base import StrictModel
 
@@ -23,4 +25,16 @@ class PromoteParams(StrictModel):
     approval_poll_s: int = Field(default=10, ge=1)
     """How often the paused promotion checks for an answer."""
     release_dir: str = "releases"
-    """Where the production adapter is exported (both formats and a model card)."""
+    """Where the production adapter is exported (both formats and a model card): a folder
+    inside the project, relative to the params file (no absolute path, no '..')."""
+
+    @field_validator("release_dir")
+    @classmethod
+    def _inside_project(cls, value: str) -> str:
+        path = PurePosixPath(value.replace("\\", "/"))
+        if not value.strip() or path.is_absolute() or ".." in path.parts or value.startswith("~"):
+            raise ValueError(
+                f"release_dir {value!r} must be a folder inside the project, relative to the "
+                "params file, without '..' (e.g. 'releases'); copy releases elsewhere yourself"
+            )
+        return value

@@ -15,6 +15,7 @@ from charloop.params.base import AXES, StrictModel
 from charloop.params.caption import Captioner, CaptionParams, TemplateCaptioner, VlmCaptioner
 from charloop.params.cast import Cast, JointScenes
 from charloop.params.character import Character
+from charloop.params.checks import min_kept_problem
 from charloop.params.filter import (
     ClipEmbedder,
     Dinov2Embedder,
@@ -129,6 +130,10 @@ class LoopParams(StrictModel):
     """How long a second loop on the same character waits for the first (0: refuse at once)."""
 
 
+REGISTRY_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+"""Allowed registry names: safe in MLflow filter strings, URLs and folder names."""
+
+
 class RegistryParams(StrictModel):
     """MLflow tracking and model registry."""
 
@@ -139,10 +144,11 @@ class RegistryParams(StrictModel):
     Relative sqlite paths are resolved against the params file."""
     artifact_location: str = ".charloop/mlartifacts"
     """Artifact store for new experiments (a folder, s3://..., or mlflow-artifacts:/...)."""
-    experiment: str | None = None
-    """Experiment name; default 'charloop-<character>'."""
-    model_name: str | None = None
-    """Registered model name; default '<character>-lora'."""
+    experiment: str | None = Field(default=None, pattern=REGISTRY_NAME, max_length=128)
+    """Experiment name; default 'charloop-<character>'. Letters, digits, '.', '_', '-'."""
+    model_name: str | None = Field(default=None, pattern=REGISTRY_NAME, max_length=128)
+    """Registered model name; default '<character>-lora'. Letters, digits, '.', '_', '-'
+    (quotes and slashes break MLflow's search filters and artifact paths)."""
 
 
 class DvcParams(StrictModel):
@@ -189,6 +195,12 @@ class Params(StrictModel):
                 "generate.ip_adapter conditions every image on one reference set, so it cannot "
                 "keep cast members apart: remove generate.ip_adapter for a cast"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _min_kept_reachable(self) -> Params:
+        if problem := min_kept_problem(self):
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from charloop.core.codegraph import code_fingerprint
+from charloop.core.errors import Refused
 from charloop.core.hashing import sha256_json, tree_digest
 from charloop.stages.results import StageResult, from_record, to_record
 
@@ -28,7 +29,7 @@ MARKER = "_stage.json"
 R = TypeVar("R", bound=StageResult)
 
 
-class NotEnoughImages(RuntimeError):
+class NotEnoughImages(Refused, RuntimeError):
     """Too few images survived filtering or review to train on."""
 
 
@@ -38,17 +39,52 @@ def fingerprint(stage: str, code: str, **inputs: Any) -> str:
     return sha256_json({"stage": stage, "code": code_fingerprint(code), "inputs": inputs})[:24]
 
 
-def _read_marker(folder: Path) -> StageResult | None:
-    """The sealed result in ``folder``, or None when there is none or it is unreadable."""
-    marker = folder / MARKER
+class CorruptSeal(Refused, ValueError):
+    """A stage marker that cannot be trusted: unparseable, tampered, or not its folder's."""
+
+
+def _seal_digest(record: dict[str, Any]) -> str:
+    return sha256_json({k: v for k, v in record.items() if k != "seal"})
+
+
+def _sealed_record(result: StageResult) -> dict[str, Any]:
+    record = to_record(result)
+    return {**record, "seal": _seal_digest(record)}
+
+
+def verify(folder: str | Path) -> StageResult:
+    """The result sealed in ``folder``, verified before it is trusted.
+
+    The marker must parse, its ``seal`` must be the digest of the rest of the record (a
+    hand-edited fact or digest is caught) and the folder's content must hash to the
+    recorded digest (an edited, added or missing file is caught).
+
+    Raises:
+        FileNotFoundError: ``folder`` has no marker.
+        CorruptSeal: the marker or the folder fails a check; the message says which.
+    """
+    marker = Path(folder) / MARKER
     if not marker.is_file():
-        return None
+        raise FileNotFoundError(f"{marker} is missing")
     try:
-        return from_record(json.loads(marker.read_text(encoding="utf-8")))
-    except (ValueError, OSError) as exc:  # JSONDecodeError is a ValueError
-        logger.warning(
-            "%s: ignoring an unreadable stage marker (%s); redoing the stage", marker, exc
-        )
+        record = json.loads(marker.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError too
+        raise CorruptSeal(f"{marker} is not readable JSON ({exc})") from None
+    if not isinstance(record, dict) or record.get("seal") != _seal_digest(record):
+        raise CorruptSeal(f"{marker}: the seal does not match the record (edited or torn)")
+    result = from_record(record)  # ValueError for a record of no known shape
+    if tree_digest(Path(folder), exclude=(MARKER,)) != result.digest:
+        raise CorruptSeal(f"{folder}: content does not match the sealed digest (edited)")
+    return result
+
+
+def _verified_or_none(folder: Path) -> StageResult | None:
+    try:
+        return verify(folder)
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:  # CorruptSeal, or a record that fits no result type
+        logger.warning("%s; the stage will be redone", exc)
         return None
 
 
@@ -63,12 +99,11 @@ class StageIdentity(Generic[R]):
     def done(self) -> R | None:
         """The recorded result if ``out_dir`` holds a finished run with this fingerprint.
 
-        The folder's digest is recomputed, so an edited or damaged output is redone.
+        The seal is verified first (:func:`verify`), so a corrupt marker or an edited
+        output is redone, never served.
         """
-        result = _read_marker(self.out_dir)
+        result = _verified_or_none(self.out_dir)
         if not isinstance(result, self.result_type) or result.fingerprint != self.fingerprint:
-            return None
-        if tree_digest(self.out_dir, exclude=(MARKER,)) != result.digest:
             return None
         return result
 
@@ -87,7 +122,7 @@ class StageIdentity(Generic[R]):
             fingerprint=self.fingerprint,
             **facts,
         )
-        text = json.dumps(to_record(result), indent=2, sort_keys=True)
+        text = json.dumps(_sealed_record(result), indent=2, sort_keys=True)
         (staging / MARKER).write_text(text, encoding="utf-8")
         return result
 
@@ -108,15 +143,20 @@ def identity(
 
 
 def read_output(folder: str | Path, result_type: type[R]) -> R:
-    """The recorded result of a finished stage folder (for the CLI and DVC stage chaining).
+    """The verified result of a finished stage folder (the CLI, DVC stage chaining, publish).
 
     Raises:
         FileNotFoundError: the folder holds no finished stage of that kind.
+        CorruptSeal: its seal or content fails verification (redo the stage).
     """
-    result = _read_marker(Path(folder))
+    try:
+        result = verify(folder)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{folder} holds no finished {result_type.stage} stage output ({MARKER} missing)"
+        ) from None
     if not isinstance(result, result_type):
         raise FileNotFoundError(
-            f"{folder} holds no finished {result_type.stage} stage output "
-            f"({MARKER} missing, unreadable or of another stage)"
+            f"{folder} holds a {result.stage} stage output, not {result_type.stage}"
         )
     return result

@@ -8,6 +8,12 @@ from pathlib import Path
 ADAPTER_WEIGHTS = "pytorch_lora_weights.safetensors"
 """The diffusers-format LoRA file in an adapter folder (what ``load_lora_weights`` reads)."""
 
+KOHYA_WEIGHTS = "lora_kohya.safetensors"
+"""The same LoRA in kohya format (A1111/Forge, ComfyUI, InvokeAI, sd-scripts read it)."""
+
+ADAPTER_FILE_TAGS = {ADAPTER_WEIGHTS: "adapter_sha256", KOHYA_WEIGHTS: "kohya_sha256"}
+"""Each shipped adapter file and the registry tag that holds its sha256."""
+
 PROVENANCE_FILE = "provenance.json"
 """The adapter's lineage facts as JSON, beside the weights (also in their headers)."""
 

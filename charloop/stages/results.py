@@ -184,6 +184,8 @@ def from_record(record: dict[str, Any]) -> StageResult:
     Raises:
         ValueError: the record names no known stage or does not fit its result type.
     """
+    if not isinstance(record, dict):
+        raise ValueError("a stage marker must hold a JSON object")
     cls = RESULT_TYPES.get(str(record.get("name")))
     if cls is None:
         raise ValueError(f"unknown stage {record.get('name')!r} in a stage marker")

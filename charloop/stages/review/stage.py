@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from charloop.core import atomic
+from charloop.core.errors import BadInput, CharloopError
 from charloop.stages.contract import NotEnoughImages, StageIdentity, identity
 from charloop.stages.results import Filtered, Generated, Reviewed
 
@@ -33,11 +34,11 @@ SHEET_COLUMNS = ("id", "decision", "automatic", "reasons", "image")
 VERDICTS = ("keep", "reject")
 
 
-class ReviewError(ValueError):
+class ReviewError(BadInput, ValueError):
     """Review decisions that cannot be applied (unknown ids, bad verdicts, conflicts)."""
 
 
-class ReviewTimedOut(RuntimeError):
+class ReviewTimedOut(CharloopError, RuntimeError):
     """The review gate waited ``review.timeout_s`` with ``on_timeout: fail``."""
 
 

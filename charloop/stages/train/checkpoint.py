@@ -6,8 +6,10 @@ SD1.5 LoRA is a few MB rather than gigabytes.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,8 @@ class Checkpointer:
     def __init__(self, root: Path, every: int | None) -> None:
         self.root = root
         self.every = every
+        if root.is_dir():  # a killed run's half-written checkpoint
+            atomic.sweep_leftovers(root / "step", name="*")
 
     def due(self, step: int, max_steps: int) -> bool:
         return self.every is not None and step % self.every == 0 and step < max_steps
@@ -35,11 +39,24 @@ class Checkpointer:
         return sorted(self.root.glob("step-*.pt")) if self.root.is_dir() else []
 
     def latest(self) -> dict[str, Any] | None:
-        """The newest readable checkpoint's state, or None."""
+        """The newest readable checkpoint's state, or None.
+
+        Checkpoints are read weights-only: tensors, numbers, strings and containers, never
+        arbitrary objects, so a pickle planted in the work folder cannot run code here. A
+        refused file is reported by name and skipped (an older checkpoint, or a fresh start).
+        """
         for path in reversed(self._files()):
             try:
-                return torch.load(path, map_location="cpu", weights_only=False)
-            except Exception:  # a torn file from a crash mid-write cannot exist (atomic), but
+                return torch.load(path, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError as exc:
+                logger.error(
+                    "checkpoint %s REFUSED: it holds objects other than weights (%s); it was "
+                    "not written by charloop, delete it and check who can write %s",
+                    path,
+                    str(exc).splitlines()[0][:200],
+                    self.root,
+                )
+            except Exception:  # a torn file cannot exist (atomic writes), but be safe
                 logger.warning("checkpoint %s is unreadable; trying an older one", path)
         return None
 
@@ -97,5 +114,8 @@ class Checkpointer:
         return int(state["step"])
 
     def clear(self) -> None:
-        """Remove the checkpoints once the adapter is safely written."""
+        """Remove the checkpoints once the adapter is safely written (and their folder,
+        when no other configuration's checkpoints are left in it)."""
         shutil.rmtree(self.root, ignore_errors=True)
+        with contextlib.suppress(OSError):  # other configurations' checkpoints remain
+            self.root.parent.rmdir()

@@ -16,8 +16,9 @@ import torch
 from safetensors.torch import save_file
 
 from charloop.core.safetensors_header import canonicalize
+from charloop.stages.layout import KOHYA_WEIGHTS
 
-KOHYA_WEIGHTS_NAME = "lora_kohya.safetensors"
+KOHYA_WEIGHTS_NAME = KOHYA_WEIGHTS
 _PEFT_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>A|B)\.weight$")
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from charloop.core.errors import CharloopError
 from charloop.core.faults import failpoint
 from charloop.core.progress import progress_bar
 from charloop.params.train import TrainParams
@@ -29,7 +30,7 @@ TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 VALIDATION_SEED_OFFSET = 7919
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(CharloopError, RuntimeError):
     """The loss became NaN or infinite; nothing from this run may be registered."""
 
 
