@@ -32,7 +32,9 @@ def deploy(params: ParamsOption = Path("params.yaml")) -> None:
 
 
 def ingest(
-    folder: Annotated[Path, typer.Argument(help="Folder of new reference images.")],
+    folder: Annotated[
+        Path, typer.Argument(help="Folder of new reference images.", exists=True, file_okay=False)
+    ],
     params: ParamsOption = Path("params.yaml"),
     member: Annotated[
         str | None, typer.Option(help="Cast member the images show (required for a cast).")

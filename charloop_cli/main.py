@@ -1,4 +1,6 @@
-"""``charloop``: validate params, run the loop, run single stages (for DVC), build tiny models."""
+"""``charloop``: validate params, run the loop, run single stages (for DVC), manage the
+registry. Exit codes: 0 done, 1 failed, 2 bad input (params, arguments, paths, models),
+3 refused by a gate or an integrity check (nothing changed); --debug shows tracebacks."""
 
 from __future__ import annotations
 

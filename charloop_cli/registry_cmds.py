@@ -83,10 +83,11 @@ def checkout(
 
     project = load_or_exit(params)
     setup_logging(False)
+    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        fail("--out exists", f"{out} is not an empty folder", EXIT_INVALID,
+             "name a new or empty folder")  # fmt: skip
     version = _resolve(project, spec)
     dest = out or project.root / "checkouts" / f"{version.name}-v{version.version}"
-    if out is not None and out.exists() and any(out.iterdir()):
-        fail("--out exists", f"{out} is not empty", EXIT_INVALID, "name a new or empty folder")
     remote = version.tags.get("dvc_remote")  # where this version was pushed
     dataset = restore(version.tags["dataset_hash"], dest / "dataset", remote)
     adapter = restore(version.tags["adapter_hash"], dest / "adapter", remote)

@@ -37,7 +37,9 @@ def review_export(
 
 @review_app.command("apply")
 def review_apply(
-    sheet: Annotated[Path, typer.Argument(help="The edited review sheet.")],
+    sheet: Annotated[
+        Path, typer.Argument(help="The edited review sheet.", exists=True, dir_okay=False)
+    ],
     reviewer: Annotated[str, typer.Option(help="Who reviewed (recorded).")],
     params: ParamsOption = Path("params.yaml"),
     iteration: IterationOption = 1,

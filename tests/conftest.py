@@ -93,10 +93,11 @@ def prefect_harness() -> Iterator[None]:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Print the reliability suite's counts when it ran."""
-    module = sys.modules.get("tests.test_reliability")
-    summary = getattr(module, "SUMMARY", None)
-    if summary and summary["faults injected"]:
+    """Print the reliability and hardening suites' counts when they ran."""
+    summary: dict[str, int] = {}
+    for name in ("tests.test_reliability", "tests.test_hardening"):
+        summary.update(getattr(sys.modules.get(name), "SUMMARY", None) or {})
+    if any(summary.values()):
         terminalreporter.write_sep("=", "reliability summary")
         for name, count in summary.items():
             terminalreporter.write_line(f"{name}: {count}")

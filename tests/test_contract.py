@@ -12,7 +12,7 @@ import yaml
 
 from charloop.core.codegraph import closure, code_fingerprint
 from charloop.lineage.dvc_stages import DVC_STAGE_CODE, code_deps, stale_deps
-from charloop.stages.contract import MARKER, identity, read_output
+from charloop.stages.contract import MARKER, CorruptSeal, identity, read_output
 from charloop.stages.results import (
     RESULT_TYPES,
     Adapter,
@@ -99,7 +99,7 @@ def test_a_corrupted_marker_is_redone_not_trusted(tmp_path):
     stage, _ = _sealed(tmp_path, seed=1)
     (stage.out_dir / MARKER).write_text("{not json")
     assert stage.done() is None
-    with pytest.raises(FileNotFoundError, match="unreadable"):
+    with pytest.raises(CorruptSeal, match="not readable JSON"):
         read_output(stage.out_dir, Generated)
     (stage.out_dir / MARKER).write_text(json.dumps({"name": "generate", "summary": {"x": 1}}))
     assert stage.done() is None
@@ -146,7 +146,7 @@ def test_stage_deps_cli_checks_and_rewrites_dvc_yaml(tmp_path):
     text = (REPO / "dvc.yaml").read_text()
     stale.write_text(text.replace("      - charloop/stages/filter\n", "", 1))
     result = runner.invoke(app, ["stage", "deps", str(stale)])
-    assert result.exit_code == 1 and "filter" in result.output
+    assert result.exit_code == 3 and "filter" in result.output  # refused by the check
     assert runner.invoke(app, ["stage", "deps", str(stale), "--write"]).exit_code == 0
     assert yaml.safe_load(stale.read_text()) == yaml.safe_load(text)  # comments aside, exact
     assert "# `dvc metrics show`" in stale.read_text()  # comments kept

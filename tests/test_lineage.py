@@ -87,7 +87,7 @@ def test_lineage_walks_back_to_the_base_model(studio):
     assert version.tags["dataset_hash"] in lines[-1]
     assert "base model:" in result.output
     missing = CliRunner().invoke(app, ["lineage", f"{MODEL}:99", "-p", str(studio.params_file)])
-    assert missing.exit_code == 3 and "not found" in missing.output
+    assert missing.exit_code == 2 and "not found" in missing.output  # bad input
 
 
 def test_refused_promotion_names_the_gate_and_changes_nothing(studio):

@@ -27,5 +27,7 @@ def adapter_file_problems(folder: Path, tags: dict[str, str]) -> list[str]:
         path = folder / name
         actual = sha256_file(path) if path.is_file() else "missing"
         if actual != expected:
-            problems.append(f"{name}: sha256 {actual[:12]} != registry {str(expected)[:12]}")
+            problems.append(
+                f"{name}: sha256 {actual[:12]} does not match the registry's {str(expected)[:12]}"
+            )
     return problems

@@ -96,7 +96,7 @@ def resolve_version(client: Any, ref: VersionRef) -> Any:
     except MlflowException as exc:
         raise UnknownVersion(f"{_describe(ref)} not found in the registry: {exc.message}") from None
     if not versions:
-        raise UnknownVersion(f"model {ref.name!r} has no versions")
+        raise UnknownVersion(f"model {ref.name!r} not found in the registry (no versions)")
     return max(versions, key=lambda v: int(v.version))
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from charloop.core.errors import Refused
 from charloop.lineage import audit
 from charloop.lineage.adapter_files import adapter_file_problems
-from charloop.lineage.chain import LineageError, LineageStep, chain, missing_tags
+from charloop.lineage.chain import LineageError, LineageStep, UnknownVersion, chain, missing_tags
 from charloop.params.promote import PromoteParams
 from charloop.stages.layout import ADAPTER_FILE_TAGS
 
@@ -170,6 +170,10 @@ def rollback(client: Any, name: str, approver: str, reason: str) -> tuple[str, s
     Raises:
         LineageError: there is no ``previous`` version to restore.
     """
+    try:
+        client.get_registered_model(name)
+    except Exception as exc:
+        raise UnknownVersion(f"no registered model {name!r} ({exc})") from None
     try:
         previous = client.get_model_version_by_alias(name, PREVIOUS)
     except Exception:

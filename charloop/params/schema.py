@@ -6,6 +6,7 @@ Pluggable backends (the image embedder) are discriminated unions on ``type``.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Literal
 
@@ -15,7 +16,6 @@ from charloop.params.base import AXES, StrictModel
 from charloop.params.caption import Captioner, CaptionParams, TemplateCaptioner, VlmCaptioner
 from charloop.params.cast import Cast, JointScenes
 from charloop.params.character import Character
-from charloop.params.checks import min_kept_problem
 from charloop.params.filter import (
     ClipEmbedder,
     Dinov2Embedder,
@@ -199,8 +199,12 @@ class Params(StrictModel):
 
     @model_validator(mode="after")
     def _min_kept_reachable(self) -> Params:
-        if problem := min_kept_problem(self):
-            raise ValueError(problem)
+        if self.filter.min_kept > (produced := self.images_per_iteration()):
+            raise ValueError(
+                f"filter.min_kept={self.filter.min_kept} is more than the {produced} images "
+                "an iteration generates; lower filter.min_kept or raise "
+                "generate.images_per_prompt / generate.max_prompts (or add contexts)"
+            )
         return self
 
     @model_validator(mode="after")
@@ -258,6 +262,16 @@ class Params(StrictModel):
             if character.name == name:
                 return character
         raise KeyError(f"no character named {name!r}; known: {[m.name for m in self.members]}")
+
+    def images_per_iteration(self) -> int:
+        """How many images one iteration's generate stage renders (what filter can keep)."""
+        combos = math.prod(len(v) for v in self.contexts.axis_values().values())
+        gen, joint = self.generate, self.cast.joint if self.cast else None
+        count = len(self.members) * min(combos, gen.max_prompts or combos) * gen.images_per_prompt
+        if self.cast is not None and joint is not None:
+            per_pair = min(combos, joint.max_prompts or combos) * joint.images_per_prompt
+            count += len(self.cast.pair_list()) * per_pair
+        return count
 
     @property
     def model_name(self) -> str:
