@@ -120,11 +120,21 @@ def test_interrupted_training_resumes_to_the_same_adapter(dataset, tmp_path):
     assert not list((tmp_path / "b").glob(".out.checkpoints/*/step-*.pt"))  # cleaned up
 
 
-def test_both_files_reproduce_the_trained_unet_and_text_encoder(dataset, tmp_path):
-    """diffusers and kohya files, loaded by diffusers, render what the trained models did."""
-    from diffusers import StableDiffusionPipeline
+WIDEST_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj",
+                  "ff.net.2"]  # fmt: skip
 
-    project = _project(tmp_path, train_text_encoder=True, rank=4, alpha=8, learning_rate=1e-2)
+
+@pytest.mark.parametrize("targets", [None, WIDEST_TARGETS], ids=["attention", "widest"])
+def test_both_files_reproduce_the_trained_unet_and_text_encoder(dataset, tmp_path, targets):
+    """diffusers and kohya files, loaded by diffusers, render what the trained models did
+    (with the widest targets too: every module must load, not only the attention ones)."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors import safe_open
+
+    extra = {"target_modules": targets} if targets else {}
+    project = _project(
+        tmp_path, train_text_encoder=True, rank=4, alpha=8, learning_rate=1e-2, **extra
+    )
     tp, pipe = project.params.train, _pipe(project)
     ref = project.model_ref(project.params.base_model.path)
     accelerator = make_accelerator(tp, torch.device("cpu"))
@@ -134,6 +144,14 @@ def test_both_files_reproduce_the_trained_unet_and_text_encoder(dataset, tmp_pat
                        None, with_text_embeddings=False)  # fmt: skip
     train_lora(accelerator, models, data, tp)
     save_adapter(accelerator, models, tmp_path, tp, {"test": "1"})
+    with safe_open(str(tmp_path / WEIGHTS_NAME), "pt") as handle:
+        keys = list(handle.keys())
+    assert all(".lora_A." in k or ".lora_B." in k for k in keys), "one key format only"
+    lora_modules = {k.rsplit(".lora_", 1)[0] for k in keys if k.startswith("unet.")}
+    trained_modules = {
+        name for name, module in models.unet.named_modules() if hasattr(module, "lora_A")
+    }
+    assert len(lora_modules) == len(trained_modules) > 0
     models.unet.eval()
     trained = StableDiffusionPipeline(
         **{**pipe.components, "unet": models.unet, "text_encoder": models.text_encoder}

@@ -55,15 +55,20 @@ def adapter_state(accelerator: Any, models: TrainModels) -> AdapterState:
 def write_adapter(
     out_dir: Path, state: AdapterState, rank: int, alpha: float, metadata: dict[str, str]
 ) -> Path:
-    """Write the diffusers-format LoRA and its kohya twin, both with provenance headers."""
+    """Write the diffusers-format LoRA and its kohya twin, both with provenance headers.
+
+    The diffusers file keeps peft's own key format (``lora_A``/``lora_B``) for every
+    module: ``convert_state_dict_to_diffusers`` renames only attention modules, and a
+    file that mixes the two formats loads only the attention part (diffusers picks the
+    format from the first key), silently dropping ``proj_in``, ``ff.net...`` and the rest.
+    """
     from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
 
     te_state = state.text_encoder
     StableDiffusionPipeline.save_lora_weights(
         out_dir,
-        unet_lora_layers=convert_state_dict_to_diffusers(state.unet),
-        text_encoder_lora_layers=convert_state_dict_to_diffusers(te_state) if te_state else None,
+        unet_lora_layers=state.unet,
+        text_encoder_lora_layers=te_state or None,
         safe_serialization=True,
         unet_lora_adapter_metadata=state.unet_config,
         text_encoder_lora_adapter_metadata=state.text_encoder_config,
