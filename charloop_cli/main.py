@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from charloop.core.errors import EXIT_FAILURE, CharloopError
+from charloop_cli.adapter_cmds import check_adapter
 from charloop_cli.common import ParamsOption, console, load_or_exit, say, setup_logging
 from charloop_cli.deploy_cmds import deploy, ingest
 from charloop_cli.registry_cmds import register
@@ -31,6 +32,7 @@ app.add_typer(world_app, name="world")
 register(app)
 app.command()(deploy)
 app.command()(ingest)
+app.command("check-adapter")(check_adapter)
 
 DEBUG_ENV = "CHARLOOP_DEBUG"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import threading
@@ -112,7 +113,11 @@ def test_promote_exports_a_release_then_rollback_restores_previous(studio):
         "lora_kohya.safetensors",
         "MODEL_CARD.md",
         "sample_grid.png",
+        f"{MODEL}.safetensors",
+        f"{MODEL}.json",
+        f"{MODEL}.png",
     }
+    _check_invoke_ready(studio, release, tags)
     card = (release / "MODEL_CARD.md").read_text()
     assert "zxq kira" in card and tags["dataset_hash"] in card and "| 1 | 1 |" in card
     # A version that must beat production by 1.0 is refused, with the numbers.
@@ -128,6 +133,40 @@ def test_promote_exports_a_release_then_rollback_restores_previous(studio):
     assert back.exit_code == 0, back.output
     assert (_alias(studio, "production"), _alias(studio, "previous")) == ("2", "1")
     assert (studio.root / "releases" / MODEL / "PRODUCTION").read_text().strip() == "v2"
+    audit = runner.invoke(app, ["audit", MODEL, "-p", params])
+    assert audit.exit_code == 0, audit.output
+    cells = [line.split("│")[3].strip() for line in audit.output.splitlines() if "│" in line]
+    assert [c for c in cells if c][1:] == [
+        "promoted",
+        "promotion-refused",
+        "promoted",
+        "rolled-back",
+    ]
+
+
+def _check_invoke_ready(studio, release, tags) -> None:
+    """The release's <name>.* trio: sidecar, cover, model-spec header, loads everywhere."""
+    from charloop.core.hashing import sha256_file
+    from charloop.core.safetensors_header import read_header
+    from charloop.models.consumers.base_modules import from_pipeline_folder
+    from charloop.models.consumers.check import check_adapter
+    from charloop.models.consumers.reader import read_adapter_file
+
+    sidecar = json.loads((release / f"{MODEL}.json").read_text())
+    assert sidecar["activation text"] == "zxq kira" and sidecar["sd version"] == "SD1"
+    with Image.open(release / f"{MODEL}.png") as cover:
+        assert cover.size == (96, 96) and len(set(cover.getdata())) > 10  # a picture
+    shipped = release / f"{MODEL}.safetensors"
+    assert sha256_file(shipped) == tags["kohya_sha256"]
+    meta = read_header(shipped)["__metadata__"]
+    assert meta["modelspec.architecture"] == "stable-diffusion-v1/lora"
+    assert meta["modelspec.trigger_phrase"] == "zxq kira" and meta["modelspec.title"] == "kira"
+    assert meta["modelspec.resolution"] == "64x64" and meta["ss_base_model_version"] == "sd_v1"
+    layout = from_pipeline_folder(Path(studio.model_ref(studio.params.base_model.path)))
+    verdicts = {v.consumer: v.loads for v in check_adapter(read_adapter_file(shipped), layout)}
+    # InvokeAI needs SD1.5's 768-wide cross-attention; the tiny model's is 32 wide.
+    assert verdicts == {"diffusers": True, "kohya sd-scripts / A1111": True, "ComfyUI": True,
+                        "Forge": True, "InvokeAI": False}  # fmt: skip
 
 
 def _answer_when_paused(run_input: dict[str, object]) -> None:

@@ -152,6 +152,7 @@ def test_both_files_reproduce_the_trained_unet_and_text_encoder(dataset, tmp_pat
         name for name, module in models.unet.named_modules() if hasattr(module, "lora_A")
     }
     assert len(lora_modules) == len(trained_modules) > 0
+    _every_tool_loads_the_kohya_file(tmp_path, Path(ref))
     models.unet.eval()
     trained = StableDiffusionPipeline(
         **{**pipe.components, "unet": models.unet, "text_encoder": models.text_encoder}
@@ -171,6 +172,21 @@ def test_both_files_reproduce_the_trained_unet_and_text_encoder(dataset, tmp_pat
     with lora_applied(pipe, tmp_path, weight_name=KOHYA_WEIGHTS_NAME):
         assert np.abs(image(pipe) - expected).max() <= 1
     assert np.array_equal(image(pipe), base)
+
+
+def _every_tool_loads_the_kohya_file(folder: Path, base: Path) -> None:
+    from charloop.models.consumers.base_modules import from_pipeline_folder
+    from charloop.models.consumers.check import check_adapter
+    from charloop.models.consumers.reader import read_adapter_file
+
+    layout = from_pipeline_folder(base)
+    for name in (KOHYA_WEIGHTS_NAME, WEIGHTS_NAME):
+        verdicts = check_adapter(read_adapter_file(folder / name), layout)
+        loads = {v.consumer: v.loads for v in verdicts if v.consumer != "InvokeAI"}
+        if name == KOHYA_WEIGHTS_NAME:  # InvokeAI: tiny widths are no known base
+            assert all(loads.values()), verdicts
+        else:
+            assert loads["diffusers"], verdicts
 
 
 def test_kohya_names_for_an_sd15_shaped_unet():

@@ -6,13 +6,14 @@ from PIL import Image, ImageDraw
 
 _LABEL_HEIGHT = 14
 _GAP = 4
+TILE = 96
 
 
 def contact_sheet(
     panels: dict[str, list[Image.Image]],
     columns: int,
     row_labels: list[str] | None = None,
-    tile: int = 96,
+    tile: int = TILE,
 ) -> Image.Image:
     """Side-by-side grids, one per panel (e.g. rows are contexts, columns are seeds).
 
@@ -41,3 +42,9 @@ def contact_sheet(
             resized = image.convert("RGB").resize((tile, tile), Image.Resampling.NEAREST)
             sheet.paste(resized, (x0 + c * (tile + _GAP), y + _LABEL_HEIGHT))
     return sheet
+
+
+def first_tile(sheet: Image.Image, tile: int = TILE) -> Image.Image:
+    """The first image of a sheet's first panel (a cover picture for a release)."""
+    top = 2 * _LABEL_HEIGHT  # the panel title, then the first row's label
+    return sheet.crop((0, top, tile, top + tile))

@@ -1,7 +1,11 @@
 """Release: export a production adapter with a model card, and restore any version's data.
 
 A release folder holds both LoRA formats, the evaluation contact sheet as the sample
-grid, and ``MODEL_CARD.md`` (trigger, base model, metrics, lineage, usage).
+grid, ``MODEL_CARD.md`` (trigger, base model, metrics, lineage, usage), and an
+import-ready trio named after the model: ``<name>.safetensors`` (the kohya file, which
+InvokeAI, ComfyUI, A1111/Forge and kohya tools load), ``<name>.json`` (the A1111
+sidecar InvokeAI also reads on import: ``activation text`` becomes its trigger phrase,
+``description`` its description) and ``<name>.png`` (the cover both show).
 """
 
 from __future__ import annotations
@@ -10,13 +14,16 @@ import logging
 import shutil
 from pathlib import Path
 
+from PIL import Image
+
 from charloop.core import atomic
+from charloop.core.contact_sheet import first_tile
 from charloop.core.errors import Refused
 from charloop.core.hashing import tree_digest
 from charloop.lineage.adapter_files import adapter_file_problems
 from charloop.lineage.chain import LineageStep
 from charloop.stages.contract import MARKER
-from charloop.stages.layout import ADAPTER_WEIGHTS
+from charloop.stages.layout import ADAPTER_WEIGHTS, KOHYA_WEIGHTS
 
 logger = logging.getLogger(__name__)
 
@@ -100,9 +107,26 @@ def export_release(
         if sample_grid is not None and sample_grid.is_file():
             shutil.copyfile(sample_grid, staging / "sample_grid.png")
             grid = "sample_grid.png"
+            with Image.open(sample_grid) as sheet:
+                first_tile(sheet).save(staging / f"{name}.png")
         (staging / CARD).write_text(model_card(name, steps, grid), encoding="utf-8")
+        shutil.copyfile(adapter_dir / KOHYA_WEIGHTS, staging / f"{name}.safetensors")
+        atomic.write_json(staging / f"{name}.json", sidecar(name, head))
     logger.info("release: %s", final)
     return final
+
+
+def sidecar(name: str, head: LineageStep) -> dict[str, object]:
+    """The ``<name>.json`` beside the release file (A1111's user-metadata keys)."""
+    trigger = head.tags.get("trigger", "")
+    return {
+        "activation text": trigger,
+        "description": f"{name} v{head.version}: charloop character LoRA; prompt with "
+        f"'{trigger}' first (base {head.tags.get('base_model', '?')})",
+        "notes": f"identity consistency {head.metrics.get('identity_consistency', 0):.4f}",
+        "sd version": "SD1",
+        "preferred weight": 0,
+    }
 
 
 def verify_restored(tags: dict[str, str], dataset: Path, adapter: Path) -> None:

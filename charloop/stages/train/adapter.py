@@ -23,6 +23,7 @@ from charloop.stages.train.data import ModelIdentity, encode_rows, split_validat
 from charloop.stages.train.kohya import KOHYA_WEIGHTS_NAME, save_kohya
 from charloop.stages.train.loop import TrainLog, TrainModels, train_lora
 from charloop.stages.train.models import build_models
+from charloop.stages.train.modelspec import BaseSpec, spec_keys
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,12 @@ def adapter_state(accelerator: Any, models: TrainModels) -> AdapterState:
 
 
 def write_adapter(
-    out_dir: Path, state: AdapterState, rank: int, alpha: float, metadata: dict[str, str]
+    out_dir: Path,
+    state: AdapterState,
+    rank: int,
+    alpha: float,
+    metadata: dict[str, str],
+    spec: BaseSpec | None = None,
 ) -> Path:
     """Write the diffusers-format LoRA and its kohya twin, both with provenance headers.
 
@@ -74,6 +80,9 @@ def write_adapter(
         text_encoder_lora_adapter_metadata=state.text_encoder_config,
     )
     provenance = {PROVENANCE_PREFIX + k: v for k, v in metadata.items()}
+    if spec is not None:  # model-spec keys: what InvokeAI, A1111 and kohya tools display
+        title = metadata.get("member") or metadata.get("character", "charloop LoRA")
+        provenance |= spec_keys(spec, title, metadata.get("trigger", ""))
     weights = out_dir / WEIGHTS_NAME
     canonicalize(weights, provenance)
     save_kohya(out_dir / KOHYA_WEIGHTS_NAME, state.unet, te_state, rank, alpha, provenance)
@@ -82,10 +91,22 @@ def write_adapter(
 
 
 def save_adapter(
-    accelerator: Any, models: TrainModels, out_dir: Path, tp: TrainParams, metadata: dict[str, str]
+    accelerator: Any,
+    models: TrainModels,
+    out_dir: Path,
+    tp: TrainParams,
+    metadata: dict[str, str],
+    spec: BaseSpec | None = None,
 ) -> Path:
     """Write the trained LoRA of ``models`` in both formats (see ``write_adapter``)."""
-    return write_adapter(out_dir, adapter_state(accelerator, models), tp.rank, tp.alpha, metadata)
+    state = adapter_state(accelerator, models)
+    return write_adapter(out_dir, state, tp.rank, tp.alpha, metadata, spec)
+
+
+def base_spec(project: Project, pipe: Any) -> BaseSpec:
+    """The model-spec facts of the project's base pipeline."""
+    prediction = str(pipe.scheduler.config.get("prediction_type", "epsilon"))
+    return BaseSpec(project.params.generate.resolution, prediction)
 
 
 @dataclass

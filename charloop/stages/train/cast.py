@@ -27,6 +27,7 @@ from charloop.stages.results import Adapter, Dataset
 from charloop.stages.train.adapter import (
     AdapterState,
     adapter_state,
+    base_spec,
     fit,
     log_record,
     train_summary,
@@ -35,6 +36,7 @@ from charloop.stages.train.adapter import (
 from charloop.stages.train.checkpoint import Checkpointer
 from charloop.stages.train.kohya import KOHYA_WEIGHTS_NAME
 from charloop.stages.train.loop import checkpoint_root
+from charloop.stages.train.modelspec import BaseSpec
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +111,8 @@ def train_members(
         logs[member.name] = log_record(result.log)
         logger.info("train: %s's LoRA on %d solo images", member.name, result.images)
     if accelerator.is_main_process:
-        output = _write_members(project, states, summaries, logs, stage, provenance)
+        spec = base_spec(project, pipe)
+        output = _write_members(project, states, summaries, logs, stage, provenance, spec)
         for root in roots:
             Checkpointer(root, tp.checkpoint_every).clear()
     accelerator.wait_for_everyone()
@@ -123,6 +126,7 @@ def _write_members(
     logs: dict[str, dict[str, Any]],
     stage: StageIdentity[Adapter],
     provenance: dict[str, str],
+    spec: BaseSpec,
 ) -> Adapter:
     params = project.params
     assert params.cast is not None
@@ -134,14 +138,13 @@ def _write_members(
             folder = staging / MEMBERS_DIR / name
             folder.mkdir(parents=True)
             trigger = params.member(name).trigger
-            write_adapter(
-                folder, state, tp.rank, tp.alpha, metadata | {"member": name, "trigger": trigger}
-            )
+            member = metadata | {"member": name, "trigger": trigger}
+            write_adapter(folder, state, tp.rank, tp.alpha, member, spec)
         scales = [weights[name] * tp.alpha / tp.rank for name in states]
         combined = combine(list(states.values()), scales)
         rank = int(combined.unet_config["r"])
         path = write_adapter(
-            staging, combined, rank, rank, metadata | {"adapter_weights": str(weights)}
+            staging, combined, rank, rank, metadata | {"adapter_weights": str(weights)}, spec
         )
         atomic.write_json(staging / TRAIN_LOG, _mean_log(logs) | {"members": logs})
         return stage.seal(

@@ -25,6 +25,7 @@ from charloop.stages.train.adapter import (
     WEIGHTS_NAME,
     AdapterState,
     Fit,
+    base_spec,
     fit,
     log_record,
     save_adapter,
@@ -36,6 +37,7 @@ from charloop.stages.train.data import read_rows
 from charloop.stages.train.kohya import KOHYA_WEIGHTS_NAME
 from charloop.stages.train.loop import TrainingDiverged, checkpoint_root
 from charloop.stages.train.models import build_models, make_accelerator
+from charloop.stages.train.modelspec import BaseSpec
 
 __all__ = [
     "WEIGHTS_NAME",
@@ -105,7 +107,7 @@ def run_train(
     )
     result = fit(project, pipe, accelerator, Path(dataset.path), rows, checkpoints, stop_after)
     if accelerator.is_main_process:
-        output = _write(accelerator, result, stage, tp, provenance)
+        output = _write(accelerator, result, stage, tp, provenance, base_spec(project, pipe))
         checkpoints.clear()
     accelerator.wait_for_everyone()
     return output if accelerator.is_main_process else read_output(stage.out_dir, Adapter)
@@ -117,9 +119,10 @@ def _write(
     stage: StageIdentity[Adapter],
     tp: TrainParams,
     provenance: dict[str, str],
+    spec: BaseSpec,
 ) -> Adapter:
     with atomic.staged_dir(stage.out_dir) as staging:
-        weights = save_adapter(accelerator, result.models, staging, tp, dict(provenance))
+        weights = save_adapter(accelerator, result.models, staging, tp, dict(provenance), spec)
         atomic.write_json(staging / TRAIN_LOG, log_record(result.log))
         output = stage.seal(
             staging,

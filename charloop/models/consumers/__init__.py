@@ -1,0 +1,1 @@
+"""Static checks of LoRA files against the loading rules of the tools that consume them."""

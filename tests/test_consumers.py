@@ -1,0 +1,140 @@
+"""The consumer checker: each tool's loading rules applied to LoRA files of known shape."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from charloop.models.consumers.base_modules import BaseModules, sd15_reference
+from charloop.models.consumers.check import check_adapter
+from charloop.models.consumers.reader import UnreadableAdapter, read_adapter_file
+from charloop.stages.train.kohya import to_kohya
+from charloop_cli.main import main
+
+TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2")
+TE_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+
+
+@pytest.fixture(scope="module")
+def sd15() -> BaseModules:
+    return sd15_reference()
+
+
+def _peft_states(base: BaseModules) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Rank-1 LoRA states (peft keys) on every SD1.5 module kohya's default set targets."""
+
+    def lora(
+        table: dict[str, tuple[int, ...]], targets: tuple[str, ...]
+    ) -> dict[str, torch.Tensor]:
+        state = {}
+        for path, (out_dim, in_dim, *_) in table.items():
+            if path.endswith(targets) and ("attentions" in path or "encoder." in path):
+                state[f"{path}.lora_A.weight"] = torch.zeros(1, in_dim)
+                state[f"{path}.lora_B.weight"] = torch.zeros(out_dim, 1)
+        return state
+
+    return lora(base.unet, TARGETS), lora(base.text_encoder, TE_TARGETS)
+
+
+def _verdicts(path: Path, base: BaseModules) -> dict[str, tuple[bool, str]]:
+    return {v.consumer: (v.loads, v.detail) for v in check_adapter(read_adapter_file(path), base)}
+
+
+def test_an_sd15_kohya_file_loads_everywhere_and_invokeai_calls_it_sd1(sd15, tmp_path):
+    unet, te = _peft_states(sd15)
+    assert len(unet) == 192 * 2 and len(te) == 72 * 2
+    path = tmp_path / "kira.safetensors"
+    save_file(to_kohya(unet, te, alpha=8.0), str(path))
+    verdicts = _verdicts(path, sd15)
+    assert all(ok for ok, _ in verdicts.values()), verdicts
+    assert verdicts["InvokeAI"][1].startswith("base sd-1; 264/264 modules")
+
+
+def test_a_peft_file_loads_in_diffusers_only(sd15, tmp_path):
+    unet, te = _peft_states(sd15)
+    state = {f"unet.{k}": v for k, v in unet.items()}
+    state |= {f"text_encoder.text_model.{k}": v for k, v in te.items()}
+    path = tmp_path / "pytorch_lora_weights.safetensors"
+    save_file(state, str(path))
+    verdicts = _verdicts(path, sd15)
+    assert verdicts["diffusers"][0]
+    assert not verdicts["kohya sd-scripts / A1111"][0]
+    comfy_ok, comfy = verdicts["ComfyUI"]
+    # attention projections are unmapped; proj_in/out, ff and the text encoder load
+    assert not comfy_ok and comfy.startswith(
+        "136/264 modules; lora key not loaded: unet."
+    )  # 16 blocks x 8
+    assert verdicts["Forge"] == (False, "LoRA version mismatch: not applied at all")
+    assert verdicts["InvokeAI"] == (False, "unrecognized token vector length None: not importable")
+
+
+def test_mixed_key_formats_and_foreign_bases_are_caught(sd15, tmp_path):
+    unet, _ = _peft_states(sd15)
+    kohya = to_kohya(dict(list(unet.items())[:8]), None, alpha=1.0)
+    mixed = {**kohya, **{f"unet.{k}": v for k, v in list(unet.items())[8:16]}}
+    save_file(mixed, str(tmp_path / "mixed.safetensors"))
+    ok, detail = _verdicts(tmp_path / "mixed.safetensors", sd15)["diffusers"]
+    assert not ok and "mixed" in detail
+    sdxl_like = {  # cross-attention 2048 wide: what an SDXL LoRA's attn2.to_k reads
+        "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": (
+            torch.zeros(1, 2048)
+        ),
+        "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k.lora_up.weight": (
+            torch.zeros(640, 1)
+        ),
+    }
+    save_file(sdxl_like, str(tmp_path / "sdxl.safetensors"))
+    verdicts = _verdicts(tmp_path / "sdxl.safetensors", sd15)
+    assert verdicts["InvokeAI"] == (False, "classified as sdxl, expected sd-1")
+    assert not verdicts["kohya sd-scripts / A1111"][0]
+    assert "do not fit the base weight" in verdicts["kohya sd-scripts / A1111"][1]
+
+
+def test_unreadable_files_are_refused_without_unpickling(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (Path.write_text, (marker, "pwned"))
+
+    cases = {
+        "pickle.safetensors": pickle.dumps(Payload()),
+        "garbage.safetensors": b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......",
+        "short.safetensors": b"\x01",
+    }
+    good = tmp_path / "good.safetensors"
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(4, 4)}, str(good))
+    cases["truncated.safetensors"] = good.read_bytes()[:-10]
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(UnreadableAdapter):
+            read_adapter_file(tmp_path / name)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("pickle.pt", "pickle (refused"),
+        ("truncated.safetensors", "truncated"),
+        ("missing.safetensors", "does not exist"),
+    ],
+)
+def test_check_adapter_cli_gives_a_verdict_and_exit_code(tmp_path, capsys, name, message):
+    good = tmp_path / "good.safetensors"
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(4, 4)}, str(good))
+    if name == "pickle.pt":
+        torch.save({"a": 1}, tmp_path / name, _use_new_zipfile_serialization=False)
+    elif name == "truncated.safetensors":
+        (tmp_path / name).write_bytes(good.read_bytes()[:-5])
+    with pytest.raises(SystemExit) as stopped:
+        main(["check-adapter", str(tmp_path / name)])
+    text = capsys.readouterr().err
+    assert stopped.value.code == 2 and message in text and "Traceback" not in text
+    with pytest.raises(SystemExit) as stopped:
+        main(["check-adapter", str(good), "--base", str(tmp_path)])
+    assert stopped.value.code == 2
