@@ -94,6 +94,17 @@ def test_mixed_key_formats_and_foreign_bases_are_caught(sd15, tmp_path):
     assert "do not fit the base weight" in verdicts["kohya sd-scripts / A1111"][1]
 
 
+def test_check_adapter_cli_exits_3_for_an_adapter_of_another_base(tmp_path, capsys):
+    name = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"
+    state = {f"{name}.lora_down.weight": torch.zeros(1, 2048),
+             f"{name}.lora_up.weight": torch.zeros(640, 1)}  # fmt: skip
+    save_file(state, str(tmp_path / "sdxl.safetensors"))
+    with pytest.raises(SystemExit) as stopped:
+        main(["check-adapter", str(tmp_path / "sdxl.safetensors")])
+    out = capsys.readouterr().out
+    assert stopped.value.code == 3 and "classified as sdxl, expected sd-1" in out
+
+
 def test_unreadable_files_are_refused_without_unpickling(tmp_path):
     marker = tmp_path / "ran"
 
