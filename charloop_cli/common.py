@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -45,6 +46,9 @@ ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="Path to para
 
 
 def setup_logging(verbose: bool) -> None:
+    """Library logs at INFO (DEBUG with ``verbose``); third-party chatter at WARNING."""
+    if not verbose:  # MLflow's artifact download bars interleave with the table output
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -14,9 +14,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from charloop.core.errors import EXIT_FAILURE, CharloopError
+from charloop.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, CharloopError
 from charloop_cli.adapter_cmds import check_adapter
-from charloop_cli.common import ParamsOption, console, load_or_exit, say, setup_logging
+from charloop_cli.common import ParamsOption, console, fail, load_or_exit, say, setup_logging
 from charloop_cli.deploy_cmds import deploy, ingest
 from charloop_cli.registry_cmds import register
 from charloop_cli.report_cmds import report_app
@@ -57,7 +57,15 @@ def validate(
     params: Annotated[Path, typer.Argument(help="params.yaml to check.")] = Path("params.yaml"),
 ) -> None:
     """Check params.yaml against the schema: prints OK, or every error (exit code 2)."""
+    from charloop.scenes.references import load_references
+
     project = load_or_exit(params)
+    for member in project.params.members:  # the folders must exist and hold images
+        if member.references:
+            try:
+                load_references(project.resolve(member.references))
+            except FileNotFoundError as exc:  # NoUsableReferences too
+                fail("invalid references", str(exc), EXIT_BAD_INPUT)
     kind = "cast" if project.params.cast else "character"
     typer.echo(f"OK: {params} ({kind} '{project.params.subject}')")
 

@@ -39,8 +39,16 @@ def _resolve(project: Any, spec: str) -> Any:
         fail_with(exc, "cannot resolve " + spec, "list versions with `charloop lineage MODEL`")
 
 
-def lineage(spec: SpecArgument, params: ParamsOption = Path("params.yaml")) -> None:
+def lineage(
+    spec: SpecArgument,
+    params: ParamsOption = Path("params.yaml"),
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Every field of every version, as JSON.")
+    ] = False,
+) -> None:
     """The chain from a version back to the base model: data, metrics, changed params."""
+    import json
+
     from charloop.lineage.chain import LineageError, chain
 
     project = load_or_exit(params)
@@ -49,26 +57,40 @@ def lineage(spec: SpecArgument, params: ParamsOption = Path("params.yaml")) -> N
         steps = chain(_client(project), version.name, version)
     except LineageError as exc:
         fail_with(exc, "broken lineage")
+    if as_json:
+        rows = [
+            {"version": s.version, "iteration": s.iteration, "parent": s.parent,
+             "aliases": s.aliases, "tags": s.tags, "metrics": s.metrics,
+             "changed_params": {k: list(v) for k, v in s.changed_params.items()}}
+            for s in steps
+        ]  # fmt: skip
+        typer.echo(json.dumps(rows, indent=2, sort_keys=True))
+        return
     table = Table(title=f"lineage of {spec}")
-    for column in ("version", "aliases", "iter", "dataset (DVC md5)", "images", "identity",
-                   "prompt fid.", "params changed vs parent"):  # fmt: skip
+    for column in ("version", "parent", "aliases", "iter", "dataset (DVC md5)", "dataset sha256",
+                   "images", "params hash", "commit", "identity", "prompt fid.",
+                   "params changed vs parent"):  # fmt: skip
         table.add_column(column)
     for step in steps:
         changed = "; ".join(f"{k}: {a} -> {b}" for k, (a, b) in step.changed_params.items())
         fidelity = step.metrics.get("prompt_fidelity")
         cells = (
             step.version,
+            step.parent or "-",
             ",".join(step.aliases),
             str(step.iteration),
             step.tags.get("dataset_hash", "?"),
+            step.tags.get("dataset_sha256", "?")[:16],
             step.tags.get("dataset_images", "?"),
+            step.tags.get("params_hash", "?"),
+            step.tags.get("git_commit", "?")[:12],
             f"{step.metrics.get('identity_consistency', float('nan')):.4f}",
             "-" if fidelity is None else f"{fidelity:.4f}",
             changed or ("(root)" if step.parent is None else "-"),
         )
         table.add_row(*map(escape, cells))  # params values hold brackets
     base = steps[-1].tags
-    Console(width=200).print(table)
+    Console(width=240).print(table)
     typer.echo(f"base model: {base.get('base_model')} ({base.get('base_model_hash', '?')[:16]})")
 
 

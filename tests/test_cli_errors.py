@@ -88,6 +88,18 @@ def test_brackets_in_messages_survive_the_console(tmp_path, capsys):
     assert "'^[a-z0-9][a-z0-9_-]*$'" in text  # the name pattern, brackets included
 
 
+def test_validate_checks_that_reference_folders_hold_images(tmp_path, capsys):
+    data = tiny_params()
+    data["character"]["references"] = "refs"
+    params = write_params(tmp_path, data)
+    code, text = _cli(capsys, "validate", str(params))
+    assert code == 2 and "does not exist" in text
+    (tmp_path / "refs").mkdir()
+    (tmp_path / "refs" / "notes.txt").write_text("no images here")
+    code, text = _cli(capsys, "validate", str(params))
+    assert code == 2 and "holds no readable image" in text
+
+
 def test_an_unexpected_failure_is_one_line_and_debug_shows_the_traceback(
     tmp_path, capsys, monkeypatch
 ):

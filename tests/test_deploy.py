@@ -102,7 +102,8 @@ def test_ingest_event_triggers_a_deployed_loop_run(tmp_path, monkeypatch):
         assert state == "COMPLETED", (tmp_path / "worker.log").read_text()[-4000:]
         assert (tmp_path / "studio" / ".charloop" / "mlflow.db").is_file()
         again = runner.invoke(app, ["ingest", str(new), "-p", str(params)])
-        assert "already ingested" in again.output and "emitted" not in again.output
+        assert "already in the references as kira.png" in again.output
+        assert "emitted" not in again.output
     finally:
         if worker is not None:
             _stop(worker)

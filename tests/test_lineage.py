@@ -86,7 +86,16 @@ def test_lineage_walks_back_to_the_base_model(studio):
     assert "(root)" in lines[-1]
     version = _client(studio).get_model_version(MODEL, "1")
     assert version.tags["dataset_hash"] in lines[-1]
+    assert [line.split("│")[2].strip() for line in lines] == ["2", "1", "-"]  # parents
+    assert version.tags["params_hash"] in lines[-1]
     assert "base model:" in result.output
+    as_json = CliRunner().invoke(
+        app, ["lineage", f"{MODEL}:3", "--json", "-p", str(studio.params_file)]
+    )
+    rows = json.loads(as_json.output)
+    assert [(r["version"], r["parent"]) for r in rows] == [("3", "2"), ("2", "1"), ("1", None)]
+    for key in ("dataset_sha256", "params_hash", "git_commit", "adapter_sha256", "kohya_sha256"):
+        assert rows[-1]["tags"][key] == version.tags[key]
     missing = CliRunner().invoke(app, ["lineage", f"{MODEL}:99", "-p", str(studio.params_file)])
     assert missing.exit_code == 2 and "not found" in missing.output  # bad input
 

@@ -25,6 +25,8 @@ def test_tiny_example_validates_and_points_at_the_tiny_models():
     base = Path(project.model_ref(project.params.base_model.path))
     assert base == REPO / "models" / "tiny-sd15" and base.is_dir()
     assert project.character_dir == REPO / "runs" / "kira"
+    default = load_project(REPO / "params.yaml")
+    assert project.params.model_name != default.params.model_name  # never mixed in a registry
 
 
 def test_defaults_fill_optional_sections(tmp_path):
