@@ -25,9 +25,13 @@ def deploy(params: ParamsOption = Path("params.yaml")) -> None:
     setup_logging(False)
     from flows.deployments import deploy as create
 
+    rules = project.params.schedule
     for name, deployment_id in create(project).items():
         typer.echo(f"deployment {name}: {deployment_id}")
-    pool = project.params.schedule.work_pool
+    when = f"cron '{rules.cron}' ({rules.timezone})" if rules.cron else "no schedule"
+    events = "and on `charloop ingest`" if rules.retrain_on_ingest else "and no ingest trigger"
+    typer.echo(f"the loop runs on {when} {events} (set schedule: in {params} to change)")
+    pool = rules.work_pool
     typer.echo(f"start a worker: prefect worker start --pool {pool}")
 
 

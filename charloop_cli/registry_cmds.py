@@ -227,7 +227,39 @@ def audit(
     typer.echo(f"{len(found)} event(s)")
 
 
+def _answer(model: str, version: str, approve: bool, approver: str, reason: str) -> None:
+    from charloop.core.errors import CharloopError
+    from flows.approval import answer
+
+    try:
+        answer(version, approve, approver, reason)
+    except CharloopError as exc:
+        fail_with(exc, "no answer sent")
+    word = "approved" if approve else "rejected"
+    typer.echo(f"{model} v{version}: {word} by {approver}; the paused promotion continues")
+
+
+def approve(
+    model: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[str, typer.Argument(help="The version whose promotion is paused.")],
+    approver: Annotated[str, typer.Option(help="Who approves (recorded in the audit log).")],
+    reason: Annotated[str, typer.Option(help="Why.")] = "",
+) -> None:
+    """Approve a promotion paused for approval (needs the PREFECT_API_URL it printed)."""
+    _answer(model, version, True, approver, reason)
+
+
+def reject(
+    model: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[str, typer.Argument(help="The version whose promotion is paused.")],
+    approver: Annotated[str, typer.Option(help="Who rejects (recorded in the audit log).")],
+    reason: Annotated[str, typer.Option(help="Why.")] = "",
+) -> None:
+    """Reject a promotion paused for approval; production stays as it is."""
+    _answer(model, version, False, approver, reason)
+
+
 def register(app: typer.Typer) -> None:
     """Add the registry commands to the top-level app."""
-    for command in (lineage, checkout, promote, rollback, generate, audit):
+    for command in (lineage, checkout, promote, rollback, generate, audit, approve, reject):
         app.command()(command)

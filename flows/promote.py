@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
@@ -40,6 +40,7 @@ def promote(params_file: str, version: str, approver: str = "", reason: str = ""
         _refuse(project, version, approver, reason, failed)
     if rules.require_approval:
         passed = "; ".join(g["detail"] for g in check["gates"])
+        _say_how_to_answer(name, version, rules.approval_timeout_s)
         try:
             answer = pause_flow_run(
                 wait_for_input=ApprovalInput.with_initial_data(
@@ -59,6 +60,9 @@ def promote(params_file: str, version: str, approver: str = "", reason: str = ""
             detail = f"declined by {answer.approver}: {answer.comment or 'no comment'}"
             audit_task(project, "approval-declined", version, answer.approver, answer.comment)
             _refuse(project, version, approver, reason, [Gate("approval", False, detail)])
+        if not answer.approver.strip():
+            detail = "approved without a named approver"
+            _refuse(project, version, approver, reason, [Gate("approval", False, detail)])
         approver, reason = answer.approver, answer.comment or reason
         audit_task(project, "approved", version, approver, reason, passed)
     return apply_promotion_task(
@@ -71,3 +75,17 @@ def _refuse(project: Project, version: str, by: str, reason: str, failed: list[G
     detail = "; ".join(f"{g.name}: {g.detail}" for g in failed)
     audit_task(project, "promotion-refused", version, by or "unspecified", reason, detail)
     raise PromotionRefused(project.params.model_name, version, failed)
+
+
+def _say_how_to_answer(name: str, version: str, timeout_s: int) -> None:
+    """Tell the person at the terminal exactly how to answer the pause."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        api = client.api_url
+    get_run_logger().warning(
+        "%s v%s waits for approval (up to %ds). In another terminal:\n"
+        "  PREFECT_API_URL=%s charloop approve %s %s --approver NAME --reason TEXT\n"
+        "  (or `charloop reject ...`), or use the form in the Prefect UI.",
+        name, version, timeout_s, str(api).rstrip("/"), name, version,
+    )  # fmt: skip

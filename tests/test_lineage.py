@@ -191,12 +191,26 @@ def _answer_when_paused(run_input: dict[str, object]) -> None:
             time.sleep(0.25)
 
 
+def _answer_from_the_terminal(args: list[str]) -> None:
+    """`charloop approve|reject ...` once the promotion is paused (as a person would)."""
+    from flows.approval import NoPausedPromotion, paused_promotion
+
+    for _ in range(240):
+        try:
+            paused_promotion(args[2])
+            break
+        except NoPausedPromotion:
+            time.sleep(0.25)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+
+
 def test_promotion_waits_for_approval(studio):
     from flows.promote import promote
 
     gated = _variant(studio, "gated.yaml", require_approval=True, approval_poll_s=1)
-    no = {"approver": "lead", "approve": False, "comment": "hands are off-model"}
-    thread = threading.Thread(target=_answer_when_paused, args=(no,))
+    no = ["reject", MODEL, "3", "--approver", "lead", "--reason", "hands are off-model"]
+    thread = threading.Thread(target=_answer_from_the_terminal, args=(no,))
     thread.start()
     with pytest.raises(PromotionRefused, match="declined by lead: hands are off-model"):
         promote(gated, "3")
@@ -210,6 +224,14 @@ def test_promotion_waits_for_approval(studio):
     assert result["production"] == "3" and _alias(studio, "production") == "3"
     tags = _client(studio).get_model_version(MODEL, "3").tags
     assert (tags["approved_by"], tags["promotion_reason"]) == ("lead", "approved for the trailer")
+    nobody = {"approver": " ", "approve": True, "comment": ""}
+    thread = threading.Thread(target=_answer_when_paused, args=(nobody,))
+    thread.start()
+    with pytest.raises(PromotionRefused, match="without a named approver"):
+        promote(gated, "2")
+    thread.join(5)
+    missing = CliRunner().invoke(app, ["approve", MODEL, "2", "--approver", "ana"])
+    assert missing.exit_code == 2 and "no promotion of version 2 is waiting" in missing.output
 
 
 def test_generate_verifies_the_adapter_hash(studio, tmp_path):
