@@ -152,3 +152,10 @@ def test_stage_deps_cli_checks_and_rewrites_dvc_yaml(tmp_path):
     assert "# `dvc metrics show`" in stale.read_text()  # comments kept
     missing = runner.invoke(app, ["stage", "deps", str(tmp_path / "nope.yaml")])
     assert missing.exit_code == 2
+
+
+def test_every_params_section_a_dvc_stage_reads_is_in_params_yaml():
+    """`dvc repro` / `dvc exp run -S` on the shipped params.yaml need each section."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    needed = {p for stage in stages.values() for p in stage.get("params", [])}
+    assert needed - set(yaml.safe_load((REPO / "params.yaml").read_text())) == set()
