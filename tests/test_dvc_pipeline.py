@@ -1,4 +1,5 @@
-"""`dvc repro` runs dvc.yaml's stages through the CLI on a copy of the project."""
+"""The README's DVC commands on a copy of the project with the tiny example's models:
+`dvc repro`, `dvc exp run -S`, `dvc exp show`, `dvc metrics show|diff` (runs in CI)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from charloop.params.schema import Params
 from tests.conftest import REPO, tiny_params
-
-pytestmark = pytest.mark.slow
 
 
 def test_dvc_repro_runs_one_iteration(tmp_path):
@@ -74,3 +72,13 @@ def test_dvc_repro_runs_one_iteration(tmp_path):
     names = {r.data.params["train.rank"]: r.data.tags["dvc_exp_name"] for r in runs}
     assert names["4"] == "workspace" and names["8"] not in ("", "workspace")
     assert all("identity_consistency" in r.data.metrics for r in runs)
+    shown = _dvc(["exp", "show", "--json"], tmp_path, env)
+    assert '"identity_consistency"' in shown and '"rank"' in shown, shown[-2000:]
+    diff = _dvc(["metrics", "diff", "HEAD", "--all", "--json"], tmp_path, env)
+    assert "identity_consistency" in diff
+
+
+def _dvc(args: list[str], cwd: Path, env: dict[str, str]) -> str:
+    done = subprocess.run(["dvc", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout

@@ -9,6 +9,7 @@ key already exists is returned instead of duplicated (a resumed loop registers o
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,7 +183,9 @@ def _log_run(experiment_id: str, record: IterationRecord, key: str) -> tuple[str
         mlflow.log_params(flatten(record.params))
         mlflow.log_metrics(record.metrics, step=record.iteration)
         _log_training_curves(Path(record.adapter_dir) / "train_log.json")
-        source = resolve_dataset_source(str(Path(record.dataset_path).resolve()))
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": a folder
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(str(Path(record.dataset_path).resolve()))
         dataset = MetaDataset(  # type: ignore[abstract]  # concrete at runtime
             source, name="captioned-dataset", digest=record.dataset_dvc_md5[:36]
         )

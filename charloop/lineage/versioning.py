@@ -133,7 +133,9 @@ def track(paths: list[Path]) -> dict[str, str]:
     if root is None:
         raise RuntimeError(f"no DVC repository above {paths[0]}; run ensure_repo first")
     with Repo(str(root)) as repo:
+        repo.scm_context.quiet = True  # its "To track the changes with git" hint, per add
         repo.add([str(p) for p in paths])
+    logger.info("dvc: tracked %d folder(s); commit their .dvc files with git", len(paths))
     return {str(p): recorded_md5(p) for p in paths}
 
 
