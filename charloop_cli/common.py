@@ -45,6 +45,23 @@ def fail_with(exc: CharloopError, headline: str = "", hint: str = "") -> NoRetur
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="Path to params.yaml.")]
 
 
+class _NoTracebackForExpectedErrors(logging.Filter):
+    """Drop the traceback Prefect logs when a flow or task stops on one of charloop's own
+    errors (a refused gate, bad input): the CLI prints that error as one message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, CharloopError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_expected_tracebacks() -> None:
+    """Install :class:`_NoTracebackForExpectedErrors` on Prefect's run loggers."""
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(_NoTracebackForExpectedErrors())
+
+
 def setup_logging(verbose: bool) -> None:
     """Library logs at INFO (DEBUG with ``verbose``); third-party chatter at WARNING."""
     if not verbose:  # MLflow's artifact download bars interleave with the table output

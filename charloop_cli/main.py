@@ -16,7 +16,15 @@ from rich.table import Table
 
 from charloop.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, CharloopError
 from charloop_cli.adapter_cmds import check_adapter
-from charloop_cli.common import ParamsOption, console, fail, load_or_exit, say, setup_logging
+from charloop_cli.common import (
+    ParamsOption,
+    console,
+    fail,
+    load_or_exit,
+    quiet_expected_tracebacks,
+    say,
+    setup_logging,
+)
 from charloop_cli.deploy_cmds import deploy, ingest
 from charloop_cli.registry_cmds import register
 from charloop_cli.report_cmds import report_app
@@ -145,6 +153,9 @@ def main(argv: list[str] | None = None) -> None:
     anything else is a failure (1). ``--debug`` (or ``CHARLOOP_DEBUG=1``) re-raises, so
     the traceback shows.
     """
+    argv = sys.argv[1:] if argv is None else argv
+    if "--debug" not in argv and os.environ.get(DEBUG_ENV, "").lower() not in ("1", "true", "yes"):
+        quiet_expected_tracebacks()
     try:
         app(args=argv, prog_name="charloop")
     except KeyboardInterrupt:
@@ -153,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes"):
             raise
-        verb = next((a for a in (argv or sys.argv[1:]) if not a.startswith("-")), "")
+        verb = next((a for a in argv if not a.startswith("-")), "")
         code = exc.exit_code if isinstance(exc, CharloopError) else EXIT_FAILURE
         console.print(f"[red]charloop {escape(verb)} stopped[/red]", end=": ")
         say(f"{type(exc).__name__}: {exc}")
