@@ -125,3 +125,23 @@ def test_a_refused_check_exits_3(tmp_path, capsys):
     )
     code, text = _cli(capsys, "stage", "deps", str(dvc_yaml))
     assert code == 3 and "stale code deps" in text and "--write" in text
+
+
+def test_prefect_logs_no_traceback_for_charloop_errors_only():
+    import logging
+    import sys as _sys
+
+    from charloop.core.errors import Refused
+    from charloop_cli.common import _NoTracebackForExpectedErrors
+
+    def record_of(error: Exception) -> logging.LogRecord:
+        try:
+            raise error
+        except Exception:
+            info = _sys.exc_info()
+        return logging.LogRecord("prefect.flow_runs", 40, "f", 1, "failed", None, info)
+
+    expected, unexpected = record_of(Refused("gate")), record_of(RuntimeError("bug"))
+    check = _NoTracebackForExpectedErrors()
+    assert check.filter(expected) and expected.exc_info is None
+    assert check.filter(unexpected) and unexpected.exc_info is not None
