@@ -110,7 +110,10 @@ def checkout(
              "name a new or empty folder")  # fmt: skip
     version = _resolve(project, spec)
     dest = out or project.root / "checkouts" / f"{version.name}-v{version.version}"
+    from charloop.lineage.versioning import remote_url
+
     remote = version.tags.get("dvc_remote")  # where this version was pushed
+    remote = remote_url(project.root, remote) if remote else None
     dataset = restore(version.tags["dataset_hash"], dest / "dataset", remote)
     adapter = restore(version.tags["adapter_hash"], dest / "adapter", remote)
     try:

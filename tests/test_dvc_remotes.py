@@ -30,7 +30,8 @@ def test_two_params_files_keep_their_own_remotes_and_both_restore(tmp_path):
     config = configparser.ConfigParser()
     config.read(tmp_path / ".dvc" / "config.local")
     urls = {config[s]["url"] for s in config.sections() if s.startswith("'remote")}
-    assert urls == {default_url, tiny_url}  # the second run added, did not repoint
+    # the second run added, did not repoint; both relative to .dvc/, so the project moves
+    assert urls == {"../.charloop/dvc-remote", "../examples/.charloop/dvc-remote"}
     default_name = versioning.remote_name(default_url)
     assert config["core"]["remote"] == default_name  # the first remote stays the default
 
@@ -39,3 +40,17 @@ def test_two_params_files_keep_their_own_remotes_and_both_restore(tmp_path):
     assert (restored / "weights.bin").read_text() == "adapter of kira"
     restored = versioning.restore(tiny_md5, tmp_path / "out" / "tiny", tiny_url)
     assert (restored / "weights.bin").read_text() == "adapter of tiny"
+
+
+def test_a_moved_project_restores_from_its_own_remote(tmp_path):
+    project = tmp_path / "studio"
+    project.mkdir()
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    md5, _ = _version(project, "kira", ".charloop/dvc-remote")
+    moved = tmp_path / "elsewhere" / "studio"
+    shutil.copytree(project, moved)
+    shutil.rmtree(project)  # the old place is gone
+    shutil.rmtree(moved / ".dvc" / "cache")
+    url = versioning.remote_url(moved, ".charloop/dvc-remote")
+    restored = versioning.restore(md5, moved / "out" / "kira", url)
+    assert (restored / "weights.bin").read_text() == "adapter of kira"

@@ -102,7 +102,8 @@ def test_iteration_two_was_generated_with_iteration_one_adapter(loop_result, git
     from charloop.core.hashing import sha256_file
 
     expected = sha256_file(first.adapter / "pytorch_lora_weights.safetensors")
-    assert rows and all(r["adapter"]["path"] == str(first.adapter) for r in rows)
+    portable = first.adapter.relative_to(git_project.root).as_posix()  # the project can move
+    assert rows and all(r["adapter"]["path"] == portable for r in rows)
     assert all(r["adapter"]["sha256"] == expected for r in rows)
     first_rows = atomic.read_jsonl(first.generated / "manifest.jsonl")
     assert all(r["adapter"] is None for r in first_rows)
@@ -198,3 +199,25 @@ def test_flow_and_cli_train_write_the_same_provenance(loop_result, git_project, 
     assert json.loads((out / "provenance.json").read_text()) == provenance
     _, v2 = _versions(git_project)
     assert {k: v2.tags[k] for k in PROVENANCE_KEYS} == provenance
+
+
+def test_a_copied_project_reuses_every_stage(loop_result, git_project, tmp_path):
+    """Nothing charloop writes under runs/ names the project's absolute path: a copy of
+    the project re-runs without redoing a stage or registering a version again."""
+    import shutil
+
+    from flows.character_loop import character_loop
+
+    moved = tmp_path / "elsewhere" / "studio"
+    shutil.copytree(git_project.root, moved, symlinks=True)
+    runs = moved / git_project.workdir.relative_to(git_project.root)
+    original = str(git_project.root)
+    for path in runs.rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".jsonl", ".dvc"):
+            assert original not in path.read_text(encoding="utf-8"), path
+    config = (moved / ".dvc" / "config.local").read_text()
+    assert original not in config  # the DVC remote is relative to .dvc/
+    markers = {p: p.stat().st_mtime_ns for p in runs.rglob("_stage.json")}
+    rows = character_loop(params_file=str(moved / "params.yaml"))
+    assert [r["version"] for r in rows] == ["1", "2"]  # found, not registered again
+    assert {p: p.stat().st_mtime_ns for p in runs.rglob("_stage.json")} == markers

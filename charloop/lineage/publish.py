@@ -103,7 +103,7 @@ def _publish(
         "git_commit": versioning.git_commit(project.root),
     }
     if remote := dvc_remote(project):
-        tags["dvc_remote"] = remote  # where checkout fetches from, whatever ran last
+        tags["dvc_remote"] = project.portable(remote)  # checkout fetches from there
     if review := results.reviewed:
         tags["review_via"] = review.via
         tags["reviewed_by"] = review.reviewer or ""

@@ -115,10 +115,17 @@ def add_remote(repo_root: Path, url: str) -> str:
     name = remote_name(url)
     if "://" not in url:
         Path(url).mkdir(parents=True, exist_ok=True)
+    from dvc.config_schema import RelPath
+
+    written: str = url
+    if "://" not in url and Path(url).resolve().is_relative_to(Path(repo_root).resolve()):
+        # DVC writes a RelPath relative to .dvc/ and resolves it so on read: the project
+        # (remote folder inside it) can be moved or copied
+        written = RelPath(str(Path(url).resolve()))
     with Repo(str(repo_root)) as repo:
         merged = repo.config.load_one("repo")  # a default set in the committed config
         with repo.config.edit("local") as config:
-            config["remote"][name] = {"url": url}
+            config["remote"][name] = {"url": written}
             default = config["core"].get("remote") or merged.get("core", {}).get("remote")
             if not default or default == REMOTE_PREFIX:  # the single shared name of old
                 config["core"]["remote"] = name

@@ -67,6 +67,19 @@ class Project:
         local = self.resolve(path)
         return str(local) if local.exists() or _looks_local(path) else path
 
+    def portable(self, path: str | Path) -> str:
+        """``path`` as recorded in fingerprints and manifests: relative to the project
+        (the params file's folder) when inside it, so a copied or moved project keeps its
+        fingerprints and reuses every finished stage; otherwise unchanged."""
+        candidate = Path(path)
+        if candidate.is_absolute() and candidate.is_relative_to(self.root):
+            return candidate.relative_to(self.root).as_posix() or "."
+        return str(path)
+
+    def portable_ref(self, path: str) -> str:
+        """:meth:`model_ref`, recorded portably (see :meth:`portable`)."""
+        return self.portable(self.model_ref(path))
+
     @property
     def character_dir(self) -> Path:
         """Folder of every lineage branch of this character (and its loop lock)."""

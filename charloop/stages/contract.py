@@ -11,6 +11,7 @@ which is how an interrupted loop resumes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -75,7 +76,7 @@ def verify(folder: str | Path) -> StageResult:
     result = from_record(record)  # ValueError for a record of no known shape
     if tree_digest(Path(folder), exclude=(MARKER,)) != result.digest:
         raise CorruptSeal(f"{folder}: content does not match the sealed digest (edited)")
-    return result
+    return dataclasses.replace(result, path=str(folder))  # where the folder is now
 
 
 def _verified_or_none(folder: Path) -> StageResult | None:
@@ -105,7 +106,8 @@ class StageIdentity(Generic[R]):
         result = _verified_or_none(self.out_dir)
         if not isinstance(result, self.result_type) or result.fingerprint != self.fingerprint:
             return None
-        return result
+        # Where it is now: a copied or moved project serves its results from the new place.
+        return dataclasses.replace(result, path=str(self.out_dir))
 
     def cache_key(self) -> str | None:
         """A Prefect cache key: None (run the task) unless the folder is done."""
@@ -122,7 +124,9 @@ class StageIdentity(Generic[R]):
             fingerprint=self.fingerprint,
             **facts,
         )
-        text = json.dumps(_sealed_record(result), indent=2, sort_keys=True)
+        # The marker names its folder, not an absolute path: the project can move.
+        on_disk = dataclasses.replace(result, path=self.out_dir.name)
+        text = json.dumps(_sealed_record(on_disk), indent=2, sort_keys=True)
         (staging / MARKER).write_text(text, encoding="utf-8")
         return result
 
@@ -159,4 +163,4 @@ def read_output(folder: str | Path, result_type: type[R]) -> R:
         raise FileNotFoundError(
             f"{folder} holds a {result.stage} stage output, not {result_type.stage}"
         )
-    return result
+    return dataclasses.replace(result, path=str(folder))

@@ -134,7 +134,7 @@ def caption_identity(
         out_dir,
         __name__,
         rules=params.caption.model_dump(),
-        captioner=project.model_ref(captioner.path) if captioner.type == "vlm" else None,
+        captioner=project.portable_ref(captioner.path) if captioner.type == "vlm" else None,
         characters=[m.model_dump() for m in params.members],
         cast=params.cast.model_dump() if params.cast else None,
         resolution=params.generate.resolution,

@@ -35,7 +35,7 @@ def eval_shard_identity(
         generate=params.generate.model_dump(),
         characters=[m.model_dump() for m in params.members],
         cast=params.cast.model_dump() if params.cast else None,
-        base=project.model_ref(params.base_model.path),
+        base=project.portable_ref(params.base_model.path),
         adapter=adapter.digest,
         shard=shard,
         shards=shards,

@@ -84,8 +84,8 @@ def evaluate_identity(
         generate=params.generate.model_dump(),
         characters=[m.model_dump() for m in params.members],
         cast=params.cast.model_dump() if params.cast else None,
-        base=project.model_ref(params.base_model.path),
-        embedder=project.model_ref(params.evaluate.embedder.path),
+        base=project.portable_ref(params.base_model.path),
+        embedder=project.portable_ref(params.evaluate.embedder.path),
         adapter=adapter.digest,
         dataset=dataset.digest,
         references={

@@ -139,7 +139,7 @@ def filter_identity(
         __name__,
         rules=params.filter.model_dump(),
         generated=generated.digest,
-        embedder=_embedder_ref(project),
+        embedder=project.portable(ref) if (ref := _embedder_ref(project)) else None,
         references={
             name: tree_digest(folder) if folder and folder.is_dir() else None
             for name, folder in _references_dirs(project).items()

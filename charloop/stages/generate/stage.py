@@ -92,14 +92,14 @@ def generate_identity(
         # Control maps are a pure function of the folder, the params and the code: hash the
         # folder so a resumed run need not import controlnet-aux and run the detector.
         controls=tree_digest(project.resolve(cn.images)) if cn else None,
-        controlnet=project.model_ref(cn.model) if cn else None,
-        ip_adapter=project.model_ref(ip.model) if ip else None,
+        controlnet=project.portable_ref(cn.model) if cn else None,
+        ip_adapter=project.portable_ref(ip.model) if ip else None,
         references=tree_digest(refs_dir) if refs_dir and refs_dir.is_dir() else None,
         characters=[m.model_dump() for m in params.members],
         cast=params.cast.model_dump() if params.cast else None,
         contexts=params.contexts.model_dump(),
         base_model=params.base_model.model_dump()
-        | {"ref": project.model_ref(params.base_model.path)},
+        | {"ref": project.portable_ref(params.base_model.path)},
         generate=params.generate.model_dump(),
         iteration=iteration,
         adapter=adapter.sha256 if adapter else None,
@@ -158,8 +158,10 @@ def render_jobs(
                 "file": f"{job.id}.png",
                 "sha256": sha256_bytes(data),
                 "iteration": iteration,
-                "base_model": base_ref,
-                "adapter": asdict(adapter) if adapter else None,
+                "base_model": project.portable(base_ref),
+                "adapter": {"path": project.portable(adapter.path), "sha256": adapter.sha256}
+                if adapter
+                else None,
                 "lora_scale": params.generate.lora_scale if adapter else 0.0,
                 "steps": params.generate.num_inference_steps,
                 "guidance_scale": params.generate.guidance_scale,

@@ -63,7 +63,7 @@ def train_identity(
         out_dir,
         __name__,
         train=params.train.model_dump(exclude={"cache_dir", "checkpoint_every"}),
-        base=project.model_ref(params.base_model.path),
+        base=project.portable_ref(params.base_model.path),
         resolution=params.generate.resolution,
         dataset=dataset.digest,
         provenance=provenance,
