@@ -191,7 +191,7 @@ def generate(
     project = load_or_exit(params)
     setup_logging(False)
     version = _resolve(project, model)
-    gate, folder = adapter_gate(_client(project), version)
+    gate, folder = adapter_gate(_client(project), version, project.artifact_location)
     if folder is None:
         fail(f"refusing to use {model}", gate.detail, EXIT_REFUSED)
     spec = project.params.base_model

@@ -18,6 +18,7 @@ from charloop.lineage.promotion import (
     move_to_production,
     production_version,
 )
+from charloop.lineage.registry import local_artifact
 from charloop.lineage.release import export_release, point_production
 from charloop.params.project import Project
 from tasks.caching import retry_transient
@@ -35,7 +36,7 @@ def check_promotion_task(project: Project, version: str) -> dict[str, Any]:
     client, name = _client(project), project.params.model_name
     candidate = client.get_model_version(name, version)
     lineage, steps = lineage_gate(client, name, candidate)
-    adapter, folder = adapter_gate(client, candidate)
+    adapter, folder = adapter_gate(client, candidate, project.artifact_location)
     current = production_version(client, name)
     baseline = None
     if current is not None and str(current.version) != str(version):
@@ -70,10 +71,10 @@ def apply_promotion_task(
     client, name = _client(project), project.params.model_name
     candidate = client.get_model_version(name, version)
     steps = chain(client, name, candidate)
+    sheet = f"{client.get_run(candidate.run_id).info.artifact_uri}/evaluation/contact_sheet.png"
     grid = Path(
         mlflow.artifacts.download_artifacts(
-            run_id=candidate.run_id,
-            artifact_path="evaluation/contact_sheet.png",
+            artifact_uri=local_artifact(sheet, project.artifact_location),
             tracking_uri=project.tracking_uri,
         )
     )

@@ -221,3 +221,31 @@ def test_a_copied_project_reuses_every_stage(loop_result, git_project, tmp_path)
     rows = character_loop(params_file=str(moved / "params.yaml"))
     assert [r["version"] for r in rows] == ["1", "2"]  # found, not registered again
     assert {p: p.stat().st_mtime_ns for p in runs.rglob("_stage.json")} == markers
+
+
+def test_a_moved_project_serves_its_adapters_from_its_own_artifact_store(
+    loop_result, git_project, tmp_path
+):
+    """MLflow stored absolute artifact URIs; they are resolved under the moved project's
+    own artifact store when the old place is gone."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from charloop_cli.main import app
+
+    moved = tmp_path / "moved" / "studio"
+    shutil.copytree(git_project.root, moved, symlinks=True)
+    away = git_project.root.with_name(git_project.root.name + "-away")
+    git_project.root.rename(away)  # the original place is gone for this test
+    try:
+        out = tmp_path / "kira.png"
+        result = CliRunner().invoke(
+            app,
+            ["generate", "zxq kira, watercolor", "--model", "kira-lora:2", "--out", str(out),
+             "-p", str(moved / "params.yaml")],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert out.is_file() and "adapter" in result.output
+    finally:
+        away.rename(git_project.root)

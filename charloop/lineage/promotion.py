@@ -18,6 +18,7 @@ from charloop.core.errors import Refused
 from charloop.lineage import audit
 from charloop.lineage.adapter_files import adapter_file_problems
 from charloop.lineage.chain import LineageError, LineageStep, UnknownVersion, chain, missing_tags
+from charloop.lineage.registry import local_artifact
 from charloop.params.promote import PromoteParams
 from charloop.stages.layout import ADAPTER_FILE_TAGS
 
@@ -98,21 +99,28 @@ def lineage_gate(client: Any, name: str, version: Any) -> tuple[Gate, list[Linea
     return Gate("lineage complete", True, f"{len(steps)} version(s) back to the base"), steps
 
 
-def download_adapter(client: Any, version: Any, dest: Path | None = None) -> Path:
-    """Fetch a version's adapter folder from the artifact store."""
+def download_adapter(
+    client: Any, version: Any, dest: Path | None = None, artifact_root: str | None = None
+) -> Path:
+    """Fetch a version's adapter folder from the artifact store (``artifact_root``: the
+    project's, where a moved project's artifacts are; see ``local_artifact``)."""
     import mlflow
 
     dest = dest or Path(tempfile.mkdtemp(prefix="charloop-adapter-"))
     path = mlflow.artifacts.download_artifacts(
-        artifact_uri=version.source, dst_path=str(dest), tracking_uri=client.tracking_uri
+        artifact_uri=local_artifact(version.source, artifact_root),
+        dst_path=str(dest),
+        tracking_uri=client.tracking_uri,
     )
     return Path(path)
 
 
-def adapter_gate(client: Any, version: Any) -> tuple[Gate, Path | None]:
+def adapter_gate(
+    client: Any, version: Any, artifact_root: str | None = None
+) -> tuple[Gate, Path | None]:
     """Every stored adapter file must hash to the sha256 recorded at registration."""
     try:
-        folder = download_adapter(client, version)
+        folder = download_adapter(client, version, artifact_root=artifact_root)
     except Exception as exc:
         return Gate("adapter hash", False, f"adapter not retrievable: {exc}"), None
     problems = adapter_file_problems(folder, dict(version.tags))

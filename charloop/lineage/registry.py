@@ -9,6 +9,7 @@ key already exists is returned instead of duplicated (a resumed loop registers o
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,27 @@ def init_store(tracking_uri: str) -> None:
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     MlflowClient(tracking_uri).search_experiments(max_results=1)
+
+
+_RUN_ARTIFACTS = re.compile(r"/(?P<run>[0-9a-f]{32})/artifacts(?P<rest>/.*)?$")
+
+
+def local_artifact(uri: str, artifact_root: str | None) -> str:
+    """``uri``, or its place under ``artifact_root`` when the project was moved.
+
+    MLflow stores absolute artifact URIs when a run is created; a copied or moved project
+    keeps its artifacts under its own ``registry.artifact_location``, so a ``file:`` URI
+    that no longer exists is looked up there (``<root>/<run id>/artifacts/...``).
+    """
+    if artifact_root is None or not uri.startswith("file:"):
+        return uri
+    from mlflow.utils.file_utils import local_file_uri_to_path
+
+    match = _RUN_ARTIFACTS.search(uri)
+    if Path(local_file_uri_to_path(uri)).exists() or match is None:
+        return uri
+    moved = f"{artifact_root.rstrip('/')}/{match['run']}/artifacts{match['rest'] or ''}"
+    return moved if Path(local_file_uri_to_path(moved)).exists() else uri
 
 
 def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | None = None) -> str:
