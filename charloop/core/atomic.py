@@ -37,15 +37,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def sweep_leftovers(final: Path, name: str | None = None) -> list[Path]:
-    """Remove temp files and folders that a killed writer of ``final`` left beside it
-    (with ``name="*"``: of any file in ``final``'s folder).
+def sweep_leftovers(folder: Path, name: str = "*") -> list[Path]:
+    """Remove temp files and folders that killed writers of ``folder/name`` left there
+    (``name`` is a glob: ``"*"`` sweeps the whole folder).
 
     Temp names carry the writer's pid (``.<name>.<pid>.<random>.tmp``); only those of
     processes that no longer run are removed, so a live concurrent writer is never hit.
     """
     removed = []
-    for leftover in final.parent.glob(f".{name or final.name}.*.tmp"):
+    for leftover in folder.glob(f".{name}.*.tmp"):
         pid = leftover.name[:-4].rsplit(".", 2)[-2]
         if pid.isdigit() and not _pid_alive(int(pid)):
             if leftover.is_dir():
@@ -108,7 +108,7 @@ def staged_dir(final: str | Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    sweep_leftovers(final)
+    sweep_leftovers(final.parent, final.name)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=_prefix(final), suffix=".tmp"))
     tmp.chmod(DIR_MODE)
     try:

@@ -76,7 +76,8 @@ def verify(folder: str | Path) -> StageResult:
     result = from_record(record)  # ValueError for a record of no known shape
     if tree_digest(Path(folder), exclude=(MARKER,)) != result.digest:
         raise CorruptSeal(f"{folder}: content does not match the sealed digest (edited)")
-    return dataclasses.replace(result, path=str(folder))  # where the folder is now
+    # Where the folder is now: a copied or moved project serves results from its new place.
+    return dataclasses.replace(result, path=str(folder))
 
 
 def _verified_or_none(folder: Path) -> StageResult | None:
@@ -106,8 +107,7 @@ class StageIdentity(Generic[R]):
         result = _verified_or_none(self.out_dir)
         if not isinstance(result, self.result_type) or result.fingerprint != self.fingerprint:
             return None
-        # Where it is now: a copied or moved project serves its results from the new place.
-        return dataclasses.replace(result, path=str(self.out_dir))
+        return result
 
     def cache_key(self) -> str | None:
         """A Prefect cache key: None (run the task) unless the folder is done."""
@@ -163,4 +163,4 @@ def read_output(folder: str | Path, result_type: type[R]) -> R:
         raise FileNotFoundError(
             f"{folder} holds a {result.stage} stage output, not {result_type.stage}"
         )
-    return dataclasses.replace(result, path=str(folder))
+    return result

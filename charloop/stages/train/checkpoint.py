@@ -30,7 +30,7 @@ class Checkpointer:
         self.root = root
         self.every = every
         if root.is_dir():  # a killed run's half-written checkpoint
-            atomic.sweep_leftovers(root / "step", name="*")
+            atomic.sweep_leftovers(root)
 
     def due(self, step: int, max_steps: int) -> bool:
         return self.every is not None and step % self.every == 0 and step < max_steps
