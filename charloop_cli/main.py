@@ -63,10 +63,14 @@ def options(
 @app.command()
 def validate(
     params: Annotated[Path, typer.Argument(help="params.yaml to check.")] = Path("params.yaml"),
+    params_option: Annotated[
+        Path | None, typer.Option("--params", "-p", help="The same, as the other verbs take it.")
+    ] = None,
 ) -> None:
     """Check params.yaml against the schema: prints OK, or every error (exit code 2)."""
     from charloop.scenes.references import load_references
 
+    params = params_option or params
     project = load_or_exit(params)
     for member in project.params.members:  # the folders must exist and hold images
         if member.references:

@@ -158,14 +158,25 @@ def stage_evaluate(
 
 @stage_app.command("log-run")
 def stage_log_run(
-    adapter: Path, evaluation: Path, out: Path, params: ParamsOption = Path("params.yaml")
+    adapter: Path,
+    evaluation: Path,
+    out: Path,
+    params: ParamsOption = Path("params.yaml"),
+    plots: Annotated[
+        Path | None, typer.Option(help="Folder for the `dvc plots` datapoints (JSON).")
+    ] = None,
 ) -> None:
     """Log the run's params and metrics to MLflow (what `dvc exp run` ends with), so DVC
-    experiments sit side by side in MLflow; writes the run id to OUT."""
+    experiments sit side by side in MLflow; writes the run id to OUT and, with --plots,
+    the loss curves and per-context scores that `dvc plots` draws."""
+    import json
+
     from charloop.core import atomic
     from charloop.lineage.provenance import read_provenance
     from charloop.lineage.registry import log_experiment_run
+    from charloop.lineage.reports import dvc_plot_data
     from charloop.lineage.versioning import git_commit
+    from charloop.stages.layout import TRAIN_LOG
     from charloop.stages.results import Adapter, Evaluation
 
     project = load_or_exit(params)
@@ -186,6 +197,11 @@ def stage_log_run(
         tags,
     )
     atomic.write_json(out, {"run_id": run_id, **tags})
+    if plots is not None:
+        train_log = json.loads((Path(trained.path) / TRAIN_LOG).read_text(encoding="utf-8"))
+        metrics = json.loads((Path(scored.path) / "metrics.json").read_text(encoding="utf-8"))
+        for name, rows in dvc_plot_data(train_log, metrics).items():
+            atomic.write_json(plots / f"{name}.json", rows)
     typer.echo(f"log-run: MLflow run {run_id} ({tags['dvc_exp_name']})")
 
 

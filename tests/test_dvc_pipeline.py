@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from charloop.params.schema import Params
@@ -76,6 +77,34 @@ def test_dvc_repro_runs_one_iteration(tmp_path):
     assert '"identity_consistency"' in shown and '"rank"' in shown, shown[-2000:]
     diff = _dvc(["metrics", "diff", "HEAD", "--all", "--json"], tmp_path, env)
     assert "identity_consistency" in diff
+    # dvc plots: the loss curves and per-context identity of the baseline and the experiment.
+    plots = json.loads(_dvc(["plots", "show", "--json"], tmp_path, env))
+    drawn = json.dumps(plots)
+    assert all(name in drawn for name in ("training loss", "validation loss", "lora_identity"))
+    train_rows = json.loads((tmp_path / "data/plots/train_loss.json").read_text())
+    assert len(train_rows) == params["train"]["max_train_steps"]
+    assert {"step", "loss", "learning_rate"} <= set(train_rows[0])
+    overlaid = _dvc(["plots", "diff", "HEAD", names["8"], "--json"], tmp_path, env)
+    assert "HEAD" in overlaid and names["8"] in overlaid
+
+
+@pytest.mark.parametrize("name", ["params.yaml", "examples/tiny.yaml", "examples/cast.yaml"])
+def test_dvc_set_rewrites_only_the_value_it_sets(name, tmp_path):
+    """`dvc exp run -S train.rank=16` rewrites the params file through DVC's YAML dumper;
+    the shipped files are already in its style, so only the value's line changes."""
+    from dvc.utils.serialize import modify_yaml
+
+    original = (REPO / name).read_text(encoding="utf-8")
+    copy = tmp_path / "params.yaml"
+    copy.write_text(original, encoding="utf-8")
+    with modify_yaml(copy) as data:
+        data["train"]["rank"] = 16
+    changed = [
+        (old, new)
+        for old, new in zip(original.splitlines(), copy.read_text().splitlines(), strict=True)
+        if old != new
+    ]
+    assert len(changed) == 1 and changed[0][1].strip().startswith("rank: 16"), changed
 
 
 def _dvc(args: list[str], cwd: Path, env: dict[str, str]) -> str:

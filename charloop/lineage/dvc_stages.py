@@ -26,6 +26,7 @@ DVC_STAGE_CODE: dict[str, tuple[str, ...]] = {
         "charloop.lineage.registry",
         "charloop.lineage.provenance",
         "charloop.lineage.versioning",
+        "charloop.lineage.reports",
     ),
 }
 """Each ``dvc.yaml`` stage's entry modules (what its ``charloop stage`` command runs)."""

@@ -143,3 +143,31 @@ def history_markdown(history: list[dict[str, Any]], plot: str | Path | None) -> 
     if plot is not None:
         lines += ["", f"Plot: `{plot}`"]
     return "\n".join(lines)
+
+
+def dvc_plot_data(train_log: dict[str, Any], metrics: dict[str, Any]) -> dict[str, list[dict]]:
+    """The datapoints ``dvc plots`` draws (``plots:`` in ``dvc.yaml``), one list per file.
+
+    ``train_loss``: loss and learning rate per step; ``validation_loss``: held-out loss at
+    each validation step; ``contexts``: per held-out context, identity with the LoRA and
+    with the base model. ``dvc plots diff`` lays experiments over each other.
+    """
+    losses, rates = train_log.get("loss", []), train_log.get("learning_rate", [])
+    train = [
+        {"step": step, "loss": round(float(loss), 6), "learning_rate": float(rate)}
+        for step, (loss, rate) in enumerate(zip(losses, rates, strict=False))
+    ]
+    validation = [
+        {"step": int(point["step"]), "validation_loss": round(float(point["loss"]), 6)}
+        for point in train_log.get("validation_loss", [])
+    ]
+    contexts = [
+        {
+            "context": row["context"],
+            "lora_identity": row.get("identity_to_other_contexts"),
+            "base_identity": row.get("base_identity_to_other_contexts"),
+            "lora_reference_similarity": row.get("reference_similarity"),
+        }
+        for row in per_context_rows(metrics)
+    ]
+    return {"train_loss": train, "validation_loss": validation, "contexts": contexts}
