@@ -67,8 +67,8 @@ def lineage(
         typer.echo(json.dumps(rows, indent=2, sort_keys=True))
         return
     table = Table(title=f"lineage of {spec}")
-    for column in ("version", "parent", "aliases", "iter", "dataset (DVC md5)", "dataset sha256",
-                   "images", "params hash", "commit", "identity", "prompt fid.",
+    for column in ("version", "parent", "aliases", "iter", "training data", "DVC md5",
+                   "dataset sha256", "images", "params hash", "commit", "identity", "prompt fid.",
                    "params changed vs parent"):  # fmt: skip
         table.add_column(column)
     for step in steps:
@@ -79,7 +79,8 @@ def lineage(
             step.parent or "-",
             ",".join(step.aliases),
             str(step.iteration),
-            step.tags.get("dataset_hash", "?"),
+            step.tags.get("dataset_hash", "?")[:16],
+            step.tags.get("dataset_dvc_md5", "?"),
             step.tags.get("dataset_sha256", "?")[:16],
             step.tags.get("dataset_images", "?"),
             step.tags.get("params_hash", "?"),
@@ -114,7 +115,9 @@ def checkout(
 
     remote = version.tags.get("dvc_remote")  # where this version was pushed
     remote = remote_url(project.root, remote) if remote else None
-    dataset = restore(version.tags["dataset_hash"], dest / "dataset", remote)
+    # DVC's md5 of the folder (versions registered before it had its own tag: dataset_hash).
+    dvc_md5 = version.tags.get("dataset_dvc_md5") or version.tags["dataset_hash"]
+    dataset = restore(dvc_md5, dest / "dataset", remote)
     adapter = restore(version.tags["adapter_hash"], dest / "adapter", remote)
     try:
         verify_restored(dict(version.tags), dataset, adapter)

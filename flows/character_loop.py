@@ -31,6 +31,7 @@ from tasks.stages import (
     evaluate_task,
     filter_task,
     generate_task,
+    plan_round_task,
     prepare_stores_task,
     publish_task,
     train_task,
@@ -97,13 +98,21 @@ def _evaluate(
 
 
 def _iterations(project: Project) -> list[dict[str, Any]]:
-    """Generate -> ... -> publish until convergence or the iteration budget."""
+    """Generate -> ... -> publish until convergence or the iteration budget.
+
+    The iterations of a round (see :mod:`charloop.lineage.rounds`): a re-run with the same
+    inputs reuses the newest round's; new inputs after a registration start a new round
+    numbered on from the last registered iteration, from the base model, its first version
+    the child of the version it supersedes.
+    """
     params = project.params
+    planned = plan_round_task(project)
     adapter: AdapterRef | None = None
-    parent_version: str | None = None
+    parent_version: str | None = planned.supersedes
     history: list[dict[str, float]] = []
     rows: list[dict[str, Any]] = []
-    for iteration in range(1, params.loop.max_iterations + 1):
+    first = planned.first_iteration
+    for iteration in range(first, first + params.loop.max_iterations):
         # Data: render with the previous LoRA, keep what the discriminators (and, when
         # enabled, a person) pass, caption it.
         generated = _generate(project, iteration, adapter)
@@ -131,6 +140,7 @@ def _iterations(project: Project) -> list[dict[str, Any]]:
         )
         rows.append(
             {
+                "round": planned.number,
                 "iteration": iteration,
                 "generated": generated.images,
                 "kept": reviewed.kept,

@@ -16,7 +16,9 @@ from prefect.logging import get_run_logger
 
 from charloop.core import atomic
 from charloop.lineage.publish import HISTORY_PLOT, prepare_stores, publish_iteration
+from charloop.lineage.registry import superseded_version
 from charloop.lineage.reports import history_markdown, metrics_markdown, per_context_rows
+from charloop.lineage.rounds import Round, plan_round
 from charloop.params.project import Project
 from charloop.stages.caption.stage import caption_identity, run_caption
 from charloop.stages.evaluate.convergence import compare
@@ -62,6 +64,22 @@ def _artifact_key(project: Project, iteration: int, what: str) -> str:
 def prepare_stores_task(project: Project) -> None:
     """Create the DVC repo and MLflow database once, before any stage runs."""
     prepare_stores(project)
+
+
+@task(name="plan-round", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_transient)
+def plan_round_task(project: Project) -> Round:
+    """The round this run works in: the newest one, or a new one when inputs changed after
+    an iteration was registered (it supersedes production, else the newest version)."""
+    planned = plan_round(
+        project, lambda: superseded_version(project.tracking_uri, project.params.model_name)
+    )
+    _logger().info(
+        "round %d: iterations from %d, parent %s",
+        planned.number,
+        planned.first_iteration,
+        planned.supersedes or "none",
+    )
+    return planned
 
 
 @task(

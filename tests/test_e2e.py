@@ -78,16 +78,20 @@ def test_two_iterations_register_two_chained_versions(loop_result, git_project):
     assert run.inputs.dataset_inputs[0].dataset.digest == v2.tags["dataset_hash"][:36]
 
 
-def test_dataset_hash_is_the_dvc_hash_of_the_training_files(loop_result, git_project):
+def test_dataset_hashes_name_the_training_data_and_the_dvc_folder(loop_result, git_project):
     from dvc.api import DVCFileSystem
 
     from charloop.core.hashing import sha256_file
+    from charloop.stages.caption.stage import training_data_digest
+    from charloop.stages.layout import published_version
 
     fs = DVCFileSystem(str(git_project.root))
     for version in _versions(git_project):
         paths = IterationPaths.of(git_project.workdir, int(version.tags["iteration"]))
         relative = paths.dataset.relative_to(git_project.root).as_posix()
-        assert fs.info(relative)["dvc_info"]["md5"] == version.tags["dataset_hash"]
+        assert fs.info(relative)["dvc_info"]["md5"] == version.tags["dataset_dvc_md5"]
+        assert training_data_digest(paths.dataset) == version.tags["dataset_hash"]
+        assert published_version(paths.root) == str(version.version)
         weights = paths.adapter / "pytorch_lora_weights.safetensors"
         assert sha256_file(weights) == version.tags["adapter_sha256"]
         assert Path(f"{paths.dataset}.dvc").is_file() and Path(f"{paths.adapter}.dvc").is_file()

@@ -34,17 +34,21 @@ def sha256_json(value: Any) -> str:
     return sha256_bytes(stable_json(value).encode())
 
 
-def tree_digest(root: str | Path, exclude: tuple[str, ...] = ()) -> str:
+def tree_digest(
+    root: str | Path, exclude: tuple[str, ...] = (), subfolders_only: bool = False
+) -> str:
     """Hex sha256 over every file's relative path and content under ``root``.
 
     Args:
         root: Folder to hash.
         exclude: File names to leave out (e.g. a stage's own completion marker).
+        subfolders_only: Leave out the files directly in ``root`` (bookkeeping beside data
+            kept in subfolders).
     """
     root = Path(root)
     digest = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        if path.name in exclude:
+        if path.name in exclude or (subfolders_only and path.parent == root):
             continue
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
         digest.update(sha256_file(path).encode() + b"\n")

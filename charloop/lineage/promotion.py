@@ -18,13 +18,13 @@ from charloop.core.errors import Refused
 from charloop.lineage import audit
 from charloop.lineage.adapter_files import adapter_file_problems
 from charloop.lineage.chain import LineageError, LineageStep, UnknownVersion, chain, missing_tags
-from charloop.lineage.registry import local_artifact
+from charloop.lineage.registry import PRODUCTION_ALIAS, local_artifact
 from charloop.params.promote import PromoteParams
 from charloop.stages.layout import ADAPTER_FILE_TAGS
 
 logger = logging.getLogger(__name__)
 
-PRODUCTION = "production"
+PRODUCTION = PRODUCTION_ALIAS
 PREVIOUS = "previous"
 
 

@@ -9,8 +9,10 @@ from charloop.core.faults import failpoint
 from charloop.core.locking import store_lock
 from charloop.lineage import registry, reports, versioning
 from charloop.lineage.provenance import read_provenance
+from charloop.lineage.rounds import mark_published
 from charloop.models.encode_cache import component_identity
 from charloop.params.project import Project
+from charloop.stages.caption.stage import training_data_digest
 from charloop.stages.contract import CorruptSeal, verify
 from charloop.stages.layout import IterationPaths
 from charloop.stages.results import IterationResults
@@ -71,7 +73,8 @@ def _publish(
             is drawn into the iteration's ``reports/`` folder and logged with the run.
 
     Returns:
-        The registry's ``run_id``, ``version`` and ``lineage_key`` plus ``dataset_hash``.
+        The registry's ``run_id``, ``version`` and ``lineage_key`` plus ``dataset_hash``
+        (the training data's digest).
     """
     params = project.params
     paths = IterationPaths.of(project.workdir, iteration)
@@ -91,7 +94,9 @@ def _publish(
         images["metrics_history"] = str(reports.plot_history(history, paths.reports / HISTORY_PLOT))
     tags = {
         **read_provenance(adapter),  # the adapter's own lineage facts, as in its headers
-        "dataset_hash": dataset_md5,
+        # The training data alone (images, captions): identical data, identical hash.
+        "dataset_hash": training_data_digest(dataset.path),
+        "dataset_dvc_md5": dataset_md5,  # the folder as DVC stores it: what checkout fetches
         "dataset_images": str(dataset.images),
         "adapter_hash": dvc_hashes.get(str(paths.adapter), adapter.digest),
         "adapter_sha256": adapter.weights_sha256,
@@ -127,7 +132,10 @@ def _publish(
         images=images,
     )
     result = registry.register_iteration(project.tracking_uri, record)
-    return {**result, "dataset_hash": dataset_md5}
+    # From now on the iteration is history: its stages refuse to redo (new inputs retrain
+    # in a new round, see charloop.lineage.rounds).
+    mark_published(paths.root, params.model_name, result["version"])
+    return {**result, "dataset_hash": tags["dataset_hash"]}
 
 
 def publish_iteration(

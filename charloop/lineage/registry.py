@@ -21,6 +21,7 @@ from charloop.core.hashing import sha256_json
 logger = logging.getLogger(__name__)
 
 CANDIDATE_ALIAS = "candidate"
+PRODUCTION_ALIAS = "production"
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,26 @@ def find_version(client: Any, model_name: str, lineage_key: str) -> Any | None:
     return versions[0] if versions else None
 
 
+def superseded_version(tracking_uri: str, model_name: str) -> str | None:
+    """The version a retrain supersedes: the ``production`` alias, else the newest version
+    (None when the model has no version yet)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    try:
+        return str(client.get_model_version_by_alias(model_name, PRODUCTION_ALIAS).version)
+    except MlflowException:
+        pass  # no such alias or model: fall back to the newest version
+    try:
+        versions = client.search_model_versions(f"name = '{model_name}'")
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    return max((str(v.version) for v in versions), key=int, default=None)
+
+
 def _end_abandoned_runs(client: Any, experiment_id: str, key: str) -> None:
     """Mark runs of ``key`` left RUNNING by a killed attempt as KILLED (the loop lock
     guarantees no live attempt of the same iteration is logging now)."""
@@ -209,7 +230,9 @@ def _log_run(experiment_id: str, record: IterationRecord, key: str) -> tuple[str
             warnings.simplefilter("ignore", UserWarning)
             source = resolve_dataset_source(str(Path(record.dataset_path).resolve()))
         dataset = MetaDataset(  # type: ignore[abstract]  # concrete at runtime
-            source, name="captioned-dataset", digest=record.dataset_dvc_md5[:36]
+            source,
+            name="captioned-dataset",
+            digest=record.tags.get("dataset_hash", record.dataset_dvc_md5)[:36],
         )
         mlflow.log_input(dataset, context="training")
         mlflow.log_artifacts(record.adapter_dir, artifact_path="adapter")

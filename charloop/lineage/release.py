@@ -49,8 +49,8 @@ def model_card(name: str, steps: list[LineageStep], sample_grid: str | None) -> 
         "",
         f"- trigger: `{tags.get('trigger', '?')}` (put it first in the prompt)",
         f"- base model: `{tags.get('base_model', '?')}`",
-        f"- dataset: DVC `{tags.get('dataset_hash', '?')}`, {tags.get('dataset_images', '?')} "
-        "images",
+        f"- dataset: {tags.get('dataset_images', '?')} images, training data sha256 "
+        f"`{tags.get('dataset_hash', '?')}`, DVC md5 `{tags.get('dataset_dvc_md5', '?')}`",
         f"- adapter sha256: `{tags.get('adapter_sha256', '?')}`",
         f"- params hash: `{tags.get('params_hash', '?')}`, code: `{tags.get('git_commit', '?')}`",
         f"- approved by: {tags.get('approved_by', '-')} ({tags.get('approved_at', '-')}): "
@@ -64,14 +64,14 @@ def model_card(name: str, steps: list[LineageStep], sample_grid: str | None) -> 
         "",
         "## Lineage",
         "",
-        "| version | iteration | dataset (DVC md5) | images | identity | params changed |",
+        "| version | iteration | training data sha256 | images | identity | params changed |",
         "|---|---|---|---|---|---|",
     ]
     for step in steps:
         changed = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in step.changed_params.items())
         identity = step.metrics.get("identity_consistency")
         lines.append(
-            f"| {step.version} | {step.iteration} | `{step.tags.get('dataset_hash', '?')}` | "
+            f"| {step.version} | {step.iteration} | `{step.tags.get('dataset_hash', '?')[:16]}` | "
             f"{step.tags.get('dataset_images', '?')} | "
             f"{'-' if identity is None else f'{identity:.4f}'} | {changed or '-'} |"
         )

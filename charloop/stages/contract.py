@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar
 from charloop.core.codegraph import code_fingerprint
 from charloop.core.errors import Refused
 from charloop.core.hashing import sha256_json, tree_digest
+from charloop.stages.layout import published_version
 from charloop.stages.results import StageResult, from_record, to_record
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,25 @@ def fingerprint(stage: str, code: str, **inputs: Any) -> str:
     """Digest of the stage name, the code of module ``code`` (its import closure within
     charloop) and the stage's JSON-able inputs."""
     return sha256_json({"stage": stage, "code": code_fingerprint(code), "inputs": inputs})[:24]
+
+
+class RegisteredFolder(Refused, RuntimeError):
+    """A stage would rewrite a folder that a registered model version points to."""
+
+
+def guard_registered(out_dir: Path) -> None:
+    """Refuse to redo a stage folder of a registered iteration (history never changes).
+
+    Raises:
+        RegisteredFolder: ``out_dir``'s iteration holds a ``_published.json`` marker.
+    """
+    if version := published_version(out_dir.parent):
+        raise RegisteredFolder(
+            f"{out_dir} belongs to a registered iteration (model version {version}) and "
+            "would be redone: it was edited or damaged after registration, or an input the "
+            "loop does not track changed. Restore it with `charloop checkout "
+            f"<model>:{version}` or `dvc checkout`; new inputs retrain in a new round"
+        )
 
 
 class CorruptSeal(Refused, ValueError):
@@ -103,9 +123,13 @@ class StageIdentity(Generic[R]):
 
         The seal is verified first (:func:`verify`), so a corrupt marker or an edited
         output is redone, never served.
+
+        Raises:
+            RegisteredFolder: the stage is not done but its iteration is registered.
         """
         result = _verified_or_none(self.out_dir)
         if not isinstance(result, self.result_type) or result.fingerprint != self.fingerprint:
+            guard_registered(self.out_dir)
             return None
         return result
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,17 @@ PROVENANCE_PREFIX = "charloop."
 
 TRAIN_LOG = "train_log.json"
 """Loss, learning rate and validation loss per step, in an adapter folder."""
+
+PUBLISHED = "_published.json"
+"""In an iteration folder once it is registered: ``{"model", "version"}``."""
+
+
+def published_version(iteration_root: Path) -> str | None:
+    """The model version registered for an iteration folder, None if not registered."""
+    marker = iteration_root / PUBLISHED
+    if not marker.is_file():
+        return None
+    return str(json.loads(marker.read_text(encoding="utf-8"))["version"])
 
 
 def shard_dir(out_dir: Path, shard: int) -> Path:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from charloop.core import atomic
-from charloop.core.hashing import sha256_file
+from charloop.core.hashing import sha256_file, tree_digest
 from charloop.params.project import Project
 from charloop.params.schema import AXES, CaptionParams, Character
 from charloop.stages.contract import StageIdentity, identity
@@ -111,6 +111,14 @@ def common_word_tokens(tokenizer: Any, trigger: str) -> list[str]:
 def subset_folder(trigger: str, repeats: int) -> str:
     """Kohya subset folder name: ``<repeats>_<trigger with unsafe characters replaced>``."""
     return f"{repeats}_{re.sub(r'[^A-Za-z0-9_-]+', '_', trigger).strip('_')}"
+
+
+def training_data_digest(dataset_dir: str | Path) -> str:
+    """sha256 of what a trainer reads: the subset folders' images and captions (their paths
+    carry the repeats and triggers). The manifest, metadata, kohya config and stage marker
+    are bookkeeping and left out: identical training data has an identical digest however
+    and wherever it was made."""
+    return tree_digest(dataset_dir, subfolders_only=True)
 
 
 def reference_entries(project: Project) -> list[ReferenceEntry]:
@@ -222,7 +230,7 @@ def run_caption(
                     "repeats": ref_repeats,
                 }
             )
-            manifest.append({"id": row_id, "reference": str(source), "caption": text})
+            manifest.append({"id": row_id, "reference": project.portable(source), "caption": text})
         atomic.write_jsonl(staging / "metadata.jsonl", metadata)
         atomic.write_jsonl(staging / "manifest.jsonl", manifest)
         toml = kohya_dataset_toml(subsets, params.generate.resolution)
