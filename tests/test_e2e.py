@@ -225,6 +225,23 @@ def test_a_copied_project_reuses_every_stage(loop_result, git_project, tmp_path)
     rows = character_loop(params_file=str(moved / "params.yaml"))
     assert [r["version"] for r in rows] == ["1", "2"]  # found, not registered again
     assert {p: p.stat().st_mtime_ns for p in runs.rglob("_stage.json")} == markers
+    # The copy's lineage and checkout work from its own stores, byte for byte.
+    from typer.testing import CliRunner
+
+    from charloop.core.hashing import tree_digest
+    from charloop_cli.main import app
+
+    copied = ["-p", str(moved / "params.yaml")]
+    model = git_project.params.model_name
+    shown = CliRunner().invoke(app, ["lineage", f"{model}:2", "--json", *copied])
+    assert shown.exit_code == 0, shown.output
+    assert [step["version"] for step in json.loads(shown.output)] == ["2", "1"]
+    out = moved / "restored"
+    restored = CliRunner().invoke(app, ["checkout", f"{model}:1", "--out", str(out), *copied])
+    assert restored.exit_code == 0, restored.output
+    first = IterationPaths.of(git_project.workdir, 1)
+    assert tree_digest(out / "dataset") == tree_digest(first.dataset)
+    assert tree_digest(out / "adapter") == tree_digest(first.adapter)
 
 
 def test_a_moved_project_serves_its_adapters_from_its_own_artifact_store(
@@ -253,3 +270,28 @@ def test_a_moved_project_serves_its_adapters_from_its_own_artifact_store(
         assert out.is_file() and "adapter" in result.output
     finally:
         away.rename(git_project.root)
+
+
+def test_dvc_pull_restores_the_runs_of_a_fresh_copy(loop_result, git_project, tmp_path):
+    """The README's `dvc pull -R runs`: with the cache and the folders gone, the iterations
+    come back from the DVC remote byte for byte."""
+    import os
+    import shutil
+    import sys
+
+    from charloop.core.hashing import tree_digest
+
+    copy = tmp_path / "pulled"
+    shutil.copytree(git_project.root, copy, symlinks=True)
+    runs = copy / git_project.workdir.relative_to(git_project.root)
+    expected = {p: tree_digest(p) for p in sorted(runs.glob("iter-*/0*_*")) if p.is_dir()}
+    assert expected
+    shutil.rmtree(copy / ".dvc" / "cache")
+    for folder in expected:
+        shutil.rmtree(folder)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    pulled = subprocess.run(
+        ["dvc", "pull", "-R", "runs"], cwd=copy, env=env, capture_output=True, text=True
+    )
+    assert pulled.returncode == 0, pulled.stderr[-2000:]
+    assert {p: tree_digest(p) for p in expected} == expected

@@ -85,7 +85,8 @@ def test_lineage_walks_back_to_the_base_model(studio):
     assert [line.split("│")[1].strip() for line in lines] == ["3", "2", "1"]
     assert "(root)" in lines[-1]
     version = _client(studio).get_model_version(MODEL, "1")
-    assert version.tags["dataset_hash"] in lines[-1]
+    assert version.tags["dataset_hash"][:16] in lines[-1]
+    assert version.tags["dataset_dvc_md5"] in lines[-1]
     assert [line.split("│")[2].strip() for line in lines] == ["2", "1", "-"]  # parents
     assert version.tags["params_hash"] in lines[-1]
     assert "base model:" in result.output
@@ -94,7 +95,15 @@ def test_lineage_walks_back_to_the_base_model(studio):
     )
     rows = json.loads(as_json.output)
     assert [(r["version"], r["parent"]) for r in rows] == [("3", "2"), ("2", "1"), ("1", None)]
-    for key in ("dataset_sha256", "params_hash", "git_commit", "adapter_sha256", "kohya_sha256"):
+    for key in (
+        "dataset_hash",
+        "dataset_dvc_md5",
+        "dataset_sha256",
+        "params_hash",
+        "git_commit",
+        "adapter_sha256",
+        "kohya_sha256",
+    ):
         assert rows[-1]["tags"][key] == version.tags[key]
     missing = CliRunner().invoke(app, ["lineage", f"{MODEL}:99", "-p", str(studio.params_file)])
     assert missing.exit_code == 2 and "not found" in missing.output  # bad input
