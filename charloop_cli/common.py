@@ -63,14 +63,18 @@ def quiet_expected_tracebacks() -> None:
 
 
 def setup_logging(verbose: bool) -> None:
-    """Library logs at INFO (DEBUG with ``verbose``); third-party chatter at WARNING."""
+    """Quiet by default: one line per task (Prefect's run loggers) and warnings. With
+    ``verbose`` the library's own logs (what each stage reused, wrote, measured) too.
+    Third-party chatter stays at WARNING either way."""
     if not verbose:  # MLflow's artifact download bars interleave with the table output
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    for library in ("charloop", "charloop_world"):
+        logging.getLogger(library).setLevel(logging.INFO if verbose else logging.WARNING)
     for noisy in ("httpx", "urllib3", "alembic", "dvc", "mlflow", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

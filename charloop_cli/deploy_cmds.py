@@ -68,7 +68,11 @@ def ingest(
     if project.params.dvc.enabled and report.added:
         from charloop.lineage.publish import dvc_remote
 
-        root = versioning.covering_root(project.root, project.workdir, references)
+        # The repo that will track the references gets the remote (a workdir outside the
+        # project can sit in another repo than the references).
+        root = versioning.dvc_root(references) or versioning.covering_root(
+            project.root, project.workdir, references
+        )
         remote = dvc_remote(project)
         versioning.ensure_repo(root, remote)
         md5 = versioning.track([references])[str(references)]

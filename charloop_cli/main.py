@@ -114,6 +114,7 @@ def summary_table(rows: list[dict[str, Any]]) -> Table:
     """The end-of-run table: one row per iteration."""
     table = Table(title="charloop iterations")
     for name in (
+        "round",
         "iteration",
         "generated",
         "kept",
@@ -126,6 +127,7 @@ def summary_table(rows: list[dict[str, Any]]) -> Table:
     for row in rows:
         fidelity = row.get("prompt_fidelity")
         table.add_row(
+            str(row.get("round", 1)),
             str(row["iteration"]),
             str(row["generated"]),
             str(row["kept"]),

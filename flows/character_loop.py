@@ -25,13 +25,13 @@ from charloop.stages.results import (
     IterationResults,
 )
 from flows.review_gate import review_gate
+from tasks.rounds import plan_round_task
 from tasks.shards import assemble_generated_task, eval_shard_task, generate_shard_task
 from tasks.stages import (
     caption_task,
     evaluate_task,
     filter_task,
     generate_task,
-    plan_round_task,
     prepare_stores_task,
     publish_task,
     train_task,

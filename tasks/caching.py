@@ -11,8 +11,12 @@ its own: tasks and the flow ask the library whether a stage is done.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
+
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_run_logger
 
 from charloop.stages.contract import StageIdentity
 
@@ -53,3 +57,11 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 _PERMANENT_MLFLOW_ERRORS = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "BAD_REQUEST",
                             "PERMISSION_DENIED", "INVALID_STATE"}  # fmt: skip
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The run logger inside a task run; a plain logger when called through ``.fn()``."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("tasks")

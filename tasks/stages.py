@@ -5,20 +5,15 @@ never images or tensors. Cache keys are the library's stage identities (``tasks.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.exceptions import MissingContextError
-from prefect.logging import get_run_logger
 
 from charloop.core import atomic
 from charloop.lineage.publish import HISTORY_PLOT, prepare_stores, publish_iteration
-from charloop.lineage.registry import superseded_version
 from charloop.lineage.reports import history_markdown, metrics_markdown, per_context_rows
-from charloop.lineage.rounds import Round, plan_round
 from charloop.params.project import Project
 from charloop.stages.caption.stage import caption_identity, run_caption
 from charloop.stages.evaluate.convergence import compare
@@ -39,17 +34,9 @@ from charloop.stages.results import (
 )
 from charloop.stages.review.stage import HumanDecisions, export_sheet, review_identity, run_review
 from charloop.stages.train.stage import run_train, train_identity
-from tasks.caching import retry_transient, stage_cache_key
+from tasks.caching import retry_transient, run_logger, stage_cache_key
 
 CACHED: dict[str, Any] = dict(persist_result=True, retries=1, retry_condition_fn=retry_transient)
-
-
-def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
-    """The run logger inside a task run; a plain logger when called through ``.fn()``."""
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return logging.getLogger(__name__)
 
 
 def paths_of(project: Project, iteration: int) -> IterationPaths:
@@ -66,22 +53,6 @@ def prepare_stores_task(project: Project) -> None:
     prepare_stores(project)
 
 
-@task(name="plan-round", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_transient)
-def plan_round_task(project: Project) -> Round:
-    """The round this run works in: the newest one, or a new one when inputs changed after
-    an iteration was registered (it supersedes production, else the newest version)."""
-    planned = plan_round(
-        project, lambda: superseded_version(project.tracking_uri, project.params.model_name)
-    )
-    _logger().info(
-        "round %d: iterations from %d, parent %s",
-        planned.number,
-        planned.first_iteration,
-        planned.supersedes or "none",
-    )
-    return planned
-
-
 @task(
     name="generate",
     cache_key_fn=stage_cache_key(
@@ -96,7 +67,10 @@ def plan_round_task(project: Project) -> Round:
 )
 def generate_task(project: Project, iteration: int, adapter: AdapterRef | None) -> Generated:
     """Render the iteration's prompt matrix (with the previous LoRA from iteration 2 on)."""
-    return run_generate(project, iteration, adapter, paths_of(project, iteration).generated)
+    output = run_generate(project, iteration, adapter, paths_of(project, iteration).generated)
+    used = "the previous LoRA" if adapter else "the base model"
+    run_logger().info("generate: %d images with %s", output.images, used)
+    return output
 
 
 @task(
@@ -111,6 +85,7 @@ def generate_task(project: Project, iteration: int, adapter: AdapterRef | None) 
 def filter_task(project: Project, iteration: int, generated: Generated) -> Filtered:
     """Apply the discriminators; publish the per-image decisions as a table artifact."""
     output = run_filter(project, generated, paths_of(project, iteration).filtered)
+    run_logger().info("filter: kept %d of %d", output.kept, output.candidates)
     report = atomic.read_jsonl(Path(output.path) / "report.jsonl")
     create_table_artifact(
         key=_artifact_key(project, iteration, "filter"),
@@ -172,7 +147,7 @@ def review_task(
         project.params.filter.min_kept,
         timed_out,
     )
-    _logger().info(
+    run_logger().info(
         "review: kept %d, %d overridden, via %s", output.kept, output.overridden, output.via
     )
     return output
@@ -194,7 +169,9 @@ def caption_task(
     project: Project, iteration: int, generated: Generated, reviewed: Reviewed
 ) -> Dataset:
     """Write the captioned, kohya-style dataset folder."""
-    return run_caption(project, generated, reviewed, paths_of(project, iteration).dataset)
+    output = run_caption(project, generated, reviewed, paths_of(project, iteration).dataset)
+    run_logger().info("caption: %d images (%d references)", output.images, output.references)
+    return output
 
 
 @task(
@@ -214,7 +191,7 @@ def train_task(
 ) -> Adapter:
     """Train the iteration's LoRA adapter."""
     output = run_train(project, dataset, paths_of(project, iteration).adapter, provenance)
-    _logger().info("train: %d steps, final loss %.4f", output.steps, output.final_loss)
+    run_logger().info("train: %d steps, final loss %.4f", output.steps, output.final_loss)
     return output
 
 
@@ -244,6 +221,12 @@ def evaluate_task(
     """
     out = paths_of(project, iteration).evaluation
     output = run_evaluate(project, adapter, dataset, out, rendered)
+    metrics = output.metrics
+    run_logger().info(
+        "evaluate: identity %.4f (base model %.4f)",
+        metrics.get("identity_consistency", float("nan")),
+        metrics.get("base_identity_consistency", float("nan")),
+    )
     deltas = compare(previous, output.metrics) if previous is not None else None
     create_markdown_artifact(
         key=_artifact_key(project, iteration, "metrics"),
@@ -283,5 +266,5 @@ def publish_task(
             markdown=history_markdown(history, plot),
             description=f"Metrics over iterations 1-{len(history)}",
         )
-    _logger().info("published %s v%s", project.params.model_name, result["version"])
+    run_logger().info("published %s v%s", project.params.model_name, result["version"])
     return result

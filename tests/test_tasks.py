@@ -51,3 +51,32 @@ def test_stage_tasks_chain_through_fn(make_project, prefect_harness):
     dataset = caption_task.fn(project, 1, generated, reviewed)
     assert dataset.images == filtered.kept
     assert dataset.path == str(IterationPaths.of(project.workdir, 1).dataset)
+
+
+def test_plan_round_task_starts_a_new_round_only_after_a_registration(make_project, tmp_path):
+    from PIL import Image
+
+    from charloop.lineage.rounds import read_rounds
+    from charloop.stages.layout import PUBLISHED
+    from tasks.rounds import plan_round_task
+
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    Image.new("RGB", (32, 32), "teal").save(refs / "a.png")
+    project = make_project(
+        character={"name": "kira", "trigger": "zxq kira", "references": str(refs)}
+    )
+    first = plan_round_task.fn(project)
+    assert (first.number, first.first_iteration, first.supersedes) == (1, 1, None)
+    Image.new("RGB", (32, 32), "pink").save(refs / "b.png")
+    # Nothing registered yet: the same round, re-keyed to the new references.
+    again = plan_round_task.fn(project)
+    assert (again.number, again.first_iteration) == (1, 1) and again.inputs != first.inputs
+    root = IterationPaths.of(project.workdir, 1).root
+    root.mkdir(parents=True)
+    (root / PUBLISHED).write_text('{"model": "kira-lora", "version": "1"}')
+    assert plan_round_task.fn(project) == again  # same inputs: the same round
+    Image.new("RGB", (32, 32), "gold").save(refs / "c.png")
+    second = plan_round_task.fn(project)
+    assert (second.number, second.first_iteration) == (2, 2)
+    assert [r.number for r in read_rounds(project.workdir)] == [1, 2]

@@ -84,6 +84,19 @@ def clear_pipeline_cache() -> None:
 
 
 @contextmanager
+def _quiet_diffusers() -> Iterator[None]:
+    """diffusers' notes below ERROR are silenced for the block (its logger, its handler)."""
+    from diffusers.utils import logging as diffusers_logging
+
+    before = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(before)
+
+
+@contextmanager
 def lora_applied(
     pipe: Any,
     adapter_dir: str | Path | None,
@@ -100,7 +113,8 @@ def lora_applied(
         return
     name = "charloop_active"
     extra = {"weight_name": weight_name} if weight_name else {}
-    pipe.load_lora_weights(str(adapter_dir), adapter_name=name, **extra)
+    with _quiet_diffusers():  # "No LoRA keys ... prefix='text_encoder'": a UNet-only LoRA
+        pipe.load_lora_weights(str(adapter_dir), adapter_name=name, **extra)
     pipe.set_adapters([name], adapter_weights=[scale])
     try:
         yield pipe
