@@ -20,6 +20,7 @@ from charloop_cli.common import (
     ParamsOption,
     console,
     fail,
+    fail_with,
     load_or_exit,
     quiet_expected_tracebacks,
     say,
@@ -68,7 +69,9 @@ def validate(
     ] = None,
 ) -> None:
     """Check params.yaml against the schema: prints OK, or every error (exit code 2)."""
+    from charloop.scenes.heldout import HeldOutLeak
     from charloop.scenes.references import load_references
+    from charloop.stages.caption.heldout import check_held_out
 
     params = params_option or params
     project = load_or_exit(params)
@@ -78,6 +81,10 @@ def validate(
                 load_references(project.resolve(member.references))
             except FileNotFoundError as exc:  # NoUsableReferences too
                 fail("invalid references", str(exc), EXIT_BAD_INPUT)
+    try:
+        check_held_out(project)  # evaluation contexts never reach the training captions
+    except HeldOutLeak as exc:
+        fail_with(exc, "held-out contexts leak into training")
     kind = "cast" if project.params.cast else "character"
     typer.echo(f"OK: {params} ({kind} '{project.params.subject}')")
 

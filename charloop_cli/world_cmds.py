@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from charloop_cli.common import EXIT_INVALID, fail, say, setup_logging
+from charloop_cli.common import EXIT_INVALID, fail, load_or_exit, say, setup_logging
 
 world_app = typer.Typer(help="Procedural character world: build its models, render references.")
 
@@ -62,8 +62,16 @@ def references(
         str | None,
         typer.Option(help="Attributes as key=value,... (missing ones are drawn from the seed)."),
     ] = None,
+    params: Annotated[
+        Path,
+        typer.Option(
+            "--params", "-p", help="Its evaluate.contexts' held-out values are never drawn."
+        ),
+    ] = Path("params.yaml"),
 ) -> None:
-    """Render N reference pictures of one world character over varied contexts."""
+    """Render N reference pictures of one world character over varied contexts, with
+    caption sidecars and identity.json; the held-out values of the params' evaluation
+    (when the params file exists) never appear in them."""
     import numpy as np
 
     from charloop_world.attributes import CHARACTER_VALUES, CharacterSpec, sample_character
@@ -81,5 +89,22 @@ def references(
         chosen = CharacterSpec(**spec)
     except ValueError as exc:
         fail("invalid character", str(exc), EXIT_INVALID)
-    paths = render_references(chosen, out_dir, n, seed)
-    say(f"wrote {len(paths)} references of {chosen.key} to {out_dir}")
+    avoid = _held_out_values(params)
+    try:
+        paths = render_references(chosen, out_dir, n, seed, avoid)
+    except ValueError as exc:
+        fail("cannot render references", str(exc), EXIT_INVALID, "declare evaluate.seen_axes")
+    say(f"wrote {len(paths)} references of {chosen.key} and identity.json to {out_dir}")
+    if avoid:
+        say(f"held-out values never drawn (from {params}): {', '.join(avoid)}")
+
+
+def _held_out_values(params: Path) -> list[str]:
+    """The values ``params``' evaluation claims unseen (none when the file is absent)."""
+    if not params.is_file():
+        return []
+    from charloop.scenes.heldout import claimed_unseen
+
+    loaded = load_or_exit(params).params
+    values = (claimed_unseen(loaded, c.model_dump()).values() for c in loaded.evaluate.contexts)
+    return sorted({value for found in values for value in found})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -9,12 +10,12 @@ import numpy as np
 
 from charloop_world.attributes import (
     CHARACTER_VALUES,
+    CONTEXT_VALUES,
     CharacterSpec,
     Context,
     outfit_phrase,
     phrase,
     record,
-    sample_context,
 )
 from charloop_world.render import render
 
@@ -81,13 +82,37 @@ def render_sample(
     return image, record(character, context), caption(character, context, rng, drop_prob)
 
 
+def allowed_context_values(avoid: list[str]) -> dict[str, list[str]]:
+    """Each context axis's world values whose phrase names none of ``avoid`` (whole words).
+
+    Raises:
+        ValueError: every value of an axis is avoided.
+    """
+    from charloop.scenes.heldout import mentions
+
+    allowed = {
+        axis: [v for v in values if not any(mentions(phrase(axis, v), a) for a in avoid)]
+        for axis, values in CONTEXT_VALUES.items()
+    }
+    if empty := [axis for axis, values in allowed.items() if not values]:
+        raise ValueError(f"every world value of {empty} is held out: nothing left to render")
+    return allowed
+
+
 def render_references(
-    character: CharacterSpec, out_dir: str | Path, n: int, seed: int
+    character: CharacterSpec,
+    out_dir: str | Path,
+    n: int,
+    seed: int,
+    avoid: tuple[str, ...] | list[str] = (),
 ) -> list[Path]:
     """Write ``n`` PNG renders of one character over varied contexts (atomic writes).
 
     Each render gets a kohya-style caption file beside it (``ref_000.txt``) with its context
-    tags (style, setting, expression, pose), which ``caption.include_references`` reads.
+    tags (style, setting, expression, pose), which ``caption.include_references`` reads, and
+    the folder gets ``identity.json`` (the character's attributes, what the validity report
+    scores against). Contexts whose phrases name a value in ``avoid`` (the evaluation's
+    held-out values) are never drawn, so the references never show a held-out context.
 
     Returns:
         The written paths, ``ref_000.png``, ``ref_001.png``, ...
@@ -95,9 +120,10 @@ def render_references(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
+    allowed = allowed_context_values(list(avoid))
     paths = []
     for index in range(n):
-        context = sample_context(rng)
+        context = Context(**{axis: str(rng.choice(values)) for axis, values in allowed.items()})
         image = render(character, context, int(rng.integers(2**31)))
         path = out / f"ref_{index:03d}.png"
         tmp = out / f".{path.name}.tmp"
@@ -108,4 +134,7 @@ def render_references(
         tmp.write_text(text + "\n", encoding="utf-8")
         os.replace(tmp, path.with_suffix(".txt"))
         paths.append(path)
+    identity = out / ".identity.json.tmp"
+    identity.write_text(json.dumps(character.as_dict(), indent=2) + "\n", encoding="utf-8")
+    os.replace(identity, out / "identity.json")
     return paths

@@ -29,6 +29,7 @@ from charloop.core import atomic
 from charloop.core.contact_sheet import contact_sheet
 from charloop.models.pipeline import load_pipeline, lora_applied
 from charloop.params.project import Project
+from charloop.scenes.heldout import held_out_axes, label
 from charloop.scenes.prompts import context_id, scene_prompt
 from charloop.scenes.render import ImageJob, render
 from charloop.stages.layout import ADAPTER_WEIGHTS, IterationPaths
@@ -130,10 +131,10 @@ def run_validity(
     jobs = validity_jobs(project, seeds)
     pipe = load_pipeline(project.model_ref(params.base_model.path), params.base_model)
     models: dict[str, Path | None] = {"base model": None}
-    for iteration in range(1, params.loop.max_iterations + 1):
-        folder = IterationPaths.of(project.workdir, iteration).adapter
+    for root in sorted(project.workdir.glob("iter-*")):  # every round's iterations
+        folder = IterationPaths(root).adapter
         if (folder / ADAPTER_WEIGHTS).is_file():
-            models[f"iteration {iteration}"] = folder
+            models[f"iteration {int(root.name.removeprefix('iter-'))}"] = folder
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
@@ -145,7 +146,17 @@ def run_validity(
         sheet = contact_sheet({name: images}, columns=len(seeds), row_labels=labels)
         sheet.save(out / f"{name.replace(' ', '-')}.png")
         logger.info("validity: %s consistency %.1f%%", name, results[name]["consistency"])
-    report = {"character": truth, "prompt": jobs[0].prompt, "seeds": seeds, "models": results}
+    held_out = [
+        {"context": label(c.model_dump()), **held_out_axes(params, c.model_dump())}
+        for c in params.evaluate.contexts
+    ]
+    report = {
+        "character": truth,
+        "prompt": jobs[0].prompt,
+        "seeds": seeds,
+        "held_out": held_out,
+        "models": results,
+    }
     last = list(results)[-1]
     report["margin"] = results[last]["consistency"] - results["base model"]["consistency"]
     atomic.write_json(out / "validity.json", report)
@@ -164,6 +175,14 @@ def validity_markdown(report: dict[str, Any]) -> str:
         f"Seeds: {len(report['seeds'])} per held-out context. Consistency: mean share of the "
         "character's attributes the oracle reads back (100 = all, in every image); "
         "± is the standard deviation across seeds.",
+        "",
+        "Held-out contexts (axes never in a training caption / axes seen in training):",
+        "",
+        *(
+            f"- {c['context']}: unseen {', '.join(c['unseen_axes']) or '-'}; "
+            f"seen {', '.join(c['seen_axes']) or '-'}"
+            for c in report.get("held_out", [])
+        ),
         "",
         "| model | consistency % | ± seeds | all attributes % | " + " | ".join(attributes) + " |",
         "|---" * (4 + len(attributes)) + "|",

@@ -255,6 +255,13 @@ def test_evaluation_writes_the_new_metrics(evaluated):
     for entry in metrics["per_context"].values():
         assert {"diversity", "reference_similarity", "trigger_effect"} <= set(entry)
     assert not any(c["in_training_matrix"] for c in metrics["contexts"].values())
+    # Which axes were unseen: the tiny matrix has neither the styles nor the settings.
+    held = sorted(tuple(c["unseen_axes"]) for c in metrics["contexts"].values())
+    assert held == [("setting", "style"), ("setting", "style")]
+    assert all(c["seen_axes"] == [] for c in metrics["contexts"].values())
+    # Noise: two seeds and two contexts give a standard error for each.
+    assert metrics["identity_noise"] >= 0 and metrics["diversity_noise"] >= 0
+    assert "base_diversity_noise" in metrics
     assert _finite_everywhere(metrics)
     assert output.metrics == headline(metrics)
     assert {"trigger_effect", "diversity", "validation_loss"} <= set(output.metrics)

@@ -3,7 +3,8 @@
 A loop that dies at publish, after every image was generated and the LoRA trained, has
 wasted the run; each check here would have failed there. They open the registry for
 writing, check the DVC remote and the work folder, resolve the base model and every other
-model the params name (local folder or hub id), and read the reference folders. Each
+model the params name (local folder or hub id), read the reference folders and check
+that no evaluation context reaches a training caption. Each
 failure is a :class:`~charloop.core.errors.BadInput` naming the field and the fix.
 (``filter.min_kept`` against what an iteration can produce is checked by the schema.)
 """
@@ -25,6 +26,7 @@ from charloop.params.generate import ControlNetParams, IPAdapterParams
 from charloop.params.project import Project
 from charloop.params.schema import BaseModelSpec
 from charloop.scenes.references import load_references
+from charloop.stages.caption.heldout import check_held_out
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +158,8 @@ def preflight(project: Project) -> None:
     """Run every check (see the module docstring); the first failure is raised.
 
     Raises:
-        ModelNotFound, NotWritable, NoUsableReferences: each a BadInput (exit 2).
+        ModelNotFound, NotWritable, NoUsableReferences, HeldOutLeak: each a BadInput
+            (exit 2).
     """
     params = project.params
     for field, path in model_fields(params):
@@ -166,6 +169,7 @@ def preflight(project: Project) -> None:
     for member in params.members:
         if member.references:
             load_references(project.resolve(member.references))
+    check_held_out(project)  # evaluation contexts never reach the training captions
     if params.dvc.enabled and params.dvc.remote and "://" not in params.dvc.remote:
         check_writable(Path(versioning.remote_url(project.root, params.dvc.remote)), "dvc.remote")
     check_registry(project)

@@ -20,6 +20,7 @@ from charloop.lineage.adapter_files import adapter_file_problems
 from charloop.lineage.chain import LineageError, LineageStep, UnknownVersion, chain, missing_tags
 from charloop.lineage.registry import PRODUCTION_ALIAS, local_artifact
 from charloop.params.promote import PromoteParams
+from charloop.stages.evaluate.convergence import collapse
 from charloop.stages.layout import ADAPTER_FILE_TAGS
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,9 @@ def metric_gates(
                 f"{'down' if drop > 0 else 'up'} {abs(drop):.4f} (allowed drop {margin})"
             )
             gates.append(Gate(f"no regression {metric}", ok, detail))
+        why = collapse(production, candidate)
+        detail = why or "identity is not bought with seed diversity (vs production)"
+        gates.append(Gate("no collapse", why is None, detail))
     return gates
 
 

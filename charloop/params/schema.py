@@ -114,6 +114,11 @@ class EvaluateParams(StrictModel):
     """Fixed seeds; every context is rendered once per seed."""
     embedder: Embedder = ClipEmbedder()
     """Image embedding backend for identity consistency."""
+    seen_axes: list[Literal["style", "setting", "attire", "expression", "pose"]] = []
+    """Axes whose evaluation values may appear in training captions. By default every
+    evaluation value the generation matrix lacks is claimed unseen, and a training caption
+    (generated or reference) that contains one is refused; an axis named here is no longer
+    claimed unseen (metrics.json and the validity report say so)."""
 
 
 class LoopParams(StrictModel):

@@ -33,6 +33,7 @@ from charloop.core import atomic
 from charloop.core.hashing import sha256_file, tree_digest
 from charloop.params.project import Project
 from charloop.params.schema import AXES, CaptionParams, Character
+from charloop.scenes.heldout import refuse_leaks
 from charloop.stages.contract import StageIdentity, identity
 from charloop.stages.results import Dataset, Generated, Reviewed
 
@@ -64,6 +65,11 @@ def caption_text(
     """The caption line written to ``<id>.txt``: tags, then the model's description if any."""
     tags = caption_tags(characters, context, rules)
     return rules.separator.join([*tags, description] if description else tags)
+
+
+def reference_caption(member: Character, sidecar: list[str], rules: CaptionParams) -> str:
+    """A reference image's caption: trigger, traits (optional), then its sidecar's tags."""
+    return rules.separator.join([*caption_tags(member, {}, rules), *sidecar])
 
 
 def kohya_dataset_toml(subsets: dict[str, tuple[int, int]], resolution: int) -> str:
@@ -215,9 +221,7 @@ def run_caption(
                 (staging / folder).mkdir()
                 subsets[folder] = (1, ref_repeats)
             row_id = f"ref-{member.name}-{source.stem}"
-            text = params.caption.separator.join(
-                [*caption_tags(member, {}, params.caption), *sidecar]
-            )
+            text = reference_caption(member, sidecar, params.caption)
             image_name = f"{folder}/{row_id}{source.suffix.lower()}"
             shutil.copyfile(source, staging / image_name)
             (staging / folder / f"{row_id}.txt").write_text(text + "\n", encoding="utf-8")
@@ -231,6 +235,8 @@ def run_caption(
                 }
             )
             manifest.append({"id": row_id, "reference": project.portable(source), "caption": text})
+        # Held out means held out: a caption naming an evaluation context is refused.
+        refuse_leaks(params, [(row["file_name"], row["text"]) for row in metadata])
         atomic.write_jsonl(staging / "metadata.jsonl", metadata)
         atomic.write_jsonl(staging / "manifest.jsonl", manifest)
         toml = kohya_dataset_toml(subsets, params.generate.resolution)

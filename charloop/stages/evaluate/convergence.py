@@ -1,4 +1,11 @@
-"""The loop's stopping rule and the change between consecutive iterations' metrics."""
+"""The loop's stopping rule and the change between consecutive iterations' metrics.
+
+Identity consistency is never judged alone: images that collapse onto one picture (the
+same pose and framing for every seed) score high identity while the character stops
+following the prompt. A round that gains identity while its seed diversity drops by more
+than the noise (:func:`collapse`) is not better: the loop stops there and promotion
+refuses it against production.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +34,8 @@ def decide(history: list[dict[str, Any]], epsilon: float, max_iterations: int) -
     """
     if not history:
         return Verdict(False, "no iteration yet")
+    if len(history) >= 2 and (why := collapse(history[-2], history[-1])):
+        return Verdict(True, f"collapse, not better than the previous iteration: {why}")
     if len(history) >= 2:
         delta = history[-1][METRIC] - history[-2][METRIC]
         if abs(delta) < epsilon:
@@ -34,6 +43,26 @@ def decide(history: list[dict[str, Any]], epsilon: float, max_iterations: int) -
     if len(history) >= max_iterations:
         return Verdict(True, f"budget: {max_iterations} iteration(s) done")
     return Verdict(False, "continuing")
+
+
+def collapse(before: dict[str, Any], after: dict[str, Any]) -> str | None:
+    """Why ``after`` gains identity by losing seed diversity beyond the noise, or None.
+
+    The noise is the larger ``diversity_noise`` (standard error across contexts) of the
+    two; without a noise estimate (one context, one seed) no collapse is claimed.
+    """
+    needed = (METRIC, "diversity", "diversity_noise")
+    if not all(isinstance(side.get(k), float) for side in (before, after) for k in needed):
+        return None
+    gain = after[METRIC] - before[METRIC]
+    drop = before["diversity"] - after["diversity"]
+    noise = max(before["diversity_noise"], after["diversity_noise"])
+    if gain <= 0 or drop <= noise:
+        return None
+    return (
+        f"{METRIC} {gain:+.4f} but diversity {-drop:+.4f} "
+        f"(beyond the noise of {noise:.4f}): the images collapse onto one picture"
+    )
 
 
 def compare(previous: dict[str, Any], current: dict[str, Any]) -> dict[str, float]:

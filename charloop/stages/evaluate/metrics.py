@@ -32,6 +32,7 @@ def consistency_metrics(
     train_embeddings: np.ndarray | None,
     groups: list[str],
     references: np.ndarray | None = None,
+    seeds: list[int] | None = None,
 ) -> dict[str, Any]:
     """Identity, prompt fidelity, memorisation and diversity scores for one set of images.
 
@@ -41,9 +42,13 @@ def consistency_metrics(
         train_embeddings: Embeddings of the training images, or None.
         groups: The context id of each image (images of one context differ by seed).
         references: Embeddings of the character's reference images, or None.
+        seeds: The seed of each image; with two or more, ``identity_noise`` is the standard
+            error of identity consistency across seeds.
 
     Returns:
         Flat float metrics plus ``per_context``: context id -> the same scores for its images.
+        ``diversity_noise`` is the standard error of diversity across contexts: a change
+        smaller than the noise is not a change.
     """
     sims = embeddings @ embeddings.T
     labels = np.array(groups)
@@ -69,8 +74,28 @@ def consistency_metrics(
         per_context[group] = entry
     if diversities:
         metrics["diversity"] = float(np.mean(diversities))
+    if len(diversities) >= 2:
+        metrics["diversity_noise"] = standard_error(diversities)
+    if seeds is not None and (noise := _identity_noise(embeddings, np.array(seeds))) is not None:
+        metrics["identity_noise"] = noise
     metrics["per_context"] = per_context
     return metrics
+
+
+def standard_error(values: list[float]) -> float:
+    """Standard error of the mean of ``values`` (sample standard deviation / sqrt(n))."""
+    return float(np.std(values, ddof=1) / math.sqrt(len(values)))
+
+
+def _identity_noise(embeddings: np.ndarray, seeds: np.ndarray) -> float | None:
+    """Standard error of identity consistency across seeds: the consistency of each seed's
+    images (one per context), their spread. None with fewer than two usable seeds."""
+    per_seed = [
+        mean_pairwise_cosine(embeddings[seeds == seed])
+        for seed in dict.fromkeys(seeds.tolist())
+        if (seeds == seed).sum() >= 2
+    ]
+    return standard_error(per_seed) if len(per_seed) >= 2 else None
 
 
 def with_and_without(lora: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:

@@ -98,7 +98,10 @@ class ScoredImages:
         texts = self.texts[indices] if self.texts is not None else None
         groups = [context_id(self.jobs[i].context) for i in indices]
         emb = self.embeddings[which][indices]
-        return consistency_metrics(emb, texts, self.train[member], groups, self.references[member])
+        seeds = [self.jobs[i].seed for i in indices]
+        return consistency_metrics(
+            emb, texts, self.train[member], groups, self.references[member], seeds
+        )
 
     def metrics(self, params: Params) -> dict[str, Any]:
         """Every evaluation metric (see the module docstring)."""

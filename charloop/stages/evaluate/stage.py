@@ -21,6 +21,7 @@ from charloop.models.embedder import load_embedder
 from charloop.models.pipeline import load_pipeline, lora_applied
 from charloop.params.project import Project
 from charloop.params.schema import Params
+from charloop.scenes.heldout import held_out_axes
 from charloop.scenes.prompts import context_id, scene_prompt
 from charloop.scenes.references import load_references, open_image
 from charloop.scenes.render import ImageJob, png_bytes, render
@@ -157,7 +158,11 @@ def run_evaluate(
     metrics.update(
         {
             "contexts": {
-                cid: {**context, "in_training_matrix": seen_in_training(params, context)}
+                cid: {
+                    **context,
+                    "in_training_matrix": seen_in_training(params, context),
+                    **held_out_axes(params, context),
+                }
                 for cid, context in contexts.items()
             },
             "seeds": list(params.evaluate.seeds),
