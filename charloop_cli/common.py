@@ -68,6 +68,9 @@ def setup_logging(verbose: bool) -> None:
     Third-party chatter stays at WARNING either way."""
     if not verbose:  # MLflow's artifact download bars interleave with the table output
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow configures its own loggers when imported (after this): its INFO notes
+    # ("Creating initial MLflow database tables...") only with --verbose.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

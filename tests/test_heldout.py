@@ -98,8 +98,12 @@ def test_world_references_avoid_held_out_values_and_write_identity(tmp_path):
     assert json.loads((out / "identity.json").read_text())["hair_colour"] == "teal"
 
 
-def _round(identity: float, diversity: float, noise: float) -> dict[str, float]:
-    return {"identity_consistency": identity, "diversity": diversity, "diversity_noise": noise}
+def _round(identity: float, variety: float, noise: float) -> dict[str, float]:
+    return {
+        "identity_consistency": identity,
+        "layout_diversity": variety,
+        "layout_diversity_noise": noise,
+    }
 
 
 def test_a_gain_bought_with_diversity_is_a_collapse():
@@ -116,7 +120,7 @@ def test_promotion_refuses_a_collapse_against_production():
     rules = PromoteParams(max_regression={})
     gates = metric_gates(_round(0.8, 0.1, 0.01), _round(0.7, 0.3, 0.01), rules)
     failed = [g for g in gates if not g.passed]
-    assert [g.name for g in failed] == ["no collapse"] and "diversity" in failed[0].detail
+    assert [g.name for g in failed] == ["no collapse"] and "layout_diversity" in failed[0].detail
     kept = metric_gates(_round(0.8, 0.3, 0.01), _round(0.7, 0.3, 0.01), rules)
     assert all(g.passed for g in kept)
 
@@ -132,3 +136,20 @@ def test_noise_is_the_standard_error_across_seeds_and_contexts():
     assert metrics["diversity_noise"] == pytest.approx(expected)
     assert metrics["identity_noise"] > 0
     assert "identity_noise" not in consistency_metrics(emb, None, None, groups)
+
+
+def test_layout_diversity_sees_pose_and_framing_not_colour():
+    from charloop.stages.evaluate.metrics import layout_features, layout_metrics
+
+    def figure(x: int, colour: str) -> Image.Image:
+        image = Image.new("RGB", (64, 64), "white")
+        image.paste(Image.new("RGB", (16, 40), colour), (x, 12))
+        return image
+
+    recoloured = [figure(24, c) for c in ("teal", "pink", "gold", "navy")]
+    moved = [figure(x, "teal") for x in (4, 18, 32, 44)]
+    groups = ["a", "a", "b", "b"]
+    same_place = layout_metrics(layout_features(recoloured), groups)["layout_diversity"]
+    other_places = layout_metrics(layout_features(moved), groups)["layout_diversity"]
+    assert same_place < 0.05 < other_places
+    assert layout_metrics(layout_features(moved), groups)["layout_diversity_noise"] >= 0

@@ -45,22 +45,28 @@ def decide(history: list[dict[str, Any]], epsilon: float, max_iterations: int) -
     return Verdict(False, "continuing")
 
 
-def collapse(before: dict[str, Any], after: dict[str, Any]) -> str | None:
-    """Why ``after`` gains identity by losing seed diversity beyond the noise, or None.
+VARIETY = "layout_diversity"
+"""Seed variety the prompt leaves free (pose, framing), read where identity barely shows."""
 
-    The noise is the larger ``diversity_noise`` (standard error across contexts) of the
-    two; without a noise estimate (one context, one seed) no collapse is claimed.
+
+def collapse(before: dict[str, Any], after: dict[str, Any]) -> str | None:
+    """Why ``after`` gains identity by losing seed variety beyond the noise, or None.
+
+    Variety is ``layout_diversity`` (see :func:`~charloop.stages.evaluate.metrics.
+    layout_metrics`); the noise is the larger ``layout_diversity_noise`` (standard error
+    across contexts) of the two. Without a noise estimate (one context or one seed) no
+    collapse is claimed.
     """
-    needed = (METRIC, "diversity", "diversity_noise")
+    needed = (METRIC, VARIETY, f"{VARIETY}_noise")
     if not all(isinstance(side.get(k), float) for side in (before, after) for k in needed):
         return None
     gain = after[METRIC] - before[METRIC]
-    drop = before["diversity"] - after["diversity"]
-    noise = max(before["diversity_noise"], after["diversity_noise"])
+    drop = before[VARIETY] - after[VARIETY]
+    noise = max(before[f"{VARIETY}_noise"], after[f"{VARIETY}_noise"])
     if gain <= 0 or drop <= noise:
         return None
     return (
-        f"{METRIC} {gain:+.4f} but diversity {-drop:+.4f} "
+        f"{METRIC} {gain:+.4f} but {VARIETY} {-drop:+.4f} "
         f"(beyond the noise of {noise:.4f}): the images collapse onto one picture"
     )
 

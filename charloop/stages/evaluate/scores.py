@@ -32,7 +32,12 @@ from charloop.scenes.prompts import context_id, scene_text
 from charloop.scenes.references import ReferenceSet, open_image
 from charloop.scenes.render import ImageJob
 from charloop.scenes.strips import assign_strips, strips
-from charloop.stages.evaluate.metrics import consistency_metrics, with_and_without
+from charloop.stages.evaluate.metrics import (
+    consistency_metrics,
+    layout_features,
+    layout_metrics,
+    with_and_without,
+)
 
 EMBED_BATCH = 32
 MEMBER_HEADLINES = ("identity_consistency", "reference_similarity", "trigger_effect")
@@ -99,9 +104,11 @@ class ScoredImages:
         groups = [context_id(self.jobs[i].context) for i in indices]
         emb = self.embeddings[which][indices]
         seeds = [self.jobs[i].seed for i in indices]
-        return consistency_metrics(
+        metrics = consistency_metrics(
             emb, texts, self.train[member], groups, self.references[member], seeds
         )
+        layout = layout_features([self.images[which][i] for i in indices])
+        return metrics | layout_metrics(layout, groups)
 
     def metrics(self, params: Params) -> dict[str, Any]:
         """Every evaluation metric (see the module docstring)."""
