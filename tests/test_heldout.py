@@ -153,3 +153,15 @@ def test_layout_diversity_sees_pose_and_framing_not_colour():
     other_places = layout_metrics(layout_features(moved), groups)["layout_diversity"]
     assert same_place < 0.05 < other_places
     assert layout_metrics(layout_features(moved), groups)["layout_diversity_noise"] >= 0
+
+
+@pytest.mark.parametrize("name", ["params.yaml", "examples/tiny.yaml", "examples/cast.yaml"])
+def test_the_shipped_params_hold_their_evaluation_out(name):
+    from charloop.params.project import load_project
+    from tests.conftest import REPO
+
+    project = load_project(REPO / name)
+    assert held_out_leaks(project) == []
+    if name == "params.yaml":  # the default references are in training contexts only
+        sidecars = list((REPO / "references" / "kira").glob("*.txt"))
+        assert len(sidecars) == 8
