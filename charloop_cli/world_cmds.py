@@ -97,6 +97,9 @@ def references(
     say(f"wrote {len(paths)} references of {chosen.key} and identity.json to {out_dir}")
     if avoid:
         say(f"held-out values never drawn (from {params}): {', '.join(avoid)}")
+    elif not params.is_file():
+        say(f"no {params}: contexts drawn from every world value (pass --params to hold out "
+            "an evaluation's contexts)")  # fmt: skip
 
 
 def _held_out_values(params: Path) -> list[str]:

@@ -251,20 +251,26 @@ def test_a_moved_project_serves_its_adapters_from_its_own_artifact_store(
     own artifact store when the old place is gone."""
     import shutil
 
+    from mlflow.tracking import MlflowClient
     from typer.testing import CliRunner
 
+    from charloop.params.project import load_project
     from charloop_cli.main import app
 
     moved = tmp_path / "moved" / "studio"
     shutil.copytree(git_project.root, moved, symlinks=True)
+    copy = load_project(moved / "params.yaml")
+    MlflowClient(copy.tracking_uri).set_registered_model_alias(
+        copy.params.model_name, "production", "2"
+    )  # in the copy's own registry: the original never had a production version
     away = git_project.root.with_name(git_project.root.name + "-away")
     git_project.root.rename(away)  # the original place is gone for this test
     try:
         out = tmp_path / "kira.png"
         result = CliRunner().invoke(
             app,
-            ["generate", "zxq kira, watercolor", "--model", "kira-lora:2", "--out", str(out),
-             "-p", str(moved / "params.yaml")],
+            ["generate", "zxq kira, watercolor", "--model", "kira-lora@production",
+             "--out", str(out), "-p", str(moved / "params.yaml")],
         )  # fmt: skip
         assert result.exit_code == 0, result.output
         assert out.is_file() and "adapter" in result.output

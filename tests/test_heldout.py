@@ -165,3 +165,13 @@ def test_the_shipped_params_hold_their_evaluation_out(name):
     if name == "params.yaml":  # the default references are in training contexts only
         sidecars = list((REPO / "references" / "kira").glob("*.txt"))
         assert len(sidecars) == 8
+
+
+def test_a_models_description_loses_its_held_out_words(make_project):
+    from charloop.scenes.heldout import redact
+
+    params = make_project().params  # held out: sketch / in a library, anime / in a desert
+    text, removed = redact(params, "A Sketch of a girl in a library, smiling")
+    assert removed == ["in a library", "sketch"]
+    assert text == "A of a girl, smiling"
+    assert redact(params, "a girl on a beach") == ("a girl on a beach", [])

@@ -249,7 +249,7 @@ def test_cli_references(tmp_path: Path) -> None:
     result = CliRunner().invoke(world_app, args)
     assert result.exit_code == 0, result.output
     written = sorted(p.name for p in (tmp_path / "r").iterdir())
-    assert written == ["ref_000.png", "ref_000.txt", "ref_001.png", "ref_001.txt"]
+    assert written == ["identity.json", "ref_000.png", "ref_000.txt", "ref_001.png", "ref_001.txt"]
     bad = CliRunner().invoke(world_app, ["references", str(tmp_path / "x"), "--character", "hat=1"])
     assert bad.exit_code == 2
 

@@ -5,7 +5,8 @@ For each evaluation context (``evaluate.contexts``), the values the generation m
 their axis. A claimed value that appears (as whole words, any case) in a training caption,
 generated or reference, is a leak, and so is a whole evaluation context: all of its values
 in one caption, or a combination the generation matrix can draw. ``charloop validate``,
-the loop's preflight and the caption stage refuse leaks, so the evaluation scores only
+the loop's preflight and the caption stage refuse leaks (a captioning model's description
+is redacted instead: its words are not the user's to fix), so the evaluation scores only
 what the LoRA was never shown; ``metrics.json`` and the validity report say which axes of
 each context were unseen.
 """
@@ -79,8 +80,29 @@ def held_out_axes(params: Params, context: dict[str, str]) -> dict[str, list[str
 
 def mentions(text: str, value: str) -> bool:
     """Whether ``value`` occurs in ``text`` as whole words, ignoring case."""
-    pattern = r"(?<![a-z0-9])" + re.escape(value.strip().lower()) + r"(?![a-z0-9])"
-    return bool(value.strip()) and re.search(pattern, text.lower()) is not None
+    return bool(value.strip()) and re.search(_pattern(value), text.lower()) is not None
+
+
+def _pattern(value: str) -> str:
+    return r"(?<![a-z0-9])" + re.escape(value.strip().lower()) + r"(?![a-z0-9])"
+
+
+def redact(params: Params, text: str) -> tuple[str, list[str]]:
+    """``text`` without the claimed-unseen values it names, and the values removed.
+
+    For what a captioning model writes: its words are not the user's to edit, so a held-out
+    word is cut from the description instead of refusing the dataset.
+    """
+    values = {
+        value
+        for held_out in params.evaluate.contexts
+        for value in claimed_unseen(params, held_out.model_dump()).values()
+    }
+    removed = sorted(v for v in values if mentions(text, v))
+    for value in sorted(removed, key=len, reverse=True):  # "sketch style" before "sketch"
+        text = re.sub(_pattern(value), "", text, flags=re.IGNORECASE)
+    text = re.sub(r"\s+,", ",", re.sub(r"\s{2,}", " ", text))
+    return text.strip(" ,"), removed
 
 
 def in_generation_matrix(params: Params, context: dict[str, str]) -> bool:

@@ -91,6 +91,8 @@ class Dataset(StageResult):
     references: int
     captioner: str
     trigger_common_words: list[str] = field(default_factory=list)
+    held_out_words_cut: int = 0
+    """Held-out words cut from the captioning model's descriptions (see scenes.heldout)."""
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from charloop.params.project import Project
 from charloop.scenes.heldout import Leak, find_leaks, refuse_leaks
-from charloop.stages.caption.stage import caption_text, reference_caption, reference_entries
+from charloop.stages.caption.references import reference_entries
+from charloop.stages.caption.stage import caption_text, reference_caption
 
 
 def planned_captions(project: Project) -> list[tuple[str, str]]:

@@ -32,13 +32,11 @@ from typing import Any
 from charloop.core import atomic
 from charloop.core.hashing import sha256_file, tree_digest
 from charloop.params.project import Project
-from charloop.params.schema import AXES, CaptionParams, Character
-from charloop.scenes.heldout import refuse_leaks
+from charloop.params.schema import AXES, CaptionParams, Character, Params
+from charloop.scenes.heldout import redact, refuse_leaks
+from charloop.stages.caption.references import ReferenceEntry, reference_entries
 from charloop.stages.contract import StageIdentity, identity
 from charloop.stages.results import Dataset, Generated, Reviewed
-
-ReferenceEntry = tuple[Character, Path, list[str]]
-"""A reference image of a character, with the tags of its ``.txt`` sidecar."""
 
 logger = logging.getLogger(__name__)
 
@@ -127,11 +125,6 @@ def training_data_digest(dataset_dir: str | Path) -> str:
     return tree_digest(dataset_dir, subfolders_only=True)
 
 
-def reference_entries(project: Project) -> list[ReferenceEntry]:
-    """The references the dataset includes (``caption.include_references``), listed once."""
-    return [(m, f, _sidecar_tags(f)) for m, f in _reference_files(project)]
-
-
 def caption_identity(
     project: Project,
     generated: Generated,
@@ -180,7 +173,7 @@ def run_caption(
         return done
     kept = atomic.read_jsonl(Path(selected.path) / "kept.jsonl")
     files = [Path(generated.path) / row["file"] for row in kept]
-    descriptions = _describe(project, captioner_ref, files)
+    descriptions, redacted = _redacted(params, _describe(project, captioner_ref, files))
     tokenizer = _tokenizer(project)
     common = sorted({w for m in params.members for w in common_word_tokens(tokenizer, m.trigger)})
     if common:
@@ -247,32 +240,22 @@ def run_caption(
             references=sum(1 for r in manifest if "reference" in r),
             trigger_common_words=common,
             captioner=params.caption.captioner.type,
+            held_out_words_cut=redacted,
         )
     logger.info("caption: %d captioned images in %s", len(metadata), out_dir)
     return output
 
 
-def _reference_files(project: Project) -> list[tuple[Character, Path]]:
-    """Each character's readable reference images, with ``caption.include_references``."""
-    if not project.params.caption.include_references:
-        return []
-    from charloop.scenes.references import load_references
-
-    out = []
-    for member in project.params.members:
-        folder = project.resolve(member.references) if member.references else None
-        out += [(member, folder / name) for name in load_references(folder).files if folder]
-    return out
-
-
-def _sidecar_tags(image: Path) -> list[str]:
-    """Tags from a kohya-style caption file beside a reference image (``<stem>.txt``): the
-    art's context, so its captions read like the generated images' (trigger, traits,
-    context) and the context tags do not come to mean "not the character"."""
-    sidecar = image.with_suffix(".txt")
-    if not sidecar.is_file():
-        return []
-    return [t.strip() for t in sidecar.read_text(encoding="utf-8").split(",") if t.strip()]
+def _redacted(params: Params, descriptions: list[str]) -> tuple[list[str], int]:
+    """The descriptions with held-out words cut (see ``redact``), and how many were cut."""
+    out, cut = [], 0
+    for text in descriptions:
+        clean, removed = redact(params, text)
+        out.append(clean)
+        cut += len(removed)
+    if cut:
+        logger.warning("caption: cut %d held-out word(s) from the model's descriptions", cut)
+    return out, cut
 
 
 def _describe(project: Project, captioner_ref: str | None, files: list[Path]) -> list[str]:
