@@ -56,18 +56,21 @@ def build(
 @world_app.command()
 def references(
     out_dir: Annotated[Path, typer.Argument(help="Where to write ref_NNN.png files.")],
-    n: Annotated[int, typer.Option(help="Number of renders.")] = 8,
+    n: Annotated[int, typer.Option(help="Number of renders.", min=1)] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the character and the contexts.")] = 0,
     character: Annotated[
         str | None,
         typer.Option(help="Attributes as key=value,... (missing ones are drawn from the seed)."),
     ] = None,
     params: Annotated[
-        Path,
+        Path | None,
         typer.Option(
-            "--params", "-p", help="Its evaluate.contexts' held-out values are never drawn."
+            "--params",
+            "-p",
+            help="Its evaluate.contexts' held-out values are never drawn "
+            "(default: ./params.yaml when there is one).",
         ),
-    ] = Path("params.yaml"),
+    ] = None,
 ) -> None:
     """Render N reference pictures of one world character over varied contexts, with
     caption sidecars and identity.json; the held-out values of the params' evaluation
@@ -89,6 +92,10 @@ def references(
         chosen = CharacterSpec(**spec)
     except ValueError as exc:
         fail("invalid character", str(exc), EXIT_INVALID)
+    if params is not None and not params.is_file():
+        fail("no params file", f"{params} does not exist", EXIT_INVALID,
+             "name the params.yaml whose evaluation the references must stay out of")  # fmt: skip
+    params = params or Path("params.yaml")
     avoid = _held_out_values(params)
     try:
         paths = render_references(chosen, out_dir, n, seed, avoid)

@@ -49,6 +49,8 @@ def _bad_cases(p: str, folder: Path) -> list[tuple[list[str], int, str]]:
         (["report", "validity", "-p", p, "--oracle", missing], 2, ""),
         (["world", "build", "everything"], 2, "unknown target"),
         (["world", "references", missing, "--character", "wings=yes"], 2, "unknown attributes"),
+        (["world", "references", missing, "--params", missing], 2, "no params file"),
+        (["world", "references", missing, "--n", "0"], 2, "greater than or equal to 1"),
         (["lineage", "kira-lora", "-p", p], 2, "not found in the registry"),
         (["lineage", "kira's lora", "-p", p], 2, "bad model spec"),
         (["checkout", "kira-lora:1", "-p", p, "--out", p], 2, "--out exists"),
