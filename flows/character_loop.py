@@ -135,7 +135,12 @@ def _iterations(project: Project) -> list[dict[str, Any]]:
             iteration,
             results,
             parent_version,
-            {"stop": verdict.stop, "reason": verdict.reason, "change_vs_previous": deltas},
+            {
+                "stop": verdict.stop,
+                "reason": verdict.reason,
+                "collapse": verdict.collapse,  # registered, but not aliased candidate
+                "change_vs_previous": deltas,
+            },
             list(history),
         )
         rows.append(

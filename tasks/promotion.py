@@ -42,7 +42,9 @@ def check_promotion_task(project: Project, version: str) -> dict[str, Any]:
     if current is not None and str(current.version) != str(version):
         baseline = dict(client.get_run(current.run_id).data.metrics)
     metrics = dict(client.get_run(candidate.run_id).data.metrics)
-    gates = [lineage, adapter, *metric_gates(metrics, baseline, project.params.promote)]
+    parent = steps[1].metrics if len(steps) > 1 else None  # chain: newest first
+    rules = project.params.promote
+    gates = [lineage, adapter, *metric_gates(metrics, baseline, rules, parent)]
     create_markdown_artifact(
         key=f"{name}-promote-v{version}-gates".replace("_", "-").lower(),
         markdown="\n".join(

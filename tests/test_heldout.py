@@ -175,3 +175,38 @@ def test_a_models_description_loses_its_held_out_words(make_project):
     assert removed == ["in a library", "sketch"]
     assert text == "A of a girl, smiling"
     assert redact(params, "a girl on a beach") == ("a girl on a beach", [])
+
+
+def test_a_first_promotion_is_judged_against_the_parent():
+    rules = PromoteParams(max_regression={})
+    gates = metric_gates(_round(0.8, 0.1, 0.01), None, rules, parent=_round(0.7, 0.3, 0.01))
+    assert [g.name for g in gates if not g.passed] == ["no collapse"]
+    assert "vs parent" in gates[-1].detail
+    assert metric_gates(_round(0.8, 0.1, 0.01), None, rules) == []  # a root: nothing to judge
+
+
+def test_a_collapsed_iteration_is_registered_but_not_aliased_candidate(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from charloop.lineage.registry import IterationRecord, register_iteration
+
+    adapter, evaluation, dataset = (tmp_path / n for n in ("adapter", "evaluation", "data"))
+    for folder in (adapter, evaluation, dataset):
+        folder.mkdir()
+    (adapter / "weights.bin").write_bytes(b"lora")
+    (evaluation / "metrics.json").write_text("{}")
+    Image.new("RGB", (8, 8)).save(evaluation / "contact_sheet.png")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+
+    def register(iteration: int, candidate: bool) -> str:
+        record = IterationRecord(
+            "kira-lora", "charloop-kira", (tmp_path / "artifacts").as_uri(), iteration,
+            str(adapter), str(evaluation), {"identity_consistency": 0.5}, {},
+            {"adapter_sha256": str(iteration)}, dataset_path=str(dataset),
+        )  # fmt: skip
+        return register_iteration(uri, record, candidate)["version"]
+
+    assert register(1, True) == "1"
+    assert register(2, False) == "2"
+    alias = MlflowClient(uri).get_model_version_by_alias("kira-lora", "candidate")
+    assert str(alias.version) == "1"

@@ -48,9 +48,14 @@ class PromotionRefused(Refused, RuntimeError):
 
 
 def metric_gates(
-    candidate: dict[str, float], production: dict[str, float] | None, rules: PromoteParams
+    candidate: dict[str, float],
+    production: dict[str, float] | None,
+    rules: PromoteParams,
+    parent: dict[str, float] | None = None,
 ) -> list[Gate]:
-    """Minimums, maximums and the allowed regression against production, per metric."""
+    """Minimums, maximums and the allowed regression against production, per metric, and
+    no collapse: against production, else (a first promotion) against the version's
+    parent, so a round that bought identity with variety is never promoted unnoticed."""
     gates = [
         _bound_gate("min", metric, candidate.get(metric), bound)
         for metric, bound in sorted(rules.min_metrics.items())
@@ -70,8 +75,10 @@ def metric_gates(
                 f"{'down' if drop > 0 else 'up'} {abs(drop):.4f} (allowed drop {margin})"
             )
             gates.append(Gate(f"no regression {metric}", ok, detail))
-        why = collapse(production, candidate)
-        detail = why or "identity is not bought with seed diversity (vs production)"
+    against, which = (production, "production") if production is not None else (parent, "parent")
+    if against is not None:
+        why = collapse(against, candidate)
+        detail = f"vs {which}: " + (why or "identity is not bought with seed variety")
         gates.append(Gate("no collapse", why is None, detail))
     return gates
 

@@ -131,7 +131,8 @@ def _publish(
         },
         images=images,
     )
-    result = registry.register_iteration(project.tracking_uri, record)
+    candidate = not (extra_summary or {}).get("collapse", False)
+    result = registry.register_iteration(project.tracking_uri, record, candidate)
     # From now on the iteration is history: its stages refuse to redo (new inputs retrain
     # in a new round, see charloop.lineage.rounds).
     mark_published(paths.root, params.model_name, result["version"])

@@ -165,8 +165,11 @@ def _end_abandoned_runs(client: Any, experiment_id: str, key: str) -> None:
         )
 
 
-def register_iteration(tracking_uri: str, record: IterationRecord) -> dict[str, str]:
-    """Log the iteration's run and register its adapter as a new model version.
+def register_iteration(
+    tracking_uri: str, record: IterationRecord, candidate: bool = True
+) -> dict[str, str]:
+    """Log the iteration's run and register its adapter as a new model version, aliased
+    ``candidate`` unless ``candidate`` is False (a collapsed iteration keeps it where it is).
 
     Returns:
         ``{"run_id", "version", "lineage_key"}`` of the (possibly pre-existing) version.
@@ -208,7 +211,8 @@ def register_iteration(tracking_uri: str, record: IterationRecord) -> dict[str, 
     version = client.create_model_version(
         record.model_name, source=f"{artifact_uri}/adapter", run_id=run_id, tags=tags
     )
-    client.set_registered_model_alias(record.model_name, CANDIDATE_ALIAS, version.version)
+    if candidate:
+        client.set_registered_model_alias(record.model_name, CANDIDATE_ALIAS, version.version)
     logger.info("registry: registered %s v%s", record.model_name, version.version)
     return {"run_id": run_id, "version": str(version.version), "lineage_key": key}
 

@@ -22,6 +22,8 @@ class Verdict:
 
     stop: bool
     reason: str
+    collapse: bool = False
+    """The last iteration bought identity with variety: it is not aliased ``candidate``."""
 
 
 def decide(history: list[dict[str, Any]], epsilon: float, max_iterations: int) -> Verdict:
@@ -35,7 +37,7 @@ def decide(history: list[dict[str, Any]], epsilon: float, max_iterations: int) -
     if not history:
         return Verdict(False, "no iteration yet")
     if len(history) >= 2 and (why := collapse(history[-2], history[-1])):
-        return Verdict(True, f"collapse, not better than the previous iteration: {why}")
+        return Verdict(True, f"collapse, not better than the previous iteration: {why}", True)
     if len(history) >= 2:
         delta = history[-1][METRIC] - history[-2][METRIC]
         if abs(delta) < epsilon:
