@@ -113,8 +113,6 @@ def _held_out_values(params: Path) -> list[str]:
     """The values ``params``' evaluation claims unseen (none when the file is absent)."""
     if not params.is_file():
         return []
-    from charloop.scenes.heldout import claimed_unseen
+    from charloop.scenes.heldout import claimed_unseen_values
 
-    loaded = load_or_exit(params).params
-    values = (claimed_unseen(loaded, c.model_dump()).values() for c in loaded.evaluate.contexts)
-    return sorted({value for found in values for value in found})
+    return claimed_unseen_values(load_or_exit(params).params)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import task
 
-from charloop.lineage.registry import superseded_version
+from charloop.lineage.promotion import superseded_version
 from charloop.lineage.rounds import Round, plan_round
 from charloop.params.project import Project
 from tasks.caching import retry_transient, run_logger
@@ -14,9 +14,10 @@ from tasks.caching import retry_transient, run_logger
 def plan_round_task(project: Project) -> Round:
     """The round this run works in: the newest one, or a new one when inputs changed after
     an iteration was registered (it supersedes production, else the newest version)."""
-    planned = plan_round(
-        project, lambda: superseded_version(project.tracking_uri, project.params.model_name)
-    )
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(project.tracking_uri)
+    planned = plan_round(project, lambda: superseded_version(client, project.params.model_name))
     run_logger().info(
         "round %d: iterations from %d, parent %s",
         planned.number,

@@ -18,14 +18,14 @@ from charloop.core.errors import Refused
 from charloop.lineage import audit
 from charloop.lineage.adapter_files import adapter_file_problems
 from charloop.lineage.chain import LineageError, LineageStep, UnknownVersion, chain, missing_tags
-from charloop.lineage.registry import PRODUCTION_ALIAS, local_artifact
+from charloop.lineage.registry import local_artifact
 from charloop.params.promote import PromoteParams
 from charloop.stages.evaluate.convergence import collapse
 from charloop.stages.layout import ADAPTER_FILE_TAGS
 
 logger = logging.getLogger(__name__)
 
-PRODUCTION = PRODUCTION_ALIAS
+PRODUCTION = "production"
 PREVIOUS = "previous"
 
 
@@ -147,6 +147,21 @@ def production_version(client: Any, name: str) -> Any | None:
         return client.get_model_version_by_alias(name, PRODUCTION)
     except Exception:
         return None
+
+
+def superseded_version(client: Any, name: str) -> str | None:
+    """The version a retrain supersedes: production, else the newest (None: no version)."""
+    from mlflow.exceptions import MlflowException
+
+    if (current := production_version(client, name)) is not None:
+        return str(current.version)
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    return max((str(v.version) for v in versions), key=int, default=None)
 
 
 def move_to_production(

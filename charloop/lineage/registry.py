@@ -21,7 +21,6 @@ from charloop.core.hashing import sha256_json
 logger = logging.getLogger(__name__)
 
 CANDIDATE_ALIAS = "candidate"
-PRODUCTION_ALIAS = "production"
 
 
 @dataclass(frozen=True)
@@ -130,26 +129,6 @@ def find_version(client: Any, model_name: str, lineage_key: str) -> Any | None:
             return None
         raise
     return versions[0] if versions else None
-
-
-def superseded_version(tracking_uri: str, model_name: str) -> str | None:
-    """The version a retrain supersedes: the ``production`` alias, else the newest version
-    (None when the model has no version yet)."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    try:
-        return str(client.get_model_version_by_alias(model_name, PRODUCTION_ALIAS).version)
-    except MlflowException:
-        pass  # no such alias or model: fall back to the newest version
-    try:
-        versions = client.search_model_versions(f"name = '{model_name}'")
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
-    return max((str(v.version) for v in versions), key=int, default=None)
 
 
 def _end_abandoned_runs(client: Any, experiment_id: str, key: str) -> None:

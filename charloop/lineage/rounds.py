@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,7 @@ def _last_registered_iteration(workdir: Path) -> int:
     return max(numbers, default=0)
 
 
-def plan_round(project: Project, supersedes: Any) -> Round:
+def plan_round(project: Project, supersedes: Callable[[], str | None]) -> Round:
     """The round this run of the loop works in, recorded in ``rounds.json``.
 
     Args:

@@ -69,6 +69,17 @@ def claimed_unseen(params: Params, context: dict[str, str]) -> dict[str, str]:
     }
 
 
+def claimed_unseen_values(params: Params) -> list[str]:
+    """Every value some evaluation context claims unseen, sorted."""
+    return sorted(
+        {
+            value
+            for held_out in params.evaluate.contexts
+            for value in claimed_unseen(params, held_out.model_dump()).values()
+        }
+    )
+
+
 def held_out_axes(params: Params, context: dict[str, str]) -> dict[str, list[str]]:
     """Which axes of ``context`` were unseen in training and which were seen."""
     unseen = claimed_unseen(params, context)
@@ -93,12 +104,7 @@ def redact(params: Params, text: str) -> tuple[str, list[str]]:
     For what a captioning model writes: its words are not the user's to edit, so a held-out
     word is cut from the description instead of refusing the dataset.
     """
-    values = {
-        value
-        for held_out in params.evaluate.contexts
-        for value in claimed_unseen(params, held_out.model_dump()).values()
-    }
-    removed = sorted(v for v in values if mentions(text, v))
+    removed = [v for v in claimed_unseen_values(params) if mentions(text, v)]
     for value in sorted(removed, key=len, reverse=True):  # "sketch style" before "sketch"
         text = re.sub(_pattern(value), "", text, flags=re.IGNORECASE)
     text = re.sub(r"\s+,", ",", re.sub(r"\s{2,}", " ", text))

@@ -3,8 +3,9 @@
 Identity consistency is never judged alone: images that collapse onto one picture (the
 same pose and framing for every seed) score high identity while the character stops
 following the prompt. A round that gains identity while its seed diversity drops by more
-than the noise (:func:`collapse`) is not better: the loop stops there and promotion
-refuses it against production.
+than the noise (:func:`collapse`) is not better: the loop stops there, leaves
+``candidate`` on the previous version, and promotion refuses it against production (or
+its parent when nothing is in production).
 """
 
 from __future__ import annotations
