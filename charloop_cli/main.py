@@ -118,29 +118,36 @@ def run(
 
 
 def summary_table(rows: list[dict[str, Any]]) -> Table:
-    """The end-of-run table: one row per iteration."""
+    """The end-of-run table: one row per iteration; the best round's version is marked
+    ``candidate``."""
     table = Table(title="charloop iterations")
     for name in (
         "round",
         "iteration",
-        "generated",
         "kept",
+        "trained on",
         "identity",
+        "layout variety",
         "prompt fid.",
         "version",
         "decision",
     ):
         table.add_column(name)
-    for row in rows:
+    best = max((i for i, row in enumerate(rows) if row.get("best", True)), default=None)
+    for index, row in enumerate(rows):
         fidelity = row.get("prompt_fidelity")
+        variety = row.get("layout_diversity")
         table.add_row(
             str(row.get("round", 1)),
             str(row["iteration"]),
-            str(row["generated"]),
-            str(row["kept"]),
+            f"{row['kept']} of {row['generated']}",
+            str(row.get("trained_on", "-")),
             f"{row['identity_consistency']:.4f} (base {row['base_identity_consistency']:.4f})",
+            "-"
+            if variety is None
+            else f"{variety:.4f} (base {row.get('base_layout_diversity', float('nan')):.4f})",
             "-" if fidelity is None else f"{fidelity:.4f}",
-            str(row["version"]),
+            f"{row['version']}{' candidate' if index == best else ''}",
             escape(str(row["decision"])),
         )
     return table

@@ -35,6 +35,11 @@ def validity(
         typer.echo(
             f"{name:12s} consistency {row['consistency']:5.1f}% "
             f"(± {row['consistency_seed_std']:.1f} across seeds), "
-            f"all attributes {row['all_attributes']:5.1f}%"
+            f"all attributes {row['all_attributes']:5.1f}%, variety layout "
+            f"{row['layout_variety']:.1f} pose {row['pose_variety']:.1f} expression "
+            f"{row['expression_variety']:.1f}, context fidelity {row['context_fidelity']:.1f}%"
         )
-    typer.echo(f"margin {report['margin']:+.1f} points; report in {out / 'VALIDITY.md'}")
+    typer.echo(
+        f"margin {report['margin']:+.1f} points (best: {report['best']}, "
+        f"{report['best_margin']:+.1f}); report in {out / 'VALIDITY.md'}"
+    )

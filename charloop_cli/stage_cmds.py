@@ -100,19 +100,24 @@ def stage_review(
 
 @stage_app.command("caption")
 def stage_caption(
-    generated: Path, reviewed: Path, out: Path, params: ParamsOption = Path("params.yaml")
+    generated: Path,
+    reviewed: Path,
+    out: Path,
+    params: ParamsOption = Path("params.yaml"),
+    previous: Annotated[
+        Path | None,
+        typer.Option(help="The previous iteration's dataset folder (caption.dataset: accumulate)."),
+    ] = None,
 ) -> None:
     """Caption the images REVIEWED selected from GENERATED into the dataset folder OUT."""
     from charloop.stages.caption.stage import run_caption
-    from charloop.stages.results import Generated, Reviewed
+    from charloop.stages.results import Dataset, Generated, Reviewed
 
     project = load_or_exit(params)
     setup_logging(False)
-    _report(
-        run_caption(
-            project, read_result(generated, Generated), read_result(reviewed, Reviewed), out
-        )
-    )
+    earlier = read_result(previous, Dataset) if previous else None
+    selected = read_result(reviewed, Reviewed)
+    _report(run_caption(project, read_result(generated, Generated), selected, out, earlier))
 
 
 @stage_app.command("train")

@@ -8,7 +8,9 @@ each image, and score how many of the character's true attributes it shows.
 - ``consistency``: mean share of the character's attributes the oracle reads as the
   character's values (100: every image shows every attribute);
 - ``all_attributes``: share of images that show every attribute;
-- both per seed, so the noise across seeds is reported next to the margin.
+- both per seed, so the noise across seeds is reported next to the margin;
+- variety across seeds for what the prompt leaves free, and context fidelity
+  (:mod:`charloop_world.variety`), with the base model's values beside each LoRA's.
 
 The character's true attributes come from ``identity.json`` in its references folder
 (written by ``charloop world references``).
@@ -33,6 +35,7 @@ from charloop.scenes.heldout import held_out_axes, label
 from charloop.scenes.prompts import context_id, scene_prompt
 from charloop.scenes.render import ImageJob, render
 from charloop.stages.layout import ADAPTER_WEIGHTS, IterationPaths
+from charloop_world.variety import context_fidelity, free_jobs, variety, variety_columns
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +132,7 @@ def run_validity(
     truth = load_truth(project)
     oracle = load_oracle(oracle_path)
     jobs = validity_jobs(project, seeds)
+    loose = free_jobs(jobs)
     pipe = load_pipeline(project.model_ref(params.base_model.path), params.base_model)
     models: dict[str, Path | None] = {"base model": None}
     for root in sorted(project.workdir.glob("iter-*")):  # every round's iterations
@@ -142,7 +146,11 @@ def run_validity(
     for name, adapter in models.items():
         with lora_applied(pipe, adapter, params.generate.lora_scale):
             images = render(pipe, jobs, params.generate)
+            free_images = render(pipe, loose, params.generate)
         results[name] = score(oracle, images, truth, [job.seed for job in jobs]).summary()
+        reads = oracle.read(free_images)
+        results[name] |= variety(reads, free_images, loose, oracle.net.attributes)
+        results[name]["context_fidelity"] = context_fidelity(oracle.read(images), jobs)
         sheet = contact_sheet({name: images}, columns=len(seeds), row_labels=labels)
         sheet.save(out / f"{name.replace(' ', '-')}.png")
         logger.info("validity: %s consistency %.1f%%", name, results[name]["consistency"])
@@ -157,11 +165,22 @@ def run_validity(
         "held_out": held_out,
         "models": results,
     }
-    last = list(results)[-1]
-    report["margin"] = results[last]["consistency"] - results["base model"]["consistency"]
+    report |= margins(results)
     atomic.write_json(out / "validity.json", report)
     atomic.write_text(out / "VALIDITY.md", validity_markdown(report))
     return report
+
+
+def margins(results: dict[str, Any]) -> dict[str, Any]:
+    """The last and the best model's margin over the base model, with the seed noise."""
+    base = results["base model"]["consistency"]
+    last = list(results)[-1]
+    best = max(results, key=lambda name: results[name]["consistency"])
+    return {
+        "margin": results[last]["consistency"] - base,
+        "best": best,
+        "best_margin": results[best]["consistency"] - base,
+    }
 
 
 def validity_markdown(report: dict[str, Any]) -> str:
@@ -184,14 +203,24 @@ def validity_markdown(report: dict[str, Any]) -> str:
             for c in report.get("held_out", [])
         ),
         "",
-        "| model | consistency % | ± seeds | all attributes % | " + " | ".join(attributes) + " |",
-        "|---" * (4 + len(attributes)) + "|",
+        "Variety (free pose and expression, 0-100): layout, pose and expression across "
+        "seeds; context fidelity: share of the prompt's setting, style, pose and expression "
+        "the oracle reads back.",
+        "",
+        "| model | consistency % | ± seeds | all attributes % | layout variety | pose variety "
+        "| expression variety | context fidelity % | " + " | ".join(attributes) + " |",
+        "|---" * (8 + len(attributes)) + "|",
     ]
     for name, row in models.items():
         cells = [f"{row['per_attribute'][a]:.0f}" for a in attributes]
         lines.append(
             f"| {name} | {row['consistency']:.1f} | {row['consistency_seed_std']:.1f} | "
-            f"{row['all_attributes']:.1f} | " + " | ".join(cells) + " |"
+            f"{row['all_attributes']:.1f} | " + " | ".join([*variety_columns(row), *cells]) + " |"
         )
-    lines += ["", f"Margin (last iteration minus base model): {report['margin']:+.1f} points.", ""]
+    lines += [
+        "",
+        f"Margin over the base model: last {report['margin']:+.1f} points, best "
+        f"({report.get('best', '-')}) {report.get('best_margin', report['margin']):+.1f}.",
+        "",
+    ]
     return "\n".join(lines)

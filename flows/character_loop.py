@@ -107,28 +107,31 @@ def _iterations(project: Project) -> list[dict[str, Any]]:
     """
     params = project.params
     planned = plan_round_task(project)
-    adapter: AdapterRef | None = None
+    adapter: AdapterRef | None = None  # the best round's LoRA: the next round renders with it
     parent_version: str | None = planned.supersedes
+    previous: Dataset | None = None  # what an accumulating dataset policy draws from
     history: list[dict[str, float]] = []
     rows: list[dict[str, Any]] = []
     first = planned.first_iteration
-    for iteration in range(first, first + params.loop.max_iterations):
-        # Data: render with the previous LoRA, keep what the discriminators (and, when
-        # enabled, a person) pass, caption it.
+    loop = params.loop
+    for iteration in range(first, first + loop.max_iterations):
+        # Data: render with the best LoRA so far, keep what the discriminators (and, when
+        # enabled, a person) pass, caption it with the best of the round's earlier data.
         generated = _generate(project, iteration, adapter)
         filtered = filter_task(project, iteration, generated)
         reviewed = review_gate(project, iteration, generated, filtered)
-        dataset = caption_task(project, iteration, generated, reviewed)
+        dataset = caption_task(project, iteration, generated, reviewed, previous)
         # Model: train a LoRA on the new dataset and score it on held-out contexts.
         provenance = build_provenance(project, iteration, dataset, adapter, parent_version)
         trained = train_task(project, iteration, dataset, provenance)
-        previous = history[-1] if history else None
-        evaluation = _evaluate(project, iteration, trained, dataset, previous)
+        before = history[-1] if history else None
+        evaluation = _evaluate(project, iteration, trained, dataset, before)
         history.append(evaluation.metrics)
-        deltas = compare(previous, evaluation.metrics) if previous else {}
-        verdict = decide(history, params.loop.convergence_epsilon, params.loop.max_iterations)
+        deltas = compare(before, evaluation.metrics) if before else {}
+        verdict = decide(history, loop.convergence_epsilon, loop.max_iterations, loop.patience)
+        best = verdict.improved(len(history))
         # Lineage: version the folders with DVC and register the adapter in MLflow, with
-        # the metrics-over-iterations plot of iterations 1..N.
+        # the metrics-over-iterations plot; only the best round is aliased candidate.
         results = IterationResults(generated, filtered, dataset, trained, evaluation, reviewed)
         published = publish_task(
             project,
@@ -138,7 +141,8 @@ def _iterations(project: Project) -> list[dict[str, Any]]:
             {
                 "stop": verdict.stop,
                 "reason": verdict.reason,
-                "collapse": verdict.collapse,  # registered, but not aliased candidate
+                "collapse": verdict.collapse,
+                "best_so_far": best,  # only the best round is aliased candidate
                 "change_vs_previous": deltas,
             },
             list(history),
@@ -149,14 +153,17 @@ def _iterations(project: Project) -> list[dict[str, Any]]:
                 "iteration": iteration,
                 "generated": generated.images,
                 "kept": reviewed.kept,
+                "trained_on": dataset.images,
                 **evaluation.metrics,
                 "version": published["version"],
+                "best": best,
                 "dataset_hash": published["dataset_hash"],
                 "decision": verdict.reason,
             }
         )
         if verdict.stop:
             break
-        adapter = trained.ref
-        parent_version = published["version"]
+        previous = dataset
+        if best:
+            adapter, parent_version = trained.ref, published["version"]
     return rows

@@ -161,16 +161,28 @@ def review_task(
             p["generated"],
             p["reviewed"],
             paths_of(p["project"], p["iteration"]).dataset,
+            previous=p.get("previous"),
         )
     ),
     **CACHED,
 )
 def caption_task(
-    project: Project, iteration: int, generated: Generated, reviewed: Reviewed
+    project: Project,
+    iteration: int,
+    generated: Generated,
+    reviewed: Reviewed,
+    previous: Dataset | None = None,
 ) -> Dataset:
-    """Write the captioned, kohya-style dataset folder."""
-    output = run_caption(project, generated, reviewed, paths_of(project, iteration).dataset)
-    run_logger().info("caption: %d images (%d references)", output.images, output.references)
+    """Write the captioned, kohya-style dataset folder (``previous``: the round's previous
+    dataset, which an accumulating ``caption.dataset`` policy draws from)."""
+    out = paths_of(project, iteration).dataset
+    output = run_caption(project, generated, reviewed, out, previous)
+    run_logger().info(
+        "caption: %d images (%d references), generated images by iteration %s",
+        output.images,
+        output.references,
+        output.sources,
+    )
     return output
 
 

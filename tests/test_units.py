@@ -11,7 +11,8 @@ from charloop.models.embedder import mean_pairwise_cosine
 from charloop.params.filter import DuplicatesCheck, IdentityCheck, QualityCheck
 from charloop.params.schema import AXES, CaptionParams, Character, Contexts, FilterParams
 from charloop.scenes.prompts import context_matrix, derive_seed, render_prompt
-from charloop.stages.caption.stage import caption_text, subset_folder
+from charloop.stages.caption.folder import subset_folder
+from charloop.stages.caption.stage import caption_text
 from charloop.stages.evaluate.convergence import decide
 from charloop.stages.evaluate.stage import consistency_metrics
 from charloop.stages.filter.imagestats import dhash, hamming, quality_scores
@@ -199,7 +200,7 @@ def test_references_skip_bad_files_with_reasons(tmp_path):
 
 def test_common_word_triggers_are_detected():
     from charloop.models.tiny import build_tokenizer
-    from charloop.stages.caption.stage import common_word_tokens
+    from charloop.stages.caption.folder import common_word_tokens
 
     tokenizer = build_tokenizer()
     assert common_word_tokens(tokenizer, "zxq kira") == []

@@ -131,7 +131,7 @@ def _publish(
         },
         images=images,
     )
-    candidate = not (extra_summary or {}).get("collapse", False)
+    candidate = bool((extra_summary or {}).get("best_so_far", True))
     result = registry.register_iteration(project.tracking_uri, record, candidate)
     # From now on the iteration is history: its stages refuse to redo (new inputs retrain
     # in a new round, see charloop.lineage.rounds).

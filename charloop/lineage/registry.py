@@ -148,7 +148,8 @@ def register_iteration(
     tracking_uri: str, record: IterationRecord, candidate: bool = True
 ) -> dict[str, str]:
     """Log the iteration's run and register its adapter as a new model version, aliased
-    ``candidate`` unless ``candidate`` is False (a collapsed iteration keeps it where it is).
+    ``candidate`` unless ``candidate`` is False (a round that did not beat the best so far
+    leaves the alias on the best).
 
     Returns:
         ``{"run_id", "version", "lineage_key"}`` of the (possibly pre-existing) version.

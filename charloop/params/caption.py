@@ -36,6 +36,28 @@ class VlmCaptioner(StrictModel):
 Captioner = Annotated[TemplateCaptioner | VlmCaptioner, Field(discriminator="type")]
 
 
+class IterationPolicy(StrictModel):
+    """Each dataset holds only its own iteration's kept images (and the references)."""
+
+    policy: Literal["iteration"] = "iteration"
+
+
+class AccumulatePolicy(StrictModel):
+    """Each dataset draws from every iteration of its round so far: the best images
+    against the references (a person's keep first), capped per scene context; an older
+    image stays until a newer one of its context scores higher."""
+
+    policy: Literal["accumulate"] = "accumulate"
+    per_context: int = Field(default=4, ge=1)
+    """At most this many generated images per scene context (who is in it + its
+    style/setting/attire/expression/pose combination), so no context dominates."""
+    max_images: int | None = Field(default=None, ge=1)
+    """At most this many generated images in all (the best first), or null."""
+
+
+DatasetPolicy = Annotated[IterationPolicy | AccumulatePolicy, Field(discriminator="policy")]
+
+
 class CaptionParams(StrictModel):
     """Caption files written next to each training image."""
 
@@ -54,6 +76,10 @@ class CaptionParams(StrictModel):
     references against the generated images."""
     separator: str = ", "
     """Separator between tags."""
+    dataset: DatasetPolicy = AccumulatePolicy()
+    """Which generated images each iteration trains on: ``{policy: accumulate}`` (the best
+    of every iteration of the round so far, ranked against the references and capped per
+    context) or ``{policy: iteration}`` (only that iteration's kept images)."""
     captioner: Captioner = TemplateCaptioner()
     """Caption backend: 'template' (context tags only) or 'vlm' (tags + a model's
     description of the image)."""

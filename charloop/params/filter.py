@@ -75,10 +75,17 @@ class ScoreThreshold(StrictModel):
 
 
 class IdentityCheck(ScoreThreshold):
-    """Embedding similarity to the identity anchor: the reference images' centroid, or
-    without references the centroid of the batch's most cohesive cluster."""
+    """Embedding similarity to the character: to its reference images, or without
+    references to the centroid of the batch's most cohesive cluster."""
 
     type: Literal["identity"] = "identity"
+    score: Literal["nearest_references", "centroid"] = "nearest_references"
+    """With references: 'nearest_references' scores the mean cosine to the ``nearest``
+    most similar reference images (an image must match whole pictures of the character,
+    not the blur of their average: a picture with the right outfit but the wrong eyes is
+    close to no reference); 'centroid' scores the cosine to their mean."""
+    nearest: int = Field(default=3, ge=1)
+    """How many references 'nearest_references' averages over (all, when there are fewer)."""
     cluster_divisor: int = Field(default=20, ge=1)
     """k-means uses k = max(1, images // cluster_divisor) clusters (The Chosen One: 20)."""
     min_cluster_size: int = Field(default=3, ge=1)

@@ -127,7 +127,12 @@ class LoopParams(StrictModel):
     max_iterations: int = Field(default=2, ge=1)
     """Stop after this many iterations."""
     convergence_epsilon: float = Field(default=0.005, ge=0)
-    """Converged when identity consistency changes by less than this between iterations."""
+    """A round is better only when its identity consistency beats the best round so far by
+    more than this and more than the seed noise (``identity_noise``), without collapsing
+    seed variety."""
+    patience: int = Field(default=1, ge=1)
+    """Rounds in a row that may fail to beat the best before the loop stops; the round
+    after one that did not improve generates from the best round's LoRA, not the last."""
     workdir: str = "runs"
     """Folder for iteration data, relative to the params file. Each set of result-affecting
     params gets its own lineage branch folder under ``<workdir>/<character>/``."""

@@ -93,6 +93,9 @@ class Dataset(StageResult):
     trigger_common_words: list[str] = field(default_factory=list)
     held_out_words_cut: int = 0
     """Held-out words cut from the captioning model's descriptions (see scenes.heldout)."""
+    sources: dict[str, int] = field(default_factory=dict)
+    """Generated images per iteration that made them (``caption.dataset: accumulate``
+    draws on earlier iterations of the round)."""
 
 
 @dataclass(frozen=True)

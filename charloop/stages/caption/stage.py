@@ -5,9 +5,10 @@ Layout of the dataset folder::
     <repeats>_<trigger-slug>/<id>.png   the kept image
     <repeats>_<trigger-slug>/<id>.txt   its caption
     metadata.jsonl                      {"file_name", "text"} rows for diffusers' imagefolder
-    manifest.jsonl                      generation rows of the kept images, each with its
+    manifest.jsonl                      generation rows of the dataset's images, each with
+                                        the iteration that made it, its source file, its
                                         review record (automatic and final decision, who
-                                        decided) and caption
+                                        decided, scores), caption and dataset file
     dataset.toml                        kohya sd-scripts dataset config (keep_tokens keeps
                                         the triggers first if a trainer shuffles tags)
 
@@ -18,13 +19,15 @@ reference images go in a ``<repeats>_<trigger>_references`` subset (ids ``ref-<n
 captioned with the trigger, the traits (``include_traits``) and the tags of a ``<stem>.txt``
 file beside the image, if any.
 
+Which generated images go in is ``caption.dataset`` (see :mod:`.pool`): by default the
+best of every iteration of the round so far, so a dataset needs the previous one.
+
 Captions are never shuffled here: the trigger is always the first tag.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,13 @@ from charloop.core.hashing import sha256_file, tree_digest
 from charloop.params.project import Project
 from charloop.params.schema import AXES, CaptionParams, Character, Params
 from charloop.scenes.heldout import redact, refuse_leaks
+from charloop.stages.caption.folder import (
+    common_word_tokens,
+    kohya_dataset_toml,
+    subset_folder,
+    trigger_tokenizer,
+)
+from charloop.stages.caption.pool import dataset_images, sources
 from charloop.stages.caption.references import ReferenceEntry, reference_entries
 from charloop.stages.contract import StageIdentity, identity
 from charloop.stages.results import Dataset, Generated, Reviewed
@@ -70,53 +80,6 @@ def reference_caption(member: Character, sidecar: list[str], rules: CaptionParam
     return rules.separator.join([*caption_tags(member, {}, rules), *sidecar])
 
 
-def kohya_dataset_toml(subsets: dict[str, tuple[int, int]], resolution: int) -> str:
-    """A kohya sd-scripts dataset config: one subset per folder, its triggers protected.
-
-    Args:
-        subsets: Folder name -> (how many leading tags are triggers (``keep_tokens``),
-            ``num_repeats``).
-        resolution: Training resolution.
-    """
-    lines = [
-        "[general]",
-        'caption_extension = ".txt"',
-        "shuffle_caption = false",
-        "",
-        "[[datasets]]",
-        f"resolution = {resolution}",
-    ]
-    for folder, (keep, repeats) in subsets.items():
-        lines += [
-            "",
-            "  [[datasets.subsets]]",
-            f'  image_dir = "{folder}"',
-            f"  num_repeats = {repeats}",
-            f"  keep_tokens = {keep}  # the triggers never move when shuffle_caption is on",
-        ]
-    return "\n".join([*lines, ""])
-
-
-def common_word_tokens(tokenizer: Any, trigger: str) -> list[str]:
-    """Words of the trigger that the tokenizer keeps whole: common words the base model
-    already associates with something, so the LoRA must fight that prior.
-
-    CLIP's BPE splits rare strings ('zxq') into pieces; a word that is one whole-word
-    token ('fox</w>') is in the vocabulary as a word.
-    """
-    common = []
-    for word in re.findall(r"[A-Za-z]+", trigger):
-        tokens = tokenizer.tokenize(word.lower())
-        if len(word) >= 3 and tokens == [f"{word.lower()}</w>"]:
-            common.append(word)
-    return common
-
-
-def subset_folder(trigger: str, repeats: int) -> str:
-    """Kohya subset folder name: ``<repeats>_<trigger with unsafe characters replaced>``."""
-    return f"{repeats}_{re.sub(r'[^A-Za-z0-9_-]+', '_', trigger).strip('_')}"
-
-
 def training_data_digest(dataset_dir: str | Path) -> str:
     """sha256 of what a trainer reads: the subset folders' images and captions (their paths
     carry the repeats and triggers). The manifest, metadata, kohya config and stage marker
@@ -131,8 +94,10 @@ def caption_identity(
     selected: Reviewed,
     out_dir: str | Path,
     references: list[ReferenceEntry] | None = None,
+    previous: Dataset | None = None,
 ) -> StageIdentity[Dataset]:
-    """Everything that determines the dataset (``references``: already listed, or None)."""
+    """Everything that determines the dataset (``references``: already listed, or None;
+    ``previous``: the round's previous dataset, which an accumulating policy draws from)."""
     params = project.params
     captioner = params.caption.captioner
     refs = reference_entries(project) if references is None else references
@@ -147,34 +112,48 @@ def caption_identity(
         resolution=params.generate.resolution,
         generated=generated.digest,
         selected=selected.digest,
+        previous=previous.digest if previous and _accumulates(params) else None,
         references=[(m.name, f.name, sha256_file(f), tags) for m, f, tags in refs],
     )
 
 
+def _accumulates(params: Params) -> bool:
+    return params.caption.dataset.policy == "accumulate"
+
+
 def run_caption(
-    project: Project, generated: Generated, selected: Reviewed, out_dir: str | Path
+    project: Project,
+    generated: Generated,
+    selected: Reviewed,
+    out_dir: str | Path,
+    previous: Dataset | None = None,
 ) -> Dataset:
-    """Copy the selected images (the review stage's ``kept.jsonl``) into a captioned dataset.
+    """Copy the dataset's images (per ``caption.dataset``) into a captioned dataset folder.
 
     Args:
         project: Validated params and root.
         generated: The generate stage (image files).
         selected: The review stage (which images, with their decision records).
         out_dir: Dataset folder, written atomically.
+        previous: The previous dataset of the same round (None on a round's first
+            iteration); an accumulating policy ranks its images with the new ones.
     """
     params = project.params
     captioner = params.caption.captioner
     captioner_ref = project.model_ref(captioner.path) if captioner.type == "vlm" else None
     references = reference_entries(project)
-    stage = caption_identity(project, generated, selected, out_dir, references)
+    stage = caption_identity(project, generated, selected, out_dir, references, previous)
     out_dir = Path(out_dir)
     if done := stage.done():
         logger.info("caption: reusing %s", out_dir)
         return done
-    kept = atomic.read_jsonl(Path(selected.path) / "kept.jsonl")
-    files = [Path(generated.path) / row["file"] for row in kept]
+    kept_rows = atomic.read_jsonl(Path(selected.path) / "kept.jsonl")
+    earlier = Path(previous.path) if previous else None
+    images = dataset_images(params.caption.dataset, kept_rows, Path(generated.path), earlier)
+    kept = [image.row for image in images]
+    files = [image.source for image in images]
     descriptions, redacted = _redacted(params, _describe(project, captioner_ref, files))
-    tokenizer = _tokenizer(project)
+    tokenizer = trigger_tokenizer(project)
     common = sorted({w for m in params.members for w in common_word_tokens(tokenizer, m.trigger)})
     if common:
         logger.warning(
@@ -188,7 +167,7 @@ def run_caption(
     with atomic.staged_dir(out_dir) as staging:
         metadata: list[dict[str, Any]] = []
         manifest: list[dict[str, Any]] = []
-        for row, description in zip(kept, descriptions, strict=True):
+        for row, source, description in zip(kept, files, descriptions, strict=True):
             present = [params.member(n) for n in row.get("characters") or [params.subject]]
             folder = subset_folder(" and ".join(m.trigger for m in present), repeats)
             if folder not in subsets:
@@ -196,7 +175,7 @@ def run_caption(
                 subsets[folder] = (len(present), repeats)
             text = caption_text(present, row["context"], params.caption, description)
             image_name = f"{folder}/{row['file']}"
-            shutil.copyfile(Path(generated.path) / row["file"], staging / image_name)
+            shutil.copyfile(source, staging / image_name)
             (staging / folder / f"{row['id']}.txt").write_text(text + "\n", encoding="utf-8")
             metadata.append(
                 {
@@ -207,7 +186,12 @@ def run_caption(
                     "repeats": repeats,
                 }
             )
-            manifest.append(row | {"caption": text, "description": description})
+            origin = row.get("source") or project.portable(source)
+            manifest.append(
+                row
+                | {"source": origin, "dataset_file": image_name}
+                | {"caption": text, "description": description}
+            )
         for member, source, sidecar in references:
             folder = subset_folder(f"{member.trigger} references", ref_repeats)
             if folder not in subsets:
@@ -241,6 +225,7 @@ def run_caption(
             trigger_common_words=common,
             captioner=params.caption.captioner.type,
             held_out_words_cut=redacted,
+            sources=sources(images),
         )
     logger.info("caption: %d captioned images in %s", len(metadata), out_dir)
     return output
@@ -267,14 +252,3 @@ def _describe(project: Project, captioner_ref: str | None, files: list[Path]) ->
     from charloop.stages.caption.captioner import load_captioner
 
     return load_captioner(spec, captioner_ref).describe([open_image(f) for f in files])
-
-
-def _tokenizer(project: Project) -> Any:
-    """The base model's tokenizer (loaded on its own: no UNet or VAE needed)."""
-    from transformers import CLIPTokenizer
-
-    spec = project.params.base_model
-    ref = project.model_ref(spec.path)
-    return CLIPTokenizer.from_pretrained(
-        ref, subfolder="tokenizer", revision=spec.revision or "main"
-    )

@@ -1,11 +1,14 @@
-"""The loop's stopping rule and the change between consecutive iterations' metrics.
+"""The loop's stopping rule, the best round so far, and the change between iterations.
 
-Identity consistency is never judged alone: images that collapse onto one picture (the
-same pose and framing for every seed) score high identity while the character stops
-following the prompt. A round that gains identity while its seed diversity drops by more
-than the noise (:func:`collapse`) is not better: the loop stops there, leaves
-``candidate`` on the previous version, and promotion refuses it against production (or
-its parent when nothing is in production).
+A round is *better* only when it beats the best round so far by more than the noise: its
+identity consistency must exceed the best's by more than ``epsilon`` and more than the
+seed noise of either (``identity_noise``), without collapsing (:func:`collapse`): images
+that fall onto one picture (the same pose and framing for every seed) score high identity
+while the character stops following the prompt, so a gain bought with seed variety is no
+gain. The best round is the one aliased ``candidate`` and the one the next round generates
+from; the loop stops after ``patience`` rounds in a row that are not better, or when the
+budget is spent. Promotion judges collapse again against production (or the version's
+parent when nothing is in production).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 METRIC = "identity_consistency"
+NOISE = "identity_noise"
 
 
 @dataclass(frozen=True)
@@ -24,28 +28,67 @@ class Verdict:
     stop: bool
     reason: str
     collapse: bool = False
-    """The last iteration bought identity with variety: it is not aliased ``candidate``."""
+    """The last iteration bought identity with variety (it is not the best)."""
+    best: int = 0
+    """Index in the history of the best round so far (the last one when it improved)."""
+
+    def improved(self, history_length: int) -> bool:
+        """The last round is the new best: it is aliased ``candidate``."""
+        return self.best == history_length - 1
 
 
-def decide(history: list[dict[str, Any]], epsilon: float, max_iterations: int) -> Verdict:
-    """Stop when identity consistency changed by less than ``epsilon``, or the budget is spent.
+def margin(best: dict[str, Any], new: dict[str, Any], epsilon: float) -> float:
+    """How far ``new`` must beat ``best`` on identity: ``epsilon`` or the seed noise of
+    either round, whichever is larger."""
+    noises = [side[NOISE] for side in (best, new) if isinstance(side.get(NOISE), float)]
+    return max([epsilon, *noises])
+
+
+def beats(best: dict[str, Any], new: dict[str, Any], epsilon: float) -> str | None:
+    """Why ``new`` is not better than ``best``, or None when it is."""
+    if why := collapse(best, new):
+        return f"collapse: {why}"
+    gain, needed = new[METRIC] - best[METRIC], margin(best, new, epsilon)
+    if gain > needed:
+        return None
+    return f"{METRIC} {gain:+.4f} vs the best round, within the noise ({needed:.4f})"
+
+
+def best_round(history: list[dict[str, Any]], epsilon: float) -> int:
+    """Index of the best round: the first, replaced by each later round that beats it."""
+    best = 0
+    for index in range(1, len(history)):
+        if beats(history[best], history[index], epsilon) is None:
+            best = index
+    return best
+
+
+def decide(
+    history: list[dict[str, Any]], epsilon: float, max_iterations: int, patience: int = 1
+) -> Verdict:
+    """Stop after ``patience`` rounds in a row that do not beat the best, or at the budget.
 
     Args:
-        history: Headline metrics of each finished iteration, oldest first.
-        epsilon: Convergence threshold on the absolute change.
+        history: Headline metrics of each finished iteration of the round, oldest first.
+        epsilon: Smallest identity gain that counts, besides the seed noise.
         max_iterations: Iteration budget.
+        patience: Rounds in a row without a gain before the loop stops.
     """
     if not history:
         return Verdict(False, "no iteration yet")
-    if len(history) >= 2 and (why := collapse(history[-2], history[-1])):
-        return Verdict(True, f"collapse, not better than the previous iteration: {why}", True)
-    if len(history) >= 2:
-        delta = history[-1][METRIC] - history[-2][METRIC]
-        if abs(delta) < epsilon:
-            return Verdict(True, f"converged: {METRIC} changed by {delta:+.4f} (< {epsilon})")
+    before = best_round(history[:-1], epsilon) if len(history) > 1 else None
+    best = best_round(history, epsilon)
+    why = beats(history[before], history[-1], epsilon) if before is not None else None
+    collapsed = why is not None and why.startswith("collapse")
+    stalled = len(history) - 1 - best
+    if why is not None and stalled >= patience:
+        reason = f"no gain over iteration {best + 1} of the round for {stalled}: {why}"
+        return Verdict(True, reason, collapsed, best)
     if len(history) >= max_iterations:
-        return Verdict(True, f"budget: {max_iterations} iteration(s) done")
-    return Verdict(False, "continuing")
+        return Verdict(True, f"budget: {max_iterations} iteration(s) done", collapsed, best)
+    if why is not None:
+        return Verdict(False, f"not better ({why}); next from the best round", collapsed, best)
+    return Verdict(False, "continuing", collapsed, best)
 
 
 VARIETY = "layout_diversity"

@@ -17,7 +17,12 @@ from PIL import Image
 
 from charloop.params.filter import IdentityCheck
 from charloop.scenes.strips import assign_strips, strips
-from charloop.stages.filter.discriminators import Decision, apply_threshold, identity_anchor
+from charloop.stages.filter.discriminators import (
+    Decision,
+    anchor_similarity,
+    apply_threshold,
+    identity_anchor,
+)
 
 Embed = Callable[[list[Image.Image]], np.ndarray]
 
@@ -80,7 +85,8 @@ def cast_identity(
         anchors[name] = anchor
         if rows:
             solo = [decisions[i] for i in rows]
-            apply_threshold(solo, embeddings[rows] @ anchor, "identity", rule)
+            similarity = anchor_similarity(embeddings[rows], refs, anchor, rule)
+            apply_threshold(solo, similarity, "identity", rule)
     blends = 0
     for decision in decisions:
         members = characters[decision.id]

@@ -113,9 +113,24 @@ def identity_anchor(
     return anchor, info
 
 
+def anchor_similarity(
+    embeddings: np.ndarray, references: np.ndarray | None, anchor: np.ndarray, rule: IdentityCheck
+) -> np.ndarray:
+    """Each image's identity score: the mean cosine to its ``rule.nearest`` closest
+    references (``score: nearest_references``), else the cosine to ``anchor``."""
+    if rule.score == "centroid" or references is None or not len(references):
+        return embeddings @ anchor
+    cosines = embeddings @ references.T
+    k = min(rule.nearest, cosines.shape[1])
+    return np.sort(cosines, axis=1)[:, -k:].mean(1)
+
+
 def identity_scores(
     embeddings: np.ndarray, references: np.ndarray | None, rule: IdentityCheck
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Cosine of each image to the identity anchor, and how the anchor was chosen."""
+    """Each image's identity score (see :func:`anchor_similarity`), and how the anchor
+    was chosen."""
     anchor, info = identity_anchor(embeddings, references, rule)
-    return embeddings @ anchor, info
+    if references is not None and len(references):
+        info["score"] = rule.score
+    return anchor_similarity(embeddings, references, anchor, rule), info

@@ -198,6 +198,7 @@ def run_review(
             "final": final,
             "decided_by": human_label if human else "filter",
             "reasons": row["reasons"],
+            "scores": row.get("scores", {}),
         }
         records.append(record)
         if final == "keep":

@@ -1,0 +1,124 @@
+"""Which generated images a round's dataset holds: this iteration's, or the best so far.
+
+With ``caption.dataset: {policy: accumulate}`` every iteration's dataset draws from the
+images of every iteration of its round: the previous dataset's generated images (itself
+the best of the iterations before) plus what this iteration's filter and review kept.
+They are ranked against the references (a person's explicit keep first, then the
+filter's identity score, then the newer image), at most ``per_context`` per scene context
+so no context dominates, and at most ``max_images`` in all. An older image stays until a
+newer one of its context scores higher. Because the ranking and the caps are the same at
+every step, the best of (previous selection + new images) is the best of every image so
+far: each dataset needs only its predecessor.
+
+With ``{policy: iteration}`` a dataset holds only its own iteration's kept images.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from charloop.core import atomic
+from charloop.params.caption import AccumulatePolicy, DatasetPolicy
+from charloop.scenes.prompts import context_id
+
+
+@dataclass(frozen=True)
+class PoolImage:
+    """One generated image that may go into the dataset."""
+
+    row: dict[str, Any]
+    """Its generation manifest row (with its ``review`` record)."""
+    source: Path
+    """The file to copy."""
+
+    @property
+    def iteration(self) -> int:
+        return int(self.row.get("iteration") or 0)
+
+    @property
+    def scene(self) -> str:
+        """The per-context cap's key: who is in it and its context combination."""
+        characters = "+".join(self.row.get("characters") or [])
+        return f"{characters}|{context_id(self.row.get('context') or {})}"
+
+
+def identity_score(row: dict[str, Any]) -> float | None:
+    """The filter's identity score of a row (a cast scene: the mean over its characters)."""
+    scores = (row.get("review") or {}).get("scores") or {}
+    if "identity" in scores:
+        return float(scores["identity"])
+    own = [float(v) for k, v in scores.items() if k.startswith("identity:")]
+    return sum(own) / len(own) if own else None
+
+
+def rank_key(image: PoolImage) -> tuple[bool, float, int, str]:
+    """Best first when sorted descending: a person's keep, the identity score, the newer
+    iteration (made by a later LoRA), then the id for a stable order."""
+    review = image.row.get("review") or {}
+    by_person = str(review.get("decided_by", "")).startswith("human:")
+    score = identity_score(image.row)
+    return (by_person, float("-inf") if score is None else score, image.iteration, image.row["id"])
+
+
+def select(pool: list[PoolImage], policy: AccumulatePolicy) -> list[PoolImage]:
+    """The best ``per_context`` images of each scene, at most ``max_images`` in all.
+
+    Returns:
+        The chosen images, oldest iteration first, then by id (a stable dataset order).
+    """
+    ranked = sorted(pool, key=rank_key, reverse=True)
+    taken: Counter[str] = Counter()
+    chosen: list[PoolImage] = []
+    for image in ranked:
+        if taken[image.scene] >= policy.per_context:
+            continue
+        taken[image.scene] += 1
+        chosen.append(image)
+    if policy.max_images is not None:
+        chosen = chosen[: policy.max_images]
+    return sorted(chosen, key=lambda i: (i.iteration, i.row["id"]))
+
+
+def previous_images(dataset_dir: Path) -> list[PoolImage]:
+    """The generated (not reference) images of an earlier dataset, with their rows."""
+    rows = atomic.read_jsonl(dataset_dir / "manifest.jsonl")
+    return [
+        PoolImage(_without_dataset_fields(row), dataset_dir / row["dataset_file"])
+        for row in rows
+        if "reference" not in row
+    ]
+
+
+def _without_dataset_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """A dataset manifest row back as a generation row (the caption is written anew)."""
+    return {k: v for k, v in row.items() if k not in ("caption", "description", "dataset_file")}
+
+
+def dataset_images(
+    policy: DatasetPolicy,
+    kept: list[dict[str, Any]],
+    generated_dir: Path,
+    previous_dataset: Path | None,
+) -> list[PoolImage]:
+    """The generated images of this iteration's dataset under ``policy``.
+
+    Args:
+        policy: ``caption.dataset``.
+        kept: This iteration's kept rows (the review stage's ``kept.jsonl``).
+        generated_dir: Where this iteration's images are.
+        previous_dataset: The previous iteration's dataset folder in this round, if any.
+    """
+    fresh = [PoolImage(row, generated_dir / row["file"]) for row in kept]
+    if policy.policy == "iteration":
+        return fresh
+    earlier = previous_images(previous_dataset) if previous_dataset is not None else []
+    return select(earlier + fresh, policy)
+
+
+def sources(images: list[PoolImage]) -> dict[str, int]:
+    """How many images each iteration contributed, by iteration number (as text keys)."""
+    counts = Counter(str(image.iteration) for image in images)
+    return dict(sorted(counts.items(), key=lambda kv: int(kv[0])))

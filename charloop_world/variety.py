@@ -1,0 +1,111 @@
+"""Variety across seeds for what the prompt leaves free, read by the oracle.
+
+A LoRA can raise consistency by drawing one picture for every seed: the same pose, the
+same expression, the same framing. The validity report measures that on prompts that
+leave pose and expression out (each held-out context with its pose and expression blank):
+
+- ``pose_variety`` / ``expression_variety``: the entropy of the oracle's reads of pose (or
+  expression) across one context's seeds, as a share of the largest possible (1: the seeds
+  spread evenly over every value; 0: every seed shows the same one), averaged over contexts;
+- ``layout_variety``: the evaluation's ``layout_diversity`` (edge layouts, 1 - mean pairwise
+  cosine) on the same images;
+- ``context_fidelity``: on the full held-out prompts, the share of (image, named context
+  axis) pairs where the oracle reads the value the prompt asked for: a LoRA that keeps
+  drawing its training pose when asked for another loses it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from charloop.scenes.prompts import context_id
+from charloop.scenes.render import ImageJob
+from charloop.stages.evaluate.metrics import layout_features, layout_metrics
+from charloop_world.attributes import CONTEXT_VALUES, phrase
+
+FREE_AXES = ("pose", "expression")
+"""What the variety prompts leave out."""
+
+CONTEXT_AXES = ("setting", "style", "pose", "expression")
+
+
+def world_value(axis: str, phrase_text: str) -> str | None:
+    """The world value whose prompt phrase is ``phrase_text`` ('in a library' -> 'library')."""
+    return next((v for v in CONTEXT_VALUES[axis] if phrase(axis, v) == phrase_text), None)
+
+
+def free_jobs(jobs: list[ImageJob]) -> list[ImageJob]:
+    """The same scenes and seeds with pose and expression left to the model."""
+    out = []
+    for job in jobs:
+        context = {axis: value for axis, value in job.context.items() if axis not in FREE_AXES}
+        prompt = ", ".join(
+            part
+            for part in job.prompt.split(", ")
+            if part not in {job.context.get(axis) for axis in FREE_AXES}
+        )
+        out.append(
+            ImageJob(
+                f"free-{job.id}",
+                prompt,
+                job.negative_prompt,
+                job.seed,
+                context,
+                job.characters,
+            )
+        )
+    return out
+
+
+def normalised_entropy(values: list[str], choices: int) -> float:
+    """Entropy of ``values`` over ``choices`` possible values, as a share of log(choices)."""
+    if choices < 2 or not values:
+        return 0.0
+    counts = np.array(list(Counter(values).values()), dtype=float)
+    p = counts / counts.sum()
+    return float(-(p * np.log(p)).sum() / math.log(choices))
+
+
+def variety(
+    reads: list[dict[str, str]],
+    images: list[Image.Image],
+    jobs: list[ImageJob],
+    vocabulary: dict[str, list[str]],
+) -> dict[str, float]:
+    """Pose, expression and layout variety across the seeds of each context."""
+    groups = [context_id(job.context) for job in jobs]
+    out: dict[str, float] = {}
+    for axis in FREE_AXES:
+        per_context = [
+            normalised_entropy(
+                [read[axis] for read, g in zip(reads, groups, strict=True) if g == group],
+                len(vocabulary.get(axis, [])),
+            )
+            for group in dict.fromkeys(groups)
+        ]
+        out[f"{axis}_variety"] = float(np.mean(per_context)) * 100
+    layout = layout_metrics(layout_features(images), groups)
+    out["layout_variety"] = layout.get("layout_diversity", float("nan")) * 100
+    return out
+
+
+def context_fidelity(reads: list[dict[str, str]], jobs: list[ImageJob]) -> float:
+    """Share (%) of the named context values the oracle reads back."""
+    hits = total = 0
+    for read, job in zip(reads, jobs, strict=True):
+        for axis, value in job.context.items():
+            if value and axis in CONTEXT_AXES and (wanted := world_value(axis, value)):
+                total += 1
+                hits += read.get(axis) == wanted
+    return 100.0 * hits / total if total else float("nan")
+
+
+def variety_columns(row: dict[str, Any]) -> list[str]:
+    """The report's variety cells of one model."""
+    keys = ("layout_variety", "pose_variety", "expression_variety", "context_fidelity")
+    return [f"{row[k]:.1f}" if isinstance(row.get(k), float) else "-" for k in keys]
