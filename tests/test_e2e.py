@@ -69,10 +69,11 @@ def test_two_iterations_register_two_chained_versions(loop_result, git_project):
         assert len(version.tags["params_hash"]) == 16
         assert version.tags["adapter_sha256"] == version.tags["adapter_sha256"].lower()
     client = _client(git_project)
-    assert (
-        str(client.get_model_version_by_alias(git_project.params.model_name, "candidate").version)
-        == "2"
-    )
+    best = [r for r in rows if r["best"]][-1]  # the best round, not the last, is candidate
+    assert rows[0]["best"] and rows[1]["best"] == (best is rows[1])
+    assert str(
+        client.get_model_version_by_alias(git_project.params.model_name, "candidate").version
+    ) == str(best["version"])
     run = client.get_run(v2.run_id)
     assert "identity_consistency" in run.data.metrics
     assert run.inputs.dataset_inputs[0].dataset.digest == v2.tags["dataset_hash"][:36]
@@ -97,6 +98,25 @@ def test_dataset_hashes_name_the_training_data_and_the_dvc_folder(loop_result, g
         assert Path(f"{paths.dataset}.dvc").is_file() and Path(f"{paths.adapter}.dvc").is_file()
     remote = git_project.resolve(".charloop/dvc-remote")
     assert any(remote.rglob("*")), "iterations are pushed to the local DVC remote"
+
+
+def test_iteration_two_trains_on_the_best_images_of_both_iterations(loop_result, git_project):
+    first = IterationPaths.of(git_project.workdir, 1)
+    second = IterationPaths.of(git_project.workdir, 2)
+
+    def generated_rows(paths):
+        rows = atomic.read_jsonl(paths.dataset / "manifest.jsonl")
+        return {r["id"]: r for r in rows if "reference" not in r}
+
+    earlier, now = generated_rows(first), generated_rows(second)
+    kept_now = atomic.read_jsonl(second.reviewed / "kept.jsonl")
+    # Two images per scene per iteration, at most four per scene: nothing is dropped.
+    assert set(now) == set(earlier) | {r["id"] for r in kept_now}
+    assert {r["iteration"] for r in now.values()} == {1, 2}
+    for row in now.values():  # where each came from, restored with the dataset by DVC
+        origin = IterationPaths.of(git_project.workdir, row["iteration"]).generated / row["file"]
+        assert row["source"] == origin.relative_to(git_project.root).as_posix()
+        assert (second.dataset / row["dataset_file"]).is_file()
 
 
 def test_iteration_two_was_generated_with_iteration_one_adapter(loop_result, git_project):

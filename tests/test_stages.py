@@ -430,3 +430,36 @@ def test_include_references_needs_references(tmp_path):
     params["character"].pop("references", None)
     with pytest.raises(ParamsError, match=r"caption\.include_references"):
         load_project(write_params(tmp_path, params))
+
+
+def test_an_accumulating_dataset_draws_the_best_of_earlier_iterations(outputs, project, loop_dir):
+    generated = run_generate(project, 2, None, loop_dir / "gen2")
+    filtered = run_filter(project, generated, loop_dir / "filt2")
+    reviewed = run_review(generated, filtered, None, loop_dir / "review2")
+    first = outputs["caption"]
+    policy = project.params.caption.dataset
+    assert policy.policy == "accumulate"  # the default
+    dataset = run_caption(project, generated, reviewed, loop_dir / "data2", first)
+    rows = [r for r in atomic.read_jsonl(Path(dataset.path) / "manifest.jsonl")]
+    by_iteration = {i: [r for r in rows if r["iteration"] == i] for i in (1, 2)}
+    assert by_iteration[1] and by_iteration[2], "both iterations contribute"
+    assert dataset.sources == {"1": len(by_iteration[1]), "2": len(by_iteration[2])}
+    for row in rows:  # lineage: where each image came from, and the file in the dataset
+        assert (Path(dataset.path) / row["dataset_file"]).is_file()
+        assert row["source"].endswith(f"gen{'' if row['iteration'] == 1 else 2}/{row['file']}")
+        assert sha256_file(Path(dataset.path) / row["dataset_file"]) == row["sha256"]
+
+    def scene_counts(items):
+        counts: dict[str, int] = {}
+        for row in items:
+            key = json.dumps(row["context"], sort_keys=True)
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    pool = atomic.read_jsonl(Path(outputs["review"].path) / "kept.jsonl")
+    pool += atomic.read_jsonl(Path(reviewed.path) / "kept.jsonl")
+    chosen, offered = scene_counts(rows), scene_counts(pool)
+    assert chosen == {k: min(n, policy.per_context) for k, n in offered.items()}
+    # The previous dataset is an input: another one is another dataset.
+    alone = run_caption(project, generated, reviewed, loop_dir / "data2-alone")
+    assert alone.sources == {"2": reviewed.kept} and alone.digest != dataset.digest

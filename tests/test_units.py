@@ -138,7 +138,7 @@ def test_mean_pairwise_cosine_and_consistency_metrics():
 def test_convergence_rule():
     assert not decide([{"identity_consistency": 0.5}], 0.01, 5).stop
     converged = decide([{"identity_consistency": 0.5}, {"identity_consistency": 0.505}], 0.01, 5)
-    assert converged.stop and "converged" in converged.reason
+    assert converged.stop and "no gain" in converged.reason and converged.best == 0
     moving = decide([{"identity_consistency": 0.5}, {"identity_consistency": 0.6}], 0.01, 2)
     assert moving.stop and "budget" in moving.reason
 

@@ -53,6 +53,15 @@ class AccumulatePolicy(StrictModel):
     style/setting/attire/expression/pose combination), so no context dominates."""
     max_images: int | None = Field(default=None, ge=1)
     """At most this many generated images in all (the best first), or null."""
+    older: Literal["as_good", "all"] = "as_good"
+    """Which earlier images compete: 'as_good' admits only those scoring at least the
+    weakest image this iteration's filter kept (the bar rises as the LoRA improves, so an
+    earlier round's weaker pictures leave); 'all' lets every earlier image compete."""
+    max_layout_similarity: float | None = Field(default=0.85, gt=0, le=1)
+    """Within one scene context, an image whose edge layout (pose, framing: see the
+    evaluation's ``layout_diversity``) has a cosine above this with an image already
+    chosen is passed over for the next one: the dataset keeps poses and framings varied
+    instead of feeding one picture back. Null: no layout check."""
 
 
 DatasetPolicy = Annotated[IterationPolicy | AccumulatePolicy, Field(discriminator="policy")]

@@ -5,10 +5,13 @@ images of every iteration of its round: the previous dataset's generated images 
 the best of the iterations before) plus what this iteration's filter and review kept.
 They are ranked against the references (a person's explicit keep first, then the
 filter's identity score, then the newer image), at most ``per_context`` per scene context
-so no context dominates, and at most ``max_images`` in all. An older image stays until a
-newer one of its context scores higher. Because the ranking and the caps are the same at
-every step, the best of (previous selection + new images) is the best of every image so
-far: each dataset needs only its predecessor.
+so no context dominates, and at most ``max_images`` in all. Earlier images compete only
+when they score at least the weakest image this iteration's filter kept (``older:
+as_good``): the bar rises with the LoRA, so an earlier round's weaker pictures leave while
+its best stay until newer ones of their context score higher. Within a context an image
+whose edge layout repeats one already chosen (``max_layout_similarity``) is passed over,
+so the data keeps poses and framings varied rather than feeding one picture back. Each
+dataset draws on its predecessor, itself the best of the iterations before.
 
 With ``{policy: iteration}`` a dataset holds only its own iteration's kept images.
 """
@@ -19,6 +22,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from charloop.core import atomic
 from charloop.params.caption import AccumulatePolicy, DatasetPolicy
@@ -57,25 +62,45 @@ def identity_score(row: dict[str, Any]) -> float | None:
 def rank_key(image: PoolImage) -> tuple[bool, float, int, str]:
     """Best first when sorted descending: a person's keep, the identity score, the newer
     iteration (made by a later LoRA), then the id for a stable order."""
-    review = image.row.get("review") or {}
-    by_person = str(review.get("decided_by", "")).startswith("human:")
     score = identity_score(image.row)
-    return (by_person, float("-inf") if score is None else score, image.iteration, image.row["id"])
+    score_key = float("-inf") if score is None else score
+    return (by_person(image), score_key, image.iteration, image.row["id"])
 
 
-def select(pool: list[PoolImage], policy: AccumulatePolicy) -> list[PoolImage]:
+def by_person(image: PoolImage) -> bool:
+    """A person kept it in review (it competes whatever its score)."""
+    return str((image.row.get("review") or {}).get("decided_by", "")).startswith("human:")
+
+
+def select(
+    pool: list[PoolImage],
+    policy: AccumulatePolicy,
+    layouts: dict[str, np.ndarray] | None = None,
+) -> list[PoolImage]:
     """The best ``per_context`` images of each scene, at most ``max_images`` in all.
+
+    Args:
+        pool: The candidates.
+        policy: The caps and the layout rule.
+        layouts: Unit edge-layout vector by image id (``max_layout_similarity``), if any.
 
     Returns:
         The chosen images, oldest iteration first, then by id (a stable dataset order).
     """
     ranked = sorted(pool, key=rank_key, reverse=True)
-    taken: Counter[str] = Counter()
+    chosen_by_scene: dict[str, list[np.ndarray]] = {}
     chosen: list[PoolImage] = []
+    seen: set[str] = set()
+    limit = policy.max_layout_similarity
     for image in ranked:
-        if taken[image.scene] >= policy.per_context:
+        scene = chosen_by_scene.setdefault(image.scene, [])
+        if len(scene) >= policy.per_context or image.row["id"] in seen:
             continue
-        taken[image.scene] += 1
+        layout = layouts.get(image.row["id"]) if layouts else None
+        if layout is not None and limit is not None and any(layout @ o > limit for o in scene):
+            continue  # the same pose and framing as a better image of this scene
+        scene.append(layout if layout is not None else np.zeros(1))
+        seen.add(image.row["id"])
         chosen.append(image)
     if policy.max_images is not None:
         chosen = chosen[: policy.max_images]
@@ -115,7 +140,31 @@ def dataset_images(
     if policy.policy == "iteration":
         return fresh
     earlier = previous_images(previous_dataset) if previous_dataset is not None else []
-    return select(earlier + fresh, policy)
+    if policy.older == "as_good":
+        earlier = admitted(earlier, fresh)
+    pool = earlier + fresh
+    layouts = None
+    if policy.max_layout_similarity is not None:
+        from charloop.scenes.references import open_image
+        from charloop.stages.evaluate.metrics import layout_features
+
+        features = layout_features([open_image(image.source) for image in pool])
+        layouts = {image.row["id"]: vector for image, vector in zip(pool, features, strict=True)}
+    return select(pool, policy, layouts)
+
+
+def admitted(earlier: list[PoolImage], fresh: list[PoolImage]) -> list[PoolImage]:
+    """The earlier images scoring at least the weakest fresh image the filter kept (and
+    those a person kept); all of them when the fresh images carry no identity score."""
+    bar = [s for i in fresh if not by_person(i) and (s := identity_score(i.row)) is not None]
+    if not bar:
+        return earlier
+    weakest = min(bar)
+    return [
+        i
+        for i in earlier
+        if by_person(i) or ((s := identity_score(i.row)) is not None and s >= weakest)
+    ]
 
 
 def sources(images: list[PoolImage]) -> dict[str, int]:

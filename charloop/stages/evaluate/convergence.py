@@ -51,7 +51,7 @@ def beats(best: dict[str, Any], new: dict[str, Any], epsilon: float) -> str | No
     gain, needed = new[METRIC] - best[METRIC], margin(best, new, epsilon)
     if gain > needed:
         return None
-    return f"{METRIC} {gain:+.4f} vs the best round, within the noise ({needed:.4f})"
+    return f"{METRIC} {gain:+.4f} vs the best round, not above the noise ({needed:.4f})"
 
 
 def best_round(history: list[dict[str, Any]], epsilon: float) -> int:

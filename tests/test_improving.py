@@ -1,0 +1,139 @@
+"""Iterations that keep improving: the accumulating dataset, the nearest-reference identity
+score, the best-round rule, and the validity report's variety measures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from charloop.params.caption import AccumulatePolicy, IterationPolicy
+from charloop.params.filter import IdentityCheck
+from charloop.scenes.render import ImageJob
+from charloop.stages.caption.pool import PoolImage, dataset_images, select, sources
+from charloop.stages.evaluate.convergence import beats, best_round, decide
+from charloop.stages.filter.discriminators import identity_scores
+
+
+def _image(
+    image_id: str, iteration: int, score: float | None, context: str = "forest", by: str = ""
+) -> PoolImage:
+    review = {"decided_by": by or "filter", "scores": {} if score is None else {"identity": score}}
+    row = {
+        "id": image_id,
+        "file": f"{image_id}.png",
+        "iteration": iteration,
+        "context": {"setting": context},
+        "review": review,
+    }
+    return PoolImage(row, Path(f"/nowhere/{image_id}.png"))
+
+
+def test_accumulate_keeps_the_best_per_context_and_drops_old_images_newer_ones_beat():
+    pool = [
+        _image("old-good", 1, 0.9),
+        _image("old-weak", 1, 0.2),
+        _image("new-better", 2, 0.5),
+        _image("beach", 1, 0.1, context="beach"),
+    ]
+    chosen = select(pool, AccumulatePolicy(per_context=2))
+    assert [i.row["id"] for i in chosen] == ["beach", "old-good", "new-better"]
+    assert sources(chosen) == {"1": 2, "2": 1}
+
+
+def test_a_persons_keep_outranks_any_score_and_ties_go_to_the_newer_image():
+    pool = [
+        _image("high", 1, 0.9),
+        _image("kept-by-person", 1, 0.1, by="human:ana"),
+        _image("tie-old", 1, 0.5),
+        _image("tie-new", 2, 0.5),
+    ]
+    assert [i.row["id"] for i in select(pool, AccumulatePolicy(per_context=2))] == [
+        "high",
+        "kept-by-person",
+    ]
+    ties = select([pool[2], pool[3]], AccumulatePolicy(per_context=1))
+    assert [i.row["id"] for i in ties] == ["tie-new"]
+
+
+def test_max_images_caps_the_total_best_first():
+    pool = [_image(f"c{k}", 1, k / 10, context=f"ctx{k}") for k in range(5)]
+    chosen = select(pool, AccumulatePolicy(per_context=3, max_images=2))
+    assert sorted(i.row["id"] for i in chosen) == ["c3", "c4"]
+
+
+def test_the_iteration_policy_ignores_earlier_datasets(tmp_path):
+    kept = [{"id": "a", "file": "a.png", "iteration": 2}]
+    images = dataset_images(IterationPolicy(), kept, tmp_path, tmp_path / "never-read")
+    assert [i.source for i in images] == [tmp_path / "a.png"]
+
+
+def test_nearest_references_score_rewards_matching_whole_pictures_not_their_average():
+    refs = np.array([[1.0, 0.0], [0.0, 1.0]])
+    between = np.array([[np.sqrt(0.5), np.sqrt(0.5)]])  # the average of both, like neither
+    like_one = np.array([[1.0, 0.0]])
+    images = np.concatenate([between, like_one])
+    centroid, _ = identity_scores(images, refs, IdentityCheck(score="centroid"))
+    nearest, info = identity_scores(images, refs, IdentityCheck(nearest=1))
+    assert centroid[0] > centroid[1]  # the blur of the references wins on the centroid
+    assert nearest[1] > nearest[0] and info["score"] == "nearest_references"
+    all_refs, _ = identity_scores(images, refs, IdentityCheck(nearest=5))  # k > references
+    assert all_refs == pytest.approx(images @ refs.T.mean(1))
+
+
+def _round(identity: float, noise: float = 0.01, variety: float = 0.3) -> dict[str, float]:
+    return {
+        "identity_consistency": identity,
+        "identity_noise": noise,
+        "layout_diversity": variety,
+        "layout_diversity_noise": 0.02,
+    }
+
+
+def test_a_round_must_beat_the_best_by_more_than_the_seed_noise():
+    assert beats(_round(0.6), _round(0.7), 0.0) is None
+    assert "not above the noise" in str(beats(_round(0.6, 0.05), _round(0.63), 0.0))
+    assert "not above the noise" in str(beats(_round(0.6), _round(0.605), 0.01))  # epsilon
+    assert str(beats(_round(0.6), _round(0.7, variety=0.1), 0.0)).startswith("collapse")
+    history = [_round(0.5), _round(0.7), _round(0.65), _round(0.72, 0.05)]
+    assert best_round(history, 0.0) == 1  # +0.02 over the best is inside 0.05 of noise
+
+
+def test_the_loop_stops_after_patience_rounds_without_a_gain_and_names_the_best():
+    history = [_round(0.5), _round(0.7), _round(0.65)]
+    stopped = decide(history, 0.0, 10)
+    assert stopped.stop and stopped.best == 1 and not stopped.improved(len(history))
+    assert "no gain over iteration 2" in stopped.reason
+    patient = decide(history, 0.0, 10, patience=2)
+    assert not patient.stop and patient.best == 1 and "next from the best" in patient.reason
+    improving = decide(history[:2], 0.0, 10)
+    assert not improving.stop and improving.improved(2)
+    assert decide(history[:2], 0.0, 2).reason.startswith("budget")
+    collapsed = decide([_round(0.6), _round(0.7, variety=0.1)], 0.0, 5)
+    assert collapsed.stop and collapsed.collapse and collapsed.best == 0
+
+
+def test_variety_reads_the_spread_of_free_pose_and_expression():
+    from charloop_world.variety import context_fidelity, free_jobs, normalised_entropy, variety
+
+    assert normalised_entropy(["a", "a", "a"], 3) == 0.0
+    assert normalised_entropy(["a", "b", "c"], 3) == pytest.approx(1.0)
+    context = {"setting": "in a library", "pose": "sitting", "expression": "smiling"}
+    job = ImageJob("j", "zxq, in a library, sitting, smiling", "", 1, context)
+    (free,) = free_jobs([job])
+    assert free.prompt == "zxq, in a library" and free.context == {"setting": "in a library"}
+    reads = [
+        {"pose": "standing", "expression": e, "setting": "library"} for e in ("smiling", "serious")
+    ]
+    images = [Image.new("RGB", (64, 64), c) for c in ("red", "blue")]
+    measured = variety(
+        reads,
+        images,
+        [free, free],
+        {"pose": ["standing", "sitting", "arms up"], "expression": ["smiling", "serious"]},
+    )
+    assert measured["pose_variety"] == 0.0 and measured["expression_variety"] == pytest.approx(100)
+    # library and smiling read back, standing instead of sitting: 2 of 3
+    assert context_fidelity(reads[:1], [job]) == pytest.approx(200 / 3)
