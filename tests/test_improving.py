@@ -137,3 +137,24 @@ def test_variety_reads_the_spread_of_free_pose_and_expression():
     assert measured["pose_variety"] == 0.0 and measured["expression_variety"] == pytest.approx(100)
     # library and smiling read back, standing instead of sitting: 2 of 3
     assert context_fidelity(reads[:1], [job]) == pytest.approx(200 / 3)
+
+
+def test_earlier_images_compete_only_above_the_bar_of_the_new_ones():
+    from charloop.stages.caption.pool import admitted
+
+    fresh = [_image("new-a", 2, 0.6), _image("new-b", 2, 0.8)]
+    earlier = [_image("old-weak", 1, 0.5), _image("old-good", 1, 0.7)]
+    earlier.append(_image("old-person", 1, 0.1, by="human:ana"))
+    assert [i.row["id"] for i in admitted(earlier, fresh)] == ["old-good", "old-person"]
+    unscored = [_image("new-c", 2, None)]
+    assert admitted(earlier, unscored) == earlier
+
+
+def test_an_image_repeating_a_better_ones_layout_is_passed_over():
+    pool = [_image("best", 1, 0.9), _image("same-pose", 1, 0.8), _image("other-pose", 1, 0.7)]
+    layouts = {"best": np.array([1.0, 0.0]), "same-pose": np.array([0.99, 0.141])}
+    layouts["other-pose"] = np.array([0.0, 1.0])
+    policy = AccumulatePolicy(per_context=2, max_layout_similarity=0.9)
+    assert [i.row["id"] for i in select(pool, policy, layouts)] == ["best", "other-pose"]
+    unlimited = AccumulatePolicy(per_context=2, max_layout_similarity=None)
+    assert [i.row["id"] for i in select(pool, unlimited, layouts)] == ["best", "same-pose"]

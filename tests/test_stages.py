@@ -432,15 +432,33 @@ def test_include_references_needs_references(tmp_path):
         load_project(write_params(tmp_path, params))
 
 
-def test_an_accumulating_dataset_draws_the_best_of_earlier_iterations(outputs, project, loop_dir):
+def _scene_counts(rows):
+    counts: dict[str, int] = {}
+    for row in rows:
+        key = json.dumps(row["context"], sort_keys=True)
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def test_an_accumulating_dataset_draws_the_best_of_earlier_iterations(
+    outputs, project, loop_dir, tmp_path
+):
+    from charloop.stages.caption.pool import identity_score
+    from charloop.stages.evaluate.metrics import layout_features
+
     generated = run_generate(project, 2, None, loop_dir / "gen2")
     filtered = run_filter(project, generated, loop_dir / "filt2")
     reviewed = run_review(generated, filtered, None, loop_dir / "review2")
     first = outputs["caption"]
-    policy = project.params.caption.dataset
-    assert policy.policy == "accumulate"  # the default
-    dataset = run_caption(project, generated, reviewed, loop_dir / "data2", first)
-    rows = [r for r in atomic.read_jsonl(Path(dataset.path) / "manifest.jsonl")]
+    pool = atomic.read_jsonl(Path(outputs["review"].path) / "kept.jsonl")
+    fresh = atomic.read_jsonl(Path(reviewed.path) / "kept.jsonl")
+    # Every earlier image competing, no layout rule: the best per_context of each scene.
+    loose = {"dataset": {"policy": "accumulate", "older": "all", "max_layout_similarity": None}}
+    open_project = load_project(write_params(tmp_path, tiny_params(caption=loose)))
+    dataset = run_caption(open_project, generated, reviewed, tmp_path / "data", first)
+    rows = atomic.read_jsonl(Path(dataset.path) / "manifest.jsonl")
+    cap = open_project.params.caption.dataset.per_context
+    assert _scene_counts(rows) == {k: min(n, cap) for k, n in _scene_counts(pool + fresh).items()}
     by_iteration = {i: [r for r in rows if r["iteration"] == i] for i in (1, 2)}
     assert by_iteration[1] and by_iteration[2], "both iterations contribute"
     assert dataset.sources == {"1": len(by_iteration[1]), "2": len(by_iteration[2])}
@@ -448,18 +466,20 @@ def test_an_accumulating_dataset_draws_the_best_of_earlier_iterations(outputs, p
         assert (Path(dataset.path) / row["dataset_file"]).is_file()
         assert row["source"].endswith(f"gen{'' if row['iteration'] == 1 else 2}/{row['file']}")
         assert sha256_file(Path(dataset.path) / row["dataset_file"]) == row["sha256"]
-
-    def scene_counts(items):
-        counts: dict[str, int] = {}
-        for row in items:
-            key = json.dumps(row["context"], sort_keys=True)
-            counts[key] = counts.get(key, 0) + 1
-        return counts
-
-    pool = atomic.read_jsonl(Path(outputs["review"].path) / "kept.jsonl")
-    pool += atomic.read_jsonl(Path(reviewed.path) / "kept.jsonl")
-    chosen, offered = scene_counts(rows), scene_counts(pool)
-    assert chosen == {k: min(n, policy.per_context) for k, n in offered.items()}
+    # The defaults: earlier images only as good as this iteration's weakest kept image,
+    # and no two images of a scene with the same layout.
+    default = run_caption(project, generated, reviewed, loop_dir / "data2", first)
+    chosen = atomic.read_jsonl(Path(default.path) / "manifest.jsonl")
+    bar = min(identity_score(r) for r in fresh)
+    assert all(identity_score(r) >= bar for r in chosen if r["iteration"] == 1)
+    assert len(chosen) < len(rows), "the bar or the layout rule dropped something"
+    limit = project.params.caption.dataset.max_layout_similarity
+    for scene in _scene_counts(chosen):
+        mine = [r for r in chosen if json.dumps(r["context"], sort_keys=True) == scene]
+        images = [Image.open(Path(default.path) / r["dataset_file"]) for r in mine]
+        layout = layout_features(images)
+        similar = layout @ layout.T - np.eye(len(mine)) * 2
+        assert similar.max() <= limit
     # The previous dataset is an input: another one is another dataset.
     alone = run_caption(project, generated, reviewed, loop_dir / "data2-alone")
-    assert alone.sources == {"2": reviewed.kept} and alone.digest != dataset.digest
+    assert alone.sources == {"2": reviewed.kept} and alone.digest != default.digest

@@ -48,7 +48,7 @@ class AccumulatePolicy(StrictModel):
     image stays until a newer one of its context scores higher."""
 
     policy: Literal["accumulate"] = "accumulate"
-    per_context: int = Field(default=4, ge=1)
+    per_context: int = Field(default=2, ge=1)
     """At most this many generated images per scene context (who is in it + its
     style/setting/attire/expression/pose combination), so no context dominates."""
     max_images: int | None = Field(default=None, ge=1)
