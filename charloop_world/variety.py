@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from charloop.core.image_layout import layout_features
 from charloop.scenes.prompts import context_id
 from charloop.scenes.render import ImageJob
-from charloop.stages.evaluate.metrics import layout_features, layout_metrics
+from charloop.stages.evaluate.metrics import layout_metrics
 from charloop_world.attributes import CONTEXT_VALUES, phrase
 
 FREE_AXES = ("pose", "expression")

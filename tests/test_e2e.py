@@ -110,9 +110,10 @@ def test_iteration_two_trains_on_the_best_images_of_both_iterations(loop_result,
 
     earlier, now = generated_rows(first), generated_rows(second)
     kept_now = atomic.read_jsonl(second.reviewed / "kept.jsonl")
-    # Two images per scene per iteration, at most four per scene: nothing is dropped.
-    assert set(now) == set(earlier) | {r["id"] for r in kept_now}
-    assert {r["iteration"] for r in now.values()} == {1, 2}
+    assert set(now) <= set(earlier) | {r["id"] for r in kept_now}
+    assert 2 in {r["iteration"] for r in now.values()}
+    scenes = [json.dumps(r["context"], sort_keys=True) for r in now.values()]
+    assert max(scenes.count(s) for s in scenes) <= git_project.params.caption.dataset.per_context
     for row in now.values():  # where each came from, restored with the dataset by DVC
         origin = IterationPaths.of(git_project.workdir, row["iteration"]).generated / row["file"]
         assert row["source"] == origin.relative_to(git_project.root).as_posix()

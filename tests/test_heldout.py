@@ -139,7 +139,8 @@ def test_noise_is_the_standard_error_across_seeds_and_contexts():
 
 
 def test_layout_diversity_sees_pose_and_framing_not_colour():
-    from charloop.stages.evaluate.metrics import layout_features, layout_metrics
+    from charloop.core.image_layout import layout_features
+    from charloop.stages.evaluate.metrics import layout_metrics
 
     def figure(x: int, colour: str) -> Image.Image:
         image = Image.new("RGB", (64, 64), "white")

@@ -443,8 +443,8 @@ def _scene_counts(rows):
 def test_an_accumulating_dataset_draws_the_best_of_earlier_iterations(
     outputs, project, loop_dir, tmp_path
 ):
+    from charloop.core.image_layout import layout_features
     from charloop.stages.caption.pool import identity_score
-    from charloop.stages.evaluate.metrics import layout_features
 
     generated = run_generate(project, 2, None, loop_dir / "gen2")
     filtered = run_filter(project, generated, loop_dir / "filt2")

@@ -145,8 +145,8 @@ def dataset_images(
     pool = earlier + fresh
     layouts = None
     if policy.max_layout_similarity is not None:
+        from charloop.core.image_layout import layout_features
         from charloop.scenes.references import open_image
-        from charloop.stages.evaluate.metrics import layout_features
 
         features = layout_features([open_image(image.source) for image in pool])
         layouts = {image.row["id"]: vector for image, vector in zip(pool, features, strict=True)}

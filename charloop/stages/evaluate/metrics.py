@@ -98,31 +98,6 @@ def _identity_noise(embeddings: np.ndarray, seeds: np.ndarray) -> float | None:
     return standard_error(per_seed) if len(per_seed) >= 2 else None
 
 
-LAYOUT_SIZE = 16
-"""Side of the edge thumbnail that layout diversity compares."""
-
-
-def layout_features(images: list[Any]) -> np.ndarray:
-    """Unit vectors of each image's edge layout: grey levels at 64x64, their edges, pooled
-    to 16x16 and mean-centred. Colour (what an identity mostly is) barely shows; where the
-    figure stands, its pose and the framing do."""
-    from PIL import Image, ImageFilter
-
-    rows = []
-    for image in images:
-        edges = (
-            image.convert("L")
-            .resize((64, 64), Image.Resampling.LANCZOS)
-            .filter(ImageFilter.FIND_EDGES)
-        )
-        pooled = np.asarray(
-            edges.resize((LAYOUT_SIZE,) * 2, Image.Resampling.BOX), dtype=np.float64
-        )
-        centred = pooled.ravel() - pooled.mean()
-        rows.append(_unit(centred))
-    return np.array(rows)
-
-
 def layout_metrics(features: np.ndarray, groups: list[str]) -> dict[str, float]:
     """``layout_diversity``: 1 - mean pairwise cosine of the edge layouts of one context's
     seeds, averaged over contexts, and its standard error across contexts

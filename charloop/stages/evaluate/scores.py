@@ -26,18 +26,14 @@ import numpy as np
 from PIL import Image
 
 from charloop.core import atomic
+from charloop.core.image_layout import layout_features
 from charloop.models.embedder import Embedder, embed_in_batches
 from charloop.params.schema import Params
 from charloop.scenes.prompts import context_id, scene_text
 from charloop.scenes.references import ReferenceSet, open_image
 from charloop.scenes.render import ImageJob
 from charloop.scenes.strips import assign_strips, strips
-from charloop.stages.evaluate.metrics import (
-    consistency_metrics,
-    layout_features,
-    layout_metrics,
-    with_and_without,
-)
+from charloop.stages.evaluate.metrics import consistency_metrics, layout_metrics, with_and_without
 
 EMBED_BATCH = 32
 MEMBER_HEADLINES = ("identity_consistency", "reference_similarity", "trigger_effect")
