@@ -128,7 +128,9 @@ def _iterations(project: Project) -> list[dict[str, Any]]:
         evaluation = _evaluate(project, iteration, trained, dataset, before)
         history.append(evaluation.metrics)
         deltas = compare(before, evaluation.metrics) if before else {}
-        verdict = decide(history, loop.convergence_epsilon, loop.max_iterations, loop.patience)
+        verdict = decide(
+            history, loop.convergence_epsilon, loop.max_iterations, loop.patience, loop.metric
+        )
         best = verdict.improved(len(history))
         # Lineage: version the folders with DVC and register the adapter in MLflow, with
         # the metrics-over-iterations plot; only the best round is aliased candidate.

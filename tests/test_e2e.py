@@ -262,11 +262,17 @@ def test_a_copied_project_reuses_every_stage(loop_result, git_project, tmp_path)
     assert shown.exit_code == 0, shown.output
     assert [step["version"] for step in json.loads(shown.output)] == ["2", "1"]
     out = moved / "restored"
-    restored = CliRunner().invoke(app, ["checkout", f"{model}:1", "--out", str(out), *copied])
+    restored = CliRunner().invoke(app, ["checkout", f"{model}:2", "--out", str(out), *copied])
     assert restored.exit_code == 0, restored.output
-    first = IterationPaths.of(git_project.workdir, 1)
-    assert tree_digest(out / "dataset") == tree_digest(first.dataset)
-    assert tree_digest(out / "adapter") == tree_digest(first.adapter)
+    second = IterationPaths.of(git_project.workdir, 2)
+    assert tree_digest(out / "dataset") == tree_digest(second.dataset)
+    assert tree_digest(out / "adapter") == tree_digest(second.adapter)
+    # The accumulated dataset comes back with where each image came from.
+    rows = [r for r in atomic.read_jsonl(out / "dataset" / "manifest.jsonl") if "iteration" in r]
+    assert rows and all((out / "dataset" / r["dataset_file"]).is_file() for r in rows)
+    assert {r["source"].split("/iter-")[1][:3] for r in rows} == {
+        f"{r['iteration']:03d}" for r in rows
+    }
 
 
 def test_a_moved_project_serves_its_adapters_from_its_own_artifact_store(

@@ -158,3 +158,33 @@ def test_an_image_repeating_a_better_ones_layout_is_passed_over():
     assert [i.row["id"] for i in select(pool, policy, layouts)] == ["best", "other-pose"]
     unlimited = AccumulatePolicy(per_context=2, max_layout_similarity=None)
     assert [i.row["id"] for i in select(pool, unlimited, layouts)] == ["best", "same-pose"]
+
+
+def test_rounds_are_compared_on_reference_match_when_there_are_references():
+    from charloop.stages.evaluate.convergence import round_metric
+    from charloop.stages.evaluate.metrics import consistency_metrics
+
+    refs = np.array([[1.0, 0.0], [0.0, 1.0]])
+    images = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.6, 0.8]])
+    measured = consistency_metrics(images, None, None, ["a", "b", "a", "b"], refs, [1, 1, 2, 2], 1)
+    assert measured["reference_match"] == pytest.approx((1 + 1 + 1 + 0.8) / 4)
+    assert measured["reference_match_noise"] == pytest.approx(0.05)  # seeds 1.0 and 0.9
+    assert round_metric("auto", measured) == "reference_match"
+    assert round_metric("auto", {"identity_consistency": 0.5}) == "identity_consistency"
+    # A round that matches the references better wins even when its renders agree less.
+    rounds = [
+        {"identity_consistency": 0.8, "reference_match": 0.6, "reference_match_noise": 0.01},
+        {"identity_consistency": 0.7, "reference_match": 0.7, "reference_match_noise": 0.01},
+    ]
+    verdict = decide(rounds, 0.0, 5)
+    assert verdict.improved(2) and not verdict.stop
+    assert decide(rounds, 0.0, 5, metric="identity_consistency").best == 0
+
+
+def test_reference_match_needs_references(tmp_path):
+    from charloop.params.project import ParamsError, load_project
+    from tests.conftest import tiny_params, write_params
+
+    data = tiny_params(loop={"max_iterations": 2, "metric": "reference_match"})
+    with pytest.raises(ParamsError, match="set the references folder"):
+        load_project(write_params(tmp_path, data))

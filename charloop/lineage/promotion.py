@@ -20,7 +20,7 @@ from charloop.lineage.adapter_files import adapter_file_problems
 from charloop.lineage.chain import LineageError, LineageStep, UnknownVersion, chain, missing_tags
 from charloop.lineage.registry import local_artifact
 from charloop.params.promote import PromoteParams
-from charloop.stages.evaluate.convergence import collapse
+from charloop.stages.evaluate.convergence import collapse, round_metric
 from charloop.stages.layout import ADAPTER_FILE_TAGS
 
 logger = logging.getLogger(__name__)
@@ -77,8 +77,8 @@ def metric_gates(
             gates.append(Gate(f"no regression {metric}", ok, detail))
     against, which = (production, "production") if production is not None else (parent, "parent")
     if against is not None:
-        why = collapse(against, candidate)
-        detail = f"vs {which}: " + (why or "identity is not bought with seed variety")
+        why = collapse(against, candidate, round_metric("auto", candidate))
+        detail = f"vs {which}: " + (why or "the gain is not bought with seed variety")
         gates.append(Gate("no collapse", why is None, detail))
     return gates
 

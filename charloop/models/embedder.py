@@ -104,6 +104,17 @@ def mean_pairwise_cosine(embeddings: np.ndarray) -> float:
     return float((sims.sum() - np.trace(sims)) / (n * (n - 1)))
 
 
+def nearest_reference_match(
+    embeddings: np.ndarray, references: np.ndarray, nearest: int
+) -> np.ndarray:
+    """Each image's mean cosine to its ``nearest`` closest references: it must match whole
+    pictures of the character, not the blur of their average (all references when there
+    are fewer)."""
+    cosines = embeddings @ references.T
+    k = min(nearest, cosines.shape[1])
+    return np.sort(cosines, axis=1)[:, -k:].mean(1)
+
+
 def embed_in_batches(embedder: Embedder, images: list[Image.Image], batch_size: int) -> np.ndarray:
     """Embed many images in fixed-size batches (bounded memory); rows follow ``images``."""
     chunks = [

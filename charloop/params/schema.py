@@ -130,6 +130,12 @@ class LoopParams(StrictModel):
     """A round is better only when its identity consistency beats the best round so far by
     more than this and more than the seed noise (``identity_noise``), without collapsing
     seed variety."""
+    metric: Literal["auto", "reference_match", "identity_consistency"] = "auto"
+    """What a round must beat the best round on: 'reference_match' (how closely the
+    held-out renders match the nearest reference pictures: the character is right) or
+    'identity_consistency' (how alike the renders are: the character is stable; the only
+    choice without references). 'auto': reference_match when the character has
+    references."""
     patience: int = Field(default=1, ge=1)
     """Rounds in a row that may fail to beat the best before the loop stops; the round
     after one that did not improve generates from the best round's LoRA, not the last."""
@@ -204,6 +210,15 @@ class Params(StrictModel):
             raise ValueError(
                 "generate.ip_adapter conditions every image on one reference set, so it cannot "
                 "keep cast members apart: remove generate.ip_adapter for a cast"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _round_metric_measurable(self) -> Params:
+        if self.loop.metric == "reference_match" and not all(m.references for m in self.members):
+            raise ValueError(
+                "loop.metric: reference_match compares the renders with character.references: "
+                "set the references folder, or use loop.metric: auto or identity_consistency"
             )
         return self
 

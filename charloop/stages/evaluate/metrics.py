@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from charloop.models.embedder import mean_pairwise_cosine
+from charloop.models.embedder import mean_pairwise_cosine, nearest_reference_match
 from charloop.stages.layout import TRAIN_LOG
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ def consistency_metrics(
     groups: list[str],
     references: np.ndarray | None = None,
     seeds: list[int] | None = None,
+    nearest: int = 3,
 ) -> dict[str, Any]:
     """Identity, prompt fidelity, memorisation and diversity scores for one set of images.
 
@@ -43,7 +44,8 @@ def consistency_metrics(
         groups: The context id of each image (images of one context differ by seed).
         references: Embeddings of the character's reference images, or None.
         seeds: The seed of each image; with two or more, ``identity_noise`` is the standard
-            error of identity consistency across seeds.
+            error of identity consistency across seeds (``reference_match_noise`` likewise).
+        nearest: How many of the closest references ``reference_match`` averages over.
 
     Returns:
         Flat float metrics plus ``per_context``: context id -> the same scores for its images.
@@ -60,6 +62,7 @@ def consistency_metrics(
         per_image["nearest_train_similarity"] = (embeddings @ train_embeddings.T).max(1)
     if references is not None and len(references):
         per_image["reference_similarity"] = embeddings @ _unit(references.mean(0))
+        per_image["reference_match"] = nearest_reference_match(embeddings, references, nearest)
     metrics.update({name: float(scores.mean()) for name, scores in per_image.items()})
     per_context: dict[str, dict[str, float]] = {}
     diversities = []
@@ -78,6 +81,10 @@ def consistency_metrics(
         metrics["diversity_noise"] = standard_error(diversities)
     if seeds is not None and (noise := _identity_noise(embeddings, np.array(seeds))) is not None:
         metrics["identity_noise"] = noise
+    match = per_image.get("reference_match")
+    spread = _seed_noise(match, seeds) if seeds is not None and match is not None else None
+    if spread is not None:
+        metrics["reference_match_noise"] = spread
     metrics["per_context"] = per_context
     return metrics
 
@@ -85,6 +92,13 @@ def consistency_metrics(
 def standard_error(values: list[float]) -> float:
     """Standard error of the mean of ``values`` (sample standard deviation / sqrt(n))."""
     return float(np.std(values, ddof=1) / math.sqrt(len(values)))
+
+
+def _seed_noise(scores: np.ndarray, seeds: list[int]) -> float | None:
+    """Standard error across seeds of a per-image score's per-seed mean."""
+    labels = np.array(seeds)
+    per_seed = [float(scores[labels == seed].mean()) for seed in dict.fromkeys(seeds)]
+    return standard_error(per_seed) if len(per_seed) >= 2 else None
 
 
 def _identity_noise(embeddings: np.ndarray, seeds: np.ndarray) -> float | None:

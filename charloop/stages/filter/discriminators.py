@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from charloop.models.embedder import nearest_reference_match
 from charloop.params.filter import DuplicatesCheck, IdentityCheck, QualityCheck, ScoreThreshold
 from charloop.stages.filter.clustering import cohesive_anchor
 from charloop.stages.filter.imagestats import dhash, hamming, quality_scores
@@ -120,9 +121,7 @@ def anchor_similarity(
     references (``score: nearest_references``), else the cosine to ``anchor``."""
     if rule.score == "centroid" or references is None or not len(references):
         return embeddings @ anchor
-    cosines = embeddings @ references.T
-    k = min(rule.nearest, cosines.shape[1])
-    return np.sort(cosines, axis=1)[:, -k:].mean(1)
+    return nearest_reference_match(embeddings, references, rule.nearest)
 
 
 def identity_scores(
