@@ -68,12 +68,12 @@ def lineage(
         return
     table = Table(title=f"lineage of {spec}")
     for column in ("version", "parent", "aliases", "iter", "training data", "DVC md5",
-                   "dataset sha256", "images", "params hash", "commit", "identity", "prompt fid.",
-                   "params changed vs parent"):  # fmt: skip
+                   "dataset sha256", "images", "from iterations", "params hash", "commit",
+                   "identity", "ref. match", "params changed vs parent"):  # fmt: skip
         table.add_column(column)
     for step in steps:
         changed = "; ".join(f"{k}: {a} -> {b}" for k, (a, b) in step.changed_params.items())
-        fidelity = step.metrics.get("prompt_fidelity")
+        match = step.metrics.get("reference_match")
         cells = (
             step.version,
             step.parent or "-",
@@ -83,10 +83,11 @@ def lineage(
             step.tags.get("dataset_dvc_md5", "?"),
             step.tags.get("dataset_sha256", "?")[:16],
             step.tags.get("dataset_images", "?"),
+            step.tags.get("dataset_sources") or "-",
             step.tags.get("params_hash", "?"),
             step.tags.get("git_commit", "?")[:12],
             f"{step.metrics.get('identity_consistency', float('nan')):.4f}",
-            "-" if fidelity is None else f"{fidelity:.4f}",
+            "-" if match is None else f"{match:.4f}",
             changed or ("(root)" if step.parent is None else "-"),
         )
         table.add_row(*map(escape, cells))  # params values hold brackets

@@ -114,6 +114,9 @@ def test_iteration_two_trains_on_the_best_images_of_both_iterations(loop_result,
     assert 2 in {r["iteration"] for r in now.values()}
     scenes = [json.dumps(r["context"], sort_keys=True) for r in now.values()]
     assert max(scenes.count(s) for s in scenes) <= git_project.params.caption.dataset.per_context
+    counts = {str(i): [r["iteration"] for r in now.values()].count(i) for i in (1, 2)}
+    tagged = _versions(git_project)[1].tags["dataset_sources"]
+    assert tagged == ",".join(f"{i}:{n}" for i, n in counts.items() if n)
     for row in now.values():  # where each came from, restored with the dataset by DVC
         origin = IterationPaths.of(git_project.workdir, row["iteration"]).generated / row["file"]
         assert row["source"] == origin.relative_to(git_project.root).as_posix()

@@ -46,7 +46,8 @@ def test_oracle_scores_the_true_character_far_above_random_ones():
 
 @pytest.mark.slow
 def test_world_loop_raises_oracle_consistency(tmp_path):
-    """The shipped params.yaml: 3 iterations, then the report's margin over the base model."""
+    """The shipped params.yaml, then the report: the margin over the base model, and the
+    round the loop aliased candidate is the oracle's best within the noise."""
     from charloop.params.project import load_project
     from charloop_world.validity import run_validity
     from flows.character_loop import character_loop
@@ -56,14 +57,16 @@ def test_world_loop_raises_oracle_consistency(tmp_path):
         (tmp_path / name).symlink_to(REPO / name)
     params = tmp_path / "params.yaml"
     rows = character_loop(params_file=str(params))
-    assert len(rows) == 3
+    assert 2 <= len(rows) <= 3
     project = load_project(params)
     report = run_validity(project, ORACLE, list(range(9000, 9008)), tmp_path / "report")
-    base = report["models"]["base model"]
-    last = report["models"][list(report["models"])[-1]]
-    noise = max(base["consistency_seed_std"], last["consistency_seed_std"])
-    assert report["margin"] >= 30.0, report
-    assert report["margin"] > 3 * noise, report
+    models = report["models"]
+    chosen = models[f"iteration {[r for r in rows if r['best']][-1]['iteration']}"]
+    best = models[report["best"]]
+    noise = max(models["base model"]["consistency_seed_std"], chosen["consistency_seed_std"])
+    margin = chosen["consistency"] - models["base model"]["consistency"]
+    assert margin >= 30.0 and margin > 3 * noise, report
+    assert chosen["consistency"] >= best["consistency"] - max(noise, best["consistency_seed_std"])
 
 
 def test_shipped_params_target_the_world_and_know_their_truth():

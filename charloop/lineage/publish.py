@@ -98,6 +98,9 @@ def _publish(
         "dataset_hash": training_data_digest(dataset.path),
         "dataset_dvc_md5": dataset_md5,  # the folder as DVC stores it: what checkout fetches
         "dataset_images": str(dataset.images),
+        # Generated images per iteration that made them (an accumulating dataset draws on
+        # earlier iterations); each image's own row is in the dataset's manifest.
+        "dataset_sources": ",".join(f"{i}:{n}" for i, n in dataset.sources.items()),
         "adapter_hash": dvc_hashes.get(str(paths.adapter), adapter.digest),
         "adapter_sha256": adapter.weights_sha256,
         "kohya_sha256": adapter.kohya_sha256,
