@@ -127,6 +127,7 @@ def summary_table(rows: list[dict[str, Any]]) -> Table:
         "kept",
         "trained on",
         "identity",
+        "ref. match",
         "layout variety",
         "prompt fid.",
         "version",
@@ -137,20 +138,26 @@ def summary_table(rows: list[dict[str, Any]]) -> Table:
     for index, row in enumerate(rows):
         fidelity = row.get("prompt_fidelity")
         variety = row.get("layout_diversity")
+        match = row.get("reference_match")
         table.add_row(
             str(row.get("round", 1)),
             str(row["iteration"]),
             f"{row['kept']} of {row['generated']}",
             str(row.get("trained_on", "-")),
             f"{row['identity_consistency']:.4f} (base {row['base_identity_consistency']:.4f})",
-            "-"
-            if variety is None
-            else f"{variety:.4f} (base {row.get('base_layout_diversity', float('nan')):.4f})",
+            _with_base(match, row.get("base_reference_match")),
+            _with_base(variety, row.get("base_layout_diversity")),
             "-" if fidelity is None else f"{fidelity:.4f}",
             f"{row['version']}{' candidate' if index == best else ''}",
             escape(str(row["decision"])),
         )
     return table
+
+
+def _with_base(value: float | None, base: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if base is None else f"{value:.4f} (base {base:.4f})"
 
 
 @app.command("build-tiny-models")

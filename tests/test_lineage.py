@@ -29,8 +29,17 @@ MODEL = "kira-lora"
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory, prefect_harness):
-    """A git project whose loop ran three iterations (three chained versions)."""
+    """A git project whose loop ran three iterations (three chained versions).
+
+    Every round is counted better than the last here, so the chain is 3 -> 2 -> 1 whatever
+    the tiny model's metrics do (the round rules are tested in ``test_improving.py``)."""
+    import flows.character_loop
+    from charloop.stages.evaluate.convergence import Verdict
     from flows.character_loop import character_loop
+
+    def every_round_better(history, epsilon, max_iterations, patience=1, metric="auto"):
+        done = len(history) >= max_iterations
+        return Verdict(done, "budget" if done else "continuing", False, len(history) - 1)
 
     root = tmp_path_factory.mktemp("lineage")
     subprocess.run(["git", "init", "-q", str(root)], check=True)
@@ -38,7 +47,9 @@ def studio(tmp_path_factory, prefect_harness):
     params = write_params(root, data)
     subprocess.run(["git", "add", "params.yaml"], cwd=root, check=True)
     subprocess.run(["git", "commit", "-qm", "params"], cwd=root, check=True)
-    rows = character_loop(params_file=str(params))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(flows.character_loop, "decide", every_round_better)
+        rows = character_loop(params_file=str(params))
     assert [r["version"] for r in rows] == ["1", "2", "3"]
     return load_project(params)
 

@@ -83,13 +83,15 @@ def test_review_stage_applies_and_records_human_overrides(staged, tmp_path):
     decisions = HumanDecisions(keep=(rejected[0],), reject=(kept[0],), reviewer="ana")
     output = run_review(generated, filtered, decisions, tmp_path / "reviewed")
     records = {r["id"]: r for r in atomic.read_jsonl(tmp_path / "reviewed/decisions.jsonl")}
-    assert records[kept[0]] | {"reasons": []} == {
+    assert records[kept[0]] | {"reasons": [], "scores": {}} == {
         "id": kept[0],
         "automatic": "keep",
         "final": "reject",
         "decided_by": "human:ana",
         "reasons": [],
+        "scores": {},
     }
+    assert records[kept[0]]["scores"]  # the filter's scores travel with the decision
     assert records[rejected[0]]["final"] == "keep"
     assert records[kept[-1]]["decided_by"] == "filter" or len(kept) == 1
     kept_rows = atomic.read_jsonl(tmp_path / "reviewed/kept.jsonl")

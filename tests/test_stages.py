@@ -259,7 +259,11 @@ def test_filter_uses_readable_references_and_reports_skipped_ones(outputs, tmp_p
     data["character"]["references"] = "refs"
     project = load_project(write_params(tmp_path, data))
     result = run_filter(project, outputs["generate"], tmp_path / "filt")
-    assert result.identity == {"anchor": "references", "references": 3}
+    assert result.identity == {
+        "anchor": "references",
+        "references": 3,
+        "score": "nearest_references",
+    }
     assert result.references_used == 3
     assert "broken.jpg" in result.references_skipped
 
@@ -453,7 +457,14 @@ def test_an_accumulating_dataset_draws_the_best_of_earlier_iterations(
     pool = atomic.read_jsonl(Path(outputs["review"].path) / "kept.jsonl")
     fresh = atomic.read_jsonl(Path(reviewed.path) / "kept.jsonl")
     # Every earlier image competing, no layout rule: the best per_context of each scene.
-    loose = {"dataset": {"policy": "accumulate", "older": "all", "max_layout_similarity": None}}
+    loose = {
+        "dataset": {
+            "policy": "accumulate",
+            "per_context": 4,
+            "older": "all",
+            "max_layout_similarity": None,
+        }
+    }
     open_project = load_project(write_params(tmp_path, tiny_params(caption=loose)))
     dataset = run_caption(open_project, generated, reviewed, tmp_path / "data", first)
     rows = atomic.read_jsonl(Path(dataset.path) / "manifest.jsonl")
