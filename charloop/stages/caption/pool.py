@@ -13,6 +13,12 @@ whose edge layout repeats one already chosen (``max_layout_similarity``) is pass
 so the data keeps poses and framings varied rather than feeding one picture back. Each
 dataset draws on its predecessor, itself the best of the iterations before.
 
+Scores are comparable across iterations when the identity filter scores against the
+character's references (the same anchor every time). Without references each iteration's
+anchor is its own batch's most cohesive cluster, so an earlier score and a newer one are
+measured from different places and the ranking across iterations is approximate: give
+the character references for an accumulating dataset.
+
 With ``{policy: iteration}`` a dataset holds only its own iteration's kept images.
 """
 
