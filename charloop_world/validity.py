@@ -112,10 +112,14 @@ def score(
     oracle: Any, images: list[Image.Image], truth: dict[str, str], seeds: list[int]
 ) -> Scores:
     """Let the oracle read ``images`` and compare with ``truth``."""
-    reads = oracle.read(images)
+    return score_reads(oracle.read(images), truth, seeds)
+
+
+def score_reads(reads: list[dict[str, str]], truth: dict[str, str], seeds: list[int]) -> Scores:
+    """Compare the oracle's reads of some images with ``truth``."""
     names = list(truth)
     matches = np.array([[row[n] == truth[n] for n in names] for row in reads], dtype=bool)
-    return Scores(matches.reshape(len(images), len(names)), names, seeds)
+    return Scores(matches.reshape(len(reads), len(names)), names, seeds)
 
 
 def run_validity(
@@ -147,10 +151,11 @@ def run_validity(
         with lora_applied(pipe, adapter, params.generate.lora_scale):
             images = render(pipe, jobs, params.generate)
             free_images = render(pipe, loose, params.generate)
-        results[name] = score(oracle, images, truth, [job.seed for job in jobs]).summary()
-        reads = oracle.read(free_images)
-        results[name] |= variety(reads, free_images, loose, oracle.net.attributes)
-        results[name]["context_fidelity"] = context_fidelity(oracle.read(images), jobs)
+        reads = oracle.read(images)  # read once: attributes and prompted context alike
+        results[name] = score_reads(reads, truth, [job.seed for job in jobs]).summary()
+        free_reads = oracle.read(free_images)
+        results[name] |= variety(free_reads, free_images, loose, oracle.net.attributes)
+        results[name]["context_fidelity"] = context_fidelity(reads, jobs)
         sheet = contact_sheet({name: images}, columns=len(seeds), row_labels=labels)
         sheet.save(out / f"{name.replace(' ', '-')}.png")
         logger.info("validity: %s consistency %.1f%%", name, results[name]["consistency"])
@@ -172,7 +177,7 @@ def run_validity(
 
 
 def margins(results: dict[str, Any]) -> dict[str, Any]:
-    """The last and the best model's margin over the base model, with the seed noise."""
+    """The last and the best model's margin over the base model, and which is the best."""
     base = results["base model"]["consistency"]
     last = list(results)[-1]
     best = max(results, key=lambda name: results[name]["consistency"])

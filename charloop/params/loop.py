@@ -15,9 +15,9 @@ class LoopParams(StrictModel):
     max_iterations: int = Field(default=2, ge=1)
     """Stop after this many iterations."""
     convergence_epsilon: float = Field(default=0.005, ge=0)
-    """A round is better only when its identity consistency beats the best round so far by
-    more than this and more than the seed noise (``identity_noise``), without collapsing
-    seed variety."""
+    """A round is better only when its round metric (``metric``) beats the best round so
+    far by more than this and more than the metric's seed noise, without collapsing seed
+    variety."""
     metric: Literal["auto", "reference_match", "identity_consistency"] = "auto"
     """What a round must beat the best round on: 'reference_match' (how closely the
     held-out renders match the nearest reference pictures: the character is right) or

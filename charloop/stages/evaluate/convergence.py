@@ -96,8 +96,8 @@ def decide(
         return Verdict(False, "no iteration yet")
     metric = round_metric(metric, history[0])
     before = best_round(history[:-1], epsilon, metric) if len(history) > 1 else None
-    best = best_round(history, epsilon, metric)
     why = beats(history[before], history[-1], epsilon, metric) if before is not None else None
+    best = len(history) - 1 if why is None or before is None else before
     collapsed = why is not None and why.startswith("collapse")
     stalled = len(history) - 1 - best
     if why is not None and stalled >= patience:
