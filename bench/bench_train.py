@@ -104,7 +104,9 @@ def naive_loop(pipe, models, folder, rows, tp) -> None:
             cond = pipe.text_encoder(ids)[0]
         noise = torch.randn(latents.shape, generator=generator)
         timesteps = torch.randint(0, 1000, (len(batch),), generator=generator)
-        loss = denoising_loss(models, latents, cond, noise, timesteps, None)
+        loss = denoising_loss(
+            models, latents, {"encoder_hidden_states": cond}, noise, timesteps, None
+        )
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -138,8 +138,8 @@ def trainer_check(precision: str, steps: int, batch: int, checkpointing: bool) -
     data = EncodedDataset(
         ids=[f"img{i}" for i in range(n)],
         latents=torch.randn(n, 4, side, side),
-        input_ids=torch.zeros(n, 77, dtype=torch.long),
-        text_embeddings=torch.randn(n, 77, 768),
+        input_ids=[torch.zeros(n, 77, dtype=torch.long)],
+        text={"hidden": torch.randn(n, 77, 768)},
     )
     models = TrainModels(unet=unet, noise_scheduler=DDPMScheduler(num_train_timesteps=1000))
     if torch.cuda.is_available():
@@ -199,7 +199,9 @@ def cache_ratio(steps: int, batch: int, dtype: torch.dtype) -> dict[str, Any]:
             z, c = latents, cond
         t = torch.randint(0, 1000, (batch,), device=dev)
         with torch.autocast(dev.type, dtype=dtype):
-            loss = denoising_loss(models, z, c, torch.randn_like(z), t, 5.0)
+            loss = denoising_loss(
+                models, z, {"encoder_hidden_states": c}, torch.randn_like(z), t, 5.0
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from charloop.stages.train.data import tokenize
+from charloop.families.base import tokenize
 from charloop_world.attributes import character_from_dict, context_from_dict
 from charloop_world.captions import caption
 

@@ -154,7 +154,11 @@ def _random_lora(seed: int, rank: int) -> Any:
         for name, param in unet.named_parameters():
             if "lora_" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-    return AdapterState(get_peft_model_state_dict(unet), unet.peft_config["default"].to_dict())
+    return AdapterState(
+        get_peft_model_state_dict(unet),
+        unet.peft_config["default"].to_dict(),
+        unet_model_config=dict(unet.config),
+    )
 
 
 def test_per_character_loras_combine_exactly_as_set_adapters(tmp_path):

@@ -48,7 +48,7 @@ def test_an_sd15_kohya_file_loads_everywhere_and_invokeai_calls_it_sd1(sd15, tmp
     unet, te = _peft_states(sd15)
     assert len(unet) == 192 * 2 and len(te) == 72 * 2
     path = tmp_path / "kira.safetensors"
-    save_file(to_kohya(unet, te, alpha=8.0), str(path))
+    save_file(to_kohya(unet, {"text_encoder": te}, alpha=8.0), str(path))
     verdicts = _verdicts(path, sd15)
     assert all(ok for ok, _ in verdicts.values()), verdicts
     assert verdicts["InvokeAI"][1].startswith("base sd-1; 264/264 modules")

@@ -155,7 +155,7 @@ def test_both_files_reproduce_the_trained_unet_and_text_encoder(dataset, tmp_pat
     _every_tool_loads_the_kohya_file(tmp_path, Path(ref))
     models.unet.eval()
     trained = StableDiffusionPipeline(
-        **{**pipe.components, "unet": models.unet, "text_encoder": models.text_encoder}
+        **{**pipe.components, "unet": models.unet, **models.text_encoders}
     )
     trained.set_progress_bar_config(disable=True)
     job = plan_jobs(project, 1)[0]
@@ -202,7 +202,7 @@ def test_kohya_names_for_an_sd15_shaped_unet():
     assert len(modules) == 192
     state = {f"{m}.lora_{p}.weight": torch.zeros(1) for m in modules for p in "AB"}
     te_state = {"encoder.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(1)}
-    keys = to_kohya(state, te_state, alpha=8.0)
+    keys = to_kohya(state, {"text_encoder": te_state}, alpha=8.0)
     unet_keys = [k for k in keys if k.startswith("lora_unet_")]
     assert len(unet_keys) == 192 * 3
     first = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"

@@ -58,22 +58,36 @@ class EncodeCache:
             compute: Given the indices of the missing items, returns their tensors stacked
                 along dim 0 in the same order.
         """
+        return self.get_parts(kind, keys, lambda idx: {"value": compute(idx)})["value"]
+
+    def get_parts(
+        self,
+        kind: str,
+        keys: Sequence[dict[str, object]],
+        compute: Callable[[list[int]], dict[str, torch.Tensor]],
+    ) -> dict[str, torch.Tensor]:
+        """Like ``get_many`` for items of several named tensors (an SDXL caption's hidden
+        states and pooled embedding): one entry per item holds every part."""
         digests = [sha256_json({"kind": kind, **k}) for k in keys]
-        found: dict[int, torch.Tensor] = {}
+        found: dict[int, dict[str, torch.Tensor]] = {}
         for index, digest in enumerate(digests):
             path = self._path(kind, digest)
             if path.is_file():
                 try:
-                    found[index] = load(path.read_bytes())["value"]
+                    found[index] = load(path.read_bytes())
                 except Exception:  # a damaged entry is recomputed, never trusted
                     logger.warning("cache entry %s is unreadable; recomputing", path)
         missing = [i for i in range(len(digests)) if i not in found]
         if missing:
             fresh = compute(missing)
-            for index, value in zip(missing, fresh, strict=True):
-                value = value.detach().to("cpu", torch.float32).contiguous()
-                atomic.write_bytes(self._path(kind, digests[index]), save({"value": value}))
-                found[index] = value
+            for row, index in enumerate(missing):
+                parts = {
+                    name: value[row].detach().to("cpu", torch.float32).contiguous()
+                    for name, value in fresh.items()
+                }
+                atomic.write_bytes(self._path(kind, digests[index]), save(parts))
+                found[index] = parts
         self.hits += len(digests) - len(missing)
         self.misses += len(missing)
-        return torch.stack([found[i] for i in range(len(digests))])
+        names = list(found[0]) if found else []
+        return {name: torch.stack([found[i][name] for i in range(len(digests))]) for name in names}

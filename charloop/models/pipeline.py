@@ -14,7 +14,7 @@ from charloop.params.schema import BaseModelSpec
 
 logger = logging.getLogger(__name__)
 
-_PIPELINES: dict[tuple[str, str, str, str | None], Any] = {}
+_PIPELINES: dict[tuple[Any, ...], Any] = {}
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -36,28 +36,32 @@ def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
 
 
 def load_pipeline(model_ref: str, spec: BaseModelSpec) -> Any:
-    """The StableDiffusionPipeline for ``model_ref``, loaded once per process and reused.
+    """The family's text-to-image pipeline for ``model_ref``, loaded once per process.
 
     Args:
         model_ref: Hub id or local diffusers folder (already resolved to an absolute path).
-        spec: Device, dtype and revision settings from params.
+        spec: Family, prediction, device, dtype and revision settings from params.
+
+    Raises:
+        FamilyMismatch: the declared family or prediction type contradicts the folder.
     """
+    from charloop.families.detect import resolve_base
+
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
-    key = (model_ref, str(device), str(dtype), spec.revision)
+    key = (model_ref, str(device), str(dtype), spec.revision, spec.family, spec.prediction,
+           spec.zero_terminal_snr)  # fmt: skip
     if key not in _PIPELINES:
-        from diffusers import StableDiffusionPipeline
-
-        logger.info("loading base model %s on %s (%s)", model_ref, device, dtype)
         if not Path(model_ref).exists() and model_ref.startswith((".", "/")):
             raise FileNotFoundError(f"base_model.path {model_ref} does not exist")
-        pipe = StableDiffusionPipeline.from_pretrained(
-            model_ref,
-            torch_dtype=dtype,
-            revision=spec.revision,
-            safety_checker=None,
-            requires_safety_checker=False,
+        base = resolve_base(spec, model_ref)
+        logger.info("loading %s base model %s on %s (%s)", base.family.name, model_ref, device, dtype)
+        pipe = base.family.pipeline_type().from_pretrained(
+            model_ref, torch_dtype=dtype, revision=spec.revision, **base.family.load_kwargs()
         )
+        overrides = base.scheduler_overrides(pipe.scheduler.config)
+        if overrides:  # a v-prediction base whose config does not say so
+            pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **overrides)
         pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         enable_memory_efficient_attention(pipe, device)

@@ -1,6 +1,6 @@
 """Tiny real models built in code: the embedded default when no hub is reachable.
 
-They are the same classes as a real SD1.5 checkpoint and a real CLIP model (only smaller),
+They are the same classes as real SD1.5 and SDXL checkpoints and a real CLIP model (only smaller),
 saved in diffusers/transformers format and loaded back through ``from_pretrained``, so
 every stage exercises the code path a real checkpoint takes. Built deterministically
 from a seed: ``charloop build-tiny-models`` recreates ``models/`` exactly.
@@ -152,6 +152,82 @@ def build_tiny_sd15(out_dir: str | Path, seed: int = 0) -> Path:
     return out
 
 
+def build_tiny_sdxl(out_dir: str | Path, seed: int = 0) -> Path:
+    """Build and save a tiny SDXL-architecture pipeline (64 px images, 8x8 latents).
+
+    The real SDXL layout at small widths: two CLIP text encoders (the second with a
+    projection, whose pooled output feeds the added conditioning), a UNet whose first
+    level has no attention, ``layers_per_block`` 2 and deeper transformer stacks further
+    down, ``text_time`` added embeddings, and a VAE with SDXL's scaling factor that asks
+    to be upcast from float16.
+    """
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    config = _text_config(len(tokenizer))
+    text_encoder = CLIPTextModel(config)
+    text_encoder_2 = CLIPTextModelWithProjection(config)
+    time_dim = 8
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 1, 2),
+        cross_attention_dim=2 * config.hidden_size,  # both encoders' hidden states
+        attention_head_dim=(2, 4, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=config.projection_dim + 6 * time_dim,
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 32, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=64,
+        scaling_factor=0.13025,
+        force_upcast=True,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+        prediction_type="epsilon",
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=build_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+    )
+    out = Path(out_dir)
+    pipe.save_pretrained(out, safe_serialization=True)
+    logger.info("tiny SDXL pipeline written to %s", out)
+    return out
+
+
 def build_tiny_clip(out_dir: str | Path, seed: int = 0) -> Path:
     """Build and save a tiny CLIPModel (text + vision towers) with its processor."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
@@ -183,5 +259,6 @@ def build_all(models_dir: str | Path = "models", seed: int = 0) -> list[Path]:
     models_dir = Path(models_dir)
     return [
         build_tiny_sd15(models_dir / "tiny-sd15", seed),
+        build_tiny_sdxl(models_dir / "tiny-sdxl", seed),
         build_tiny_clip(models_dir / "tiny-clip", seed),
     ]

@@ -88,18 +88,23 @@ def control_maps(
 
 
 def controlnet_pipeline(base: Any, model_ref: str) -> Any:
-    """A StableDiffusionControlNetPipeline sharing the base pipeline's loaded components."""
+    """The family's ControlNet pipeline sharing the base pipeline's loaded components."""
     key = (id(base), model_ref)
     if key not in _PIPELINES:
-        from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+        from diffusers import ControlNetModel
 
+        from charloop.families import family_of_pipeline_class
+
+        family = family_of_pipeline_class(type(base).__name__)
+        if family is None:
+            raise ValueError(f"no ControlNet pipeline for a {type(base).__name__}")
         logger.info("loading ControlNet %s", model_ref)
         controlnet = ControlNetModel.from_pretrained(model_ref, torch_dtype=base.unet.dtype)
-        pipe = StableDiffusionControlNetPipeline(
+        pipe = family.controlnet_pipeline_type()(
             **{k: v for k, v in base.components.items() if k != "image_encoder"},
             controlnet=controlnet.to(base.device),
         )
-        pipe.set_progress_bar_config(disable=True)  # type: ignore[attr-defined]
+        pipe.set_progress_bar_config(disable=True)
         _PIPELINES[key] = pipe
     return _PIPELINES[key]
 

@@ -6,7 +6,7 @@ Shared by the single-LoRA train stage and the per-character cast training.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +14,15 @@ import numpy as np
 
 from charloop.core import atomic
 from charloop.core.safetensors_header import canonicalize
+from charloop.families import get_family
+from charloop.families.detect import resolve_base
 from charloop.models.encode_cache import EncodeCache
 from charloop.params.project import Project
 from charloop.params.train import TrainParams
 from charloop.stages.layout import ADAPTER_WEIGHTS, PROVENANCE_FILE, PROVENANCE_PREFIX
 from charloop.stages.train.checkpoint import Checkpointer
-from charloop.stages.train.data import ModelIdentity, encode_rows, split_validation
-from charloop.stages.train.kohya import KOHYA_WEIGHTS_NAME, save_kohya
+from charloop.stages.train.data import ModelIdentity, encode_rows, pipe_family, split_validation
+from charloop.stages.train.kohya import KOHYA_WEIGHTS_NAME, save_kohya, to_kohya
 from charloop.stages.train.loop import TrainLog, TrainModels, train_lora
 from charloop.stages.train.models import build_models
 from charloop.stages.train.modelspec import BaseSpec, spec_keys
@@ -32,12 +34,19 @@ WEIGHTS_NAME = ADAPTER_WEIGHTS
 
 @dataclass
 class AdapterState:
-    """A trained LoRA as peft state dicts (``<module>.lora_A.weight`` keys) and configs."""
+    """A trained LoRA as peft state dicts (``<module>.lora_A.weight`` keys) and configs.
+
+    ``text`` and ``text_configs`` are keyed by the family's text-encoder component names
+    ('text_encoder', 'text_encoder_2'); ``unet_model_config`` is the base UNet's config
+    (families whose kohya names follow the original UNet layout need it).
+    """
 
     unet: dict[str, Any]
     unet_config: dict[str, Any]
-    text_encoder: dict[str, Any] | None = None
-    text_encoder_config: dict[str, Any] | None = None
+    text: dict[str, dict[str, Any]] = field(default_factory=dict)
+    text_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    family: str = "sd15"
+    unet_model_config: dict[str, Any] = field(default_factory=dict)
 
 
 def adapter_state(accelerator: Any, models: TrainModels) -> AdapterState:
@@ -45,11 +54,16 @@ def adapter_state(accelerator: Any, models: TrainModels) -> AdapterState:
     from peft.utils import get_peft_model_state_dict
 
     unet = accelerator.unwrap_model(models.unet)
-    state = AdapterState(get_peft_model_state_dict(unet), unet.peft_config["default"].to_dict())
-    if models.text_encoder is not None:
-        text_encoder = accelerator.unwrap_model(models.text_encoder)
-        state.text_encoder = get_peft_model_state_dict(text_encoder)
-        state.text_encoder_config = text_encoder.peft_config["default"].to_dict()
+    state = AdapterState(
+        get_peft_model_state_dict(unet),
+        unet.peft_config["default"].to_dict(),
+        family=models.family.name,
+        unet_model_config=dict(unet.config),
+    )
+    for name, module in models.text_encoders.items():
+        encoder = accelerator.unwrap_model(module)
+        state.text[name] = get_peft_model_state_dict(encoder)
+        state.text_configs[name] = encoder.peft_config["default"].to_dict()
     return state
 
 
@@ -68,24 +82,17 @@ def write_adapter(
     file that mixes the two formats loads only the attention part (diffusers picks the
     format from the first key), silently dropping ``proj_in``, ``ff.net...`` and the rest.
     """
-    from diffusers import StableDiffusionPipeline
-
-    te_state = state.text_encoder
-    StableDiffusionPipeline.save_lora_weights(
-        out_dir,
-        unet_lora_layers=state.unet,
-        text_encoder_lora_layers=te_state or None,
-        safe_serialization=True,
-        unet_lora_adapter_metadata=state.unet_config,
-        text_encoder_lora_adapter_metadata=state.text_encoder_config,
-    )
+    family = get_family(state.family)
+    family.save_diffusers_lora(out_dir, state.unet, state.unet_config, state.text,
+                               state.text_configs)  # fmt: skip
     provenance = {PROVENANCE_PREFIX + k: v for k, v in metadata.items()}
     if spec is not None:  # model-spec keys: what InvokeAI, A1111 and kohya tools display
         title = metadata.get("member") or metadata.get("character", "charloop LoRA")
         provenance |= spec_keys(spec, title, metadata.get("trigger", ""))
     weights = out_dir / WEIGHTS_NAME
     canonicalize(weights, provenance)
-    save_kohya(out_dir / KOHYA_WEIGHTS_NAME, state.unet, te_state, rank, alpha, provenance)
+    tensors = to_kohya(state.unet, state.text, alpha, family, state.unet_model_config)
+    save_kohya(out_dir / KOHYA_WEIGHTS_NAME, tensors, rank, alpha, provenance)
     atomic.write_json(out_dir / PROVENANCE_FILE, metadata)
     return weights
 
@@ -105,8 +112,14 @@ def save_adapter(
 
 def base_spec(project: Project, pipe: Any) -> BaseSpec:
     """The model-spec facts of the project's base pipeline."""
+    family = pipe_family(pipe)
     prediction = str(pipe.scheduler.config.get("prediction_type", "epsilon"))
-    return BaseSpec(project.params.generate.resolution, prediction)
+    return BaseSpec(
+        project.params.generate.resolution,
+        prediction,
+        architecture=family.architecture,
+        base_version=family.base_version,
+    )
 
 
 @dataclass
@@ -141,7 +154,8 @@ def fit(
     data = encode_rows(pipe, dataset_dir, train_rows, params.generate.resolution, **encode)
     val = encode_rows(pipe, dataset_dir, val_rows, params.generate.resolution, **encode)
     logger.info("train: encode cache %d hits, %d misses", cache.hits, cache.misses)
-    models = build_models(base_ref, params.base_model.revision, tp, accelerator)
+    base = resolve_base(params.base_model, base_ref)
+    models = build_models(base_ref, params.base_model.revision, tp, accelerator, base)
     log = train_lora(accelerator, models, data, tp, val, checkpoints, stop_after)
     return Fit(models, log, len(data), len(val))
 

@@ -67,10 +67,12 @@ def combine(states: list[AdapterState], scales: list[float]) -> AdapterState:
     combined = AdapterState(
         _merge([s.unet for s in states], scales), states[0].unet_config | config
     )
-    text_states = [s.text_encoder for s in states]
-    if all(t is not None for t in text_states):
-        combined.text_encoder = _merge(text_states, scales)  # type: ignore[arg-type]
-        combined.text_encoder_config = (states[0].text_encoder_config or {}) | config
+    combined.family = states[0].family
+    combined.unet_model_config = states[0].unet_model_config
+    for name in states[0].text:
+        if all(name in s.text for s in states):
+            combined.text[name] = _merge([s.text[name] for s in states], scales)
+            combined.text_configs[name] = states[0].text_configs.get(name, {}) | config
     return combined
 
 

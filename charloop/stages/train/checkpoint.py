@@ -76,11 +76,13 @@ class Checkpointer:
 
         if not accelerator.is_main_process:
             return
-        te = models.text_encoder
         state = {
             "step": step,
             "unet_lora": get_peft_model_state_dict(accelerator.unwrap_model(models.unet)),
-            "te_lora": get_peft_model_state_dict(accelerator.unwrap_model(te)) if te else None,
+            "te_lora": {
+                name: get_peft_model_state_dict(accelerator.unwrap_model(encoder))
+                for name, encoder in models.text_encoders.items()
+            },
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler else None,
@@ -103,10 +105,8 @@ class Checkpointer:
         from peft.utils import set_peft_model_state_dict
 
         set_peft_model_state_dict(accelerator.unwrap_model(models.unet), state["unet_lora"])
-        if models.text_encoder is not None and state["te_lora"] is not None:
-            set_peft_model_state_dict(
-                accelerator.unwrap_model(models.text_encoder), state["te_lora"]
-            )
+        for name, encoder in models.text_encoders.items():
+            set_peft_model_state_dict(accelerator.unwrap_model(encoder), state["te_lora"][name])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if accelerator.scaler is not None and state["scaler"] is not None:

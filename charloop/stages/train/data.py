@@ -13,6 +13,8 @@ from PIL import Image
 
 from charloop.core import atomic
 from charloop.core.hashing import sha256_bytes, sha256_file
+from charloop.families import ModelFamily, family_of_pipeline_class
+from charloop.families.base import CropGeometry, TextParts, centre_crop
 from charloop.models.encode_cache import EncodeCache, component_identity
 
 logger = logging.getLogger(__name__)
@@ -24,16 +26,19 @@ ENCODE_BATCH = 8
 class EncodedDataset:
     """Model inputs for a set of dataset rows.
 
-    ``text_embeddings`` is None when the text encoder is trained (its output changes
-    every step); ``input_ids`` are always there.
+    ``text`` is None when the text encoders are trained (their output changes every
+    step); ``input_ids`` (one tensor per tokenizer) are always there. ``sizes`` holds each
+    image's crop geometry (original size, crop offset, target size) for families that
+    condition on it.
     """
 
     ids: list[str]
     latents: torch.Tensor
-    input_ids: torch.Tensor
-    text_embeddings: torch.Tensor | None
+    input_ids: list[torch.Tensor]
+    text: TextParts | None
     repeats: list[int] | None = None
     """Times each row is drawn per epoch (kohya's ``num_repeats``); None: once each."""
+    sizes: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -43,6 +48,12 @@ class EncodedDataset:
         if self.repeats is None:
             return list(range(len(self.ids)))
         return [i for i, r in enumerate(self.repeats) for _ in range(r)]
+
+    def text_batch(self, batch: list[int], device: torch.device) -> TextParts | None:
+        """The cached prompt embeddings of ``batch`` rows on ``device`` (None if uncached)."""
+        if self.text is None:
+            return None
+        return {name: part[batch].to(device) for name, part in self.text.items()}
 
 
 @dataclass(frozen=True)
@@ -56,16 +67,23 @@ class ModelIdentity:
         return component_identity(self.ref, component, self.revision)
 
 
+def image_geometry(path: Path, resolution: int) -> CropGeometry:
+    """How ``load_image_tensor`` fits the file to the training size (header read only)."""
+    with Image.open(path) as handle:
+        return centre_crop(handle.size, (resolution, resolution))
+
+
 def load_image_tensor(path: Path, resolution: int) -> torch.Tensor:
     """An RGB image resized and centre-cropped to ``resolution``, scaled to [-1, 1], CHW."""
     with Image.open(path) as handle:
         image = handle.convert("RGB")
-    scale = resolution / min(image.size)
+    crop = centre_crop(image.size, (resolution, resolution))
+    scale = max(resolution / image.height, resolution / image.width)
     image = image.resize(
         (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))),
         Image.Resampling.BICUBIC,
     )
-    left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
+    top, left = crop.crop_top_left
     image = image.crop((left, top, left + resolution, top + resolution))
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1)
@@ -92,34 +110,36 @@ def split_validation(
     return [r for r in rows if r["id"] not in held], [r for r in rows if r["id"] in held]
 
 
-def tokenize(tokenizer: Any, captions: list[str]) -> torch.Tensor:
-    """Token ids padded to the tokenizer's max length."""
-    return tokenizer(
-        captions,
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
-
-
-@torch.no_grad()
-def encode_text(pipe: Any, captions: list[str]) -> torch.Tensor:
-    """Text-encoder hidden states for captions (float32, on CPU)."""
-    ids = tokenize(pipe.tokenizer, captions).to(pipe.device)
-    return pipe.text_encoder(ids)[0].float().cpu()
+def pipe_family(pipe: Any) -> ModelFamily:
+    """The family of a loaded pipeline (by its class)."""
+    family = family_of_pipeline_class(type(pipe).__name__)
+    if family is None:
+        raise ValueError(f"no model family serves a {type(pipe).__name__}")
+    return family
 
 
 @torch.no_grad()
 def encode_images(pipe: Any, files: list[Path], resolution: int) -> torch.Tensor:
-    """Scaled VAE latent means of image files, encoded in batches (float32, on CPU)."""
+    """Scaled VAE latent means of image files, encoded in batches (float32, on CPU).
+
+    A VAE that overflows in float16 (SDXL's: ``force_upcast``) encodes in float32.
+    """
+    vae = pipe.vae
+    upcast = bool(vae.config.get("force_upcast", False)) and vae.dtype == torch.float16
+    dtype = torch.float32 if upcast else vae.dtype
+    if upcast:
+        vae = vae.to(torch.float32)
     out = []
-    for start in range(0, len(files), ENCODE_BATCH):
-        pixels = torch.stack(
-            [load_image_tensor(f, resolution) for f in files[start : start + ENCODE_BATCH]]
-        ).to(pipe.device, dtype=pipe.vae.dtype)
-        latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
-        out.append(latents.float().cpu())
+    try:
+        for start in range(0, len(files), ENCODE_BATCH):
+            pixels = torch.stack(
+                [load_image_tensor(f, resolution) for f in files[start : start + ENCODE_BATCH]]
+            ).to(pipe.device, dtype=dtype)
+            latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+            out.append(latents.float().cpu())
+    finally:
+        if upcast:
+            vae.to(torch.float16)
     return torch.cat(out)
 
 
@@ -135,22 +155,26 @@ def encode_rows(
     """Encode dataset rows, serving what the cache already holds.
 
     Args:
-        pipe: The loaded base pipeline (VAE, tokenizer, text encoder).
+        pipe: The loaded base pipeline (VAE, tokenizers, text encoders); its class
+            tells the family.
         dataset_dir: The caption stage's folder.
         rows: Rows of ``metadata.jsonl`` to encode.
         resolution: Training resolution (part of the latent key).
         identity: The base model's identity (part of every key).
         cache: On-disk cache, or None to encode everything in memory.
-        with_text_embeddings: False when the text encoder is trained.
+        with_text_embeddings: False when the text encoders are trained.
     """
+    family = pipe_family(pipe)
     files = [dataset_dir / row["file_name"] for row in rows]
     captions = [row["text"] for row in rows]
     if not rows:
         empty = torch.empty(0)
-        return EncodedDataset([], empty, empty.long(), None)
+        return EncodedDataset([], empty, [empty.long()], None)
+    texts: TextParts | None = None
     if cache is None:
         latents = encode_images(pipe, files, resolution)
-        texts = encode_text(pipe, captions) if with_text_embeddings else None
+        if with_text_embeddings:
+            texts = family.encode_prompts(pipe, captions)
     else:
         vae = identity.of("vae")
         latent_keys = [
@@ -161,18 +185,21 @@ def encode_rows(
             latent_keys,
             lambda idx: encode_images(pipe, [files[i] for i in idx], resolution),
         )
-        texts = None
         if with_text_embeddings:
-            encoder = (identity.of("text_encoder"), identity.of("tokenizer"))
+            encoder = tuple(identity.of(c) for c in (*family.text_encoders, *family.tokenizers))
             text_keys = [{"caption": c, "text_encoder": encoder} for c in captions]
-            texts = cache.get_many(
-                "text", text_keys, lambda idx: encode_text(pipe, [captions[i] for i in idx])
+            texts = cache.get_parts(
+                "prompt",  # every part of a caption's encoding in one entry
+                text_keys,
+                lambda idx: family.encode_prompts(pipe, [captions[i] for i in idx]),
             )
     repeats = [int(row.get("repeats", 1)) for row in rows]
+    sizes = torch.stack([image_geometry(f, resolution).as_tensor() for f in files])
     return EncodedDataset(
         [row["id"] for row in rows],
         latents,
-        tokenize(pipe.tokenizer, captions),
+        family.token_ids(pipe, captions),
         texts,
         None if set(repeats) <= {1} else repeats,
+        sizes,
     )

@@ -1,7 +1,8 @@
 """The kohya LoRA format (A1111, ComfyUI, InvokeAI): names, ``.alpha`` keys and metadata.
 
 ``lora_unet_<module path with '.' -> '_'>.lora_down.weight`` / ``.lora_up.weight`` /
-``.alpha``; text-encoder modules as ``lora_te_text_model_<path>``. diffusers'
+``.alpha``; text-encoder modules as ``lora_te_text_model_<path>`` (SDXL: ``lora_te1_`` /
+``lora_te2_``, and UNet paths of the original layout, see the family modules). diffusers'
 ``convert_state_dict_to_kohya`` writes ``alpha = rank`` whatever the training alpha was,
 and transformers 5 drops the ``text_model.`` level from CLIP module names; both are
 handled here so the file loads at the strength it was trained at.
@@ -11,11 +12,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
 from charloop.core.safetensors_header import canonicalize
+from charloop.families import ModelFamily, get_family
 from charloop.stages.layout import KOHYA_WEIGHTS
 
 KOHYA_WEIGHTS_NAME = KOHYA_WEIGHTS
@@ -23,29 +26,46 @@ _PEFT_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>A|B)\.weight$")
 
 
 def kohya_module(prefix: str, module: str) -> str:
-    """The kohya name of a module path (``prefix`` is 'lora_unet' or 'lora_te')."""
-    if prefix == "lora_te":
+    """The kohya name of a module path (``prefix`` 'lora_unet', or a text-encoder prefix
+    such as 'lora_te' / 'lora_te1' / 'lora_te2', whose paths gain ``text_model.``)."""
+    if prefix.startswith("lora_te"):
         module = "text_model." + module.removeprefix("text_model.")
     return f"{prefix}_{module.replace('.', '_')}"
 
 
 def to_kohya(
     unet_state: dict[str, torch.Tensor],
-    text_encoder_state: dict[str, torch.Tensor] | None,
+    text_states: dict[str, dict[str, torch.Tensor]] | None,
     alpha: float,
+    family: ModelFamily | None = None,
+    unet_config: dict[str, Any] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Convert peft LoRA state dicts (``<module>.lora_A.weight`` keys) to kohya keys.
+
+    Args:
+        unet_state: The UNet's LoRA.
+        text_states: Text-encoder LoRAs by component name ('text_encoder', ...).
+        alpha: The training alpha (written exactly, not ``rank``).
+        family: Names the UNet modules and text prefixes (default SD1.5).
+        unet_config: The base UNet's config (families with original-layout names).
 
     Raises:
         ValueError: a key that is not a peft LoRA weight.
     """
+    family = family or get_family("sd15")
+    prefixes = dict(zip(family.text_encoders, family.kohya_text_prefixes, strict=True))
+    parts: list[tuple[str, dict[str, torch.Tensor]]] = [("lora_unet", unet_state)]
+    parts += [(prefixes[name], state) for name, state in (text_states or {}).items() if state]
     out: dict[str, torch.Tensor] = {}
-    for prefix, state in (("lora_unet", unet_state), ("lora_te", text_encoder_state or {})):
+    for prefix, state in parts:
         for key, value in state.items():
             match = _PEFT_KEY.match(key)
             if match is None:
                 raise ValueError(f"not a peft LoRA weight key: {key}")
-            name = kohya_module(prefix, match["module"])
+            module = match["module"]
+            if prefix == "lora_unet":
+                module = family.kohya_unet_name(module, unet_config or {})
+            name = kohya_module(prefix, module)
             part = "lora_down" if match["part"] == "A" else "lora_up"
             out[f"{name}.{part}.weight"] = value.detach().to("cpu").contiguous()
             out[f"{name}.alpha"] = torch.tensor(float(alpha))
@@ -54,14 +74,12 @@ def to_kohya(
 
 def save_kohya(
     path: Path,
-    unet_state: dict[str, torch.Tensor],
-    text_encoder_state: dict[str, torch.Tensor] | None,
+    tensors: dict[str, torch.Tensor],
     rank: int,
     alpha: float,
     metadata: dict[str, str],
 ) -> Path:
-    """Write the kohya file with kohya's ``ss_*`` network keys plus charloop provenance."""
-    tensors = to_kohya(unet_state, text_encoder_state, alpha)
+    """Write kohya ``tensors`` with kohya's ``ss_*`` network keys plus charloop provenance."""
     save_file(tensors, str(path))
     kohya_meta = {
         "ss_network_module": "networks.lora",

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from charloop.core.errors import CharloopError
 from charloop.core.faults import failpoint
 from charloop.core.progress import progress_bar
+from charloop.families import ModelFamily, get_family
 from charloop.params.train import TrainParams
 from charloop.stages.train.checkpoint import Checkpointer
 from charloop.stages.train.data import EncodedDataset
@@ -40,11 +41,21 @@ class TrainingInterrupted(RuntimeError):
 
 @dataclass
 class TrainModels:
-    """What the loop optimises: the UNet, optionally the text encoder, and the scheduler."""
+    """What the loop optimises: the UNet, optionally the text encoders, and the scheduler.
+
+    ``text_encoders`` maps the family's pipeline component names ('text_encoder',
+    'text_encoder_2') to the encoders being trained; empty when they are frozen (their
+    outputs then come from the cache).
+    """
 
     unet: Any
     noise_scheduler: Any
-    text_encoder: Any | None = None
+    family: ModelFamily = field(default_factory=lambda: get_family("sd15"))
+    text_encoders: dict[str, Any] = field(default_factory=dict)
+
+    def trained(self) -> list[Any]:
+        """Every module with LoRA layers: the UNet, then the trained text encoders."""
+        return [self.unet, *self.text_encoders.values()]
 
 
 @dataclass
@@ -82,12 +93,15 @@ def snr_weights(noise_scheduler: Any, timesteps: torch.Tensor, gamma: float) -> 
 def denoising_loss(
     models: TrainModels,
     latents: torch.Tensor,
-    cond: torch.Tensor,
+    cond: dict[str, Any],
     noise: torch.Tensor,
     timesteps: torch.Tensor,
     min_snr_gamma: float | None,
 ) -> torch.Tensor:
-    """The (optionally min-SNR-weighted) noise or velocity prediction loss."""
+    """The (optionally min-SNR-weighted) noise or velocity prediction loss.
+
+    ``cond`` holds the UNet's keyword inputs (``ModelFamily.denoiser_inputs``).
+    """
     scheduler = models.noise_scheduler
     device = latents.device
     noisy = scheduler.add_noise(latents, noise, timesteps.cpu()).to(device)
@@ -95,7 +109,7 @@ def denoising_loss(
         target = scheduler.get_velocity(latents, noise, timesteps.cpu())
     else:
         target = noise
-    prediction = models.unet(noisy, timesteps.to(device), cond).sample
+    prediction = models.unet(noisy, timesteps.to(device), **cond).sample
     per_sample = F.mse_loss(prediction.float(), target.to(device).float(), reduction="none")
     per_sample = per_sample.mean(dim=list(range(1, per_sample.ndim)))
     if min_snr_gamma is not None:
@@ -103,13 +117,17 @@ def denoising_loss(
     return per_sample.mean()
 
 
-def conditioning(models: TrainModels, data: EncodedDataset, batch: list[int]) -> torch.Tensor:
-    """Cached text embeddings, or the (trained) text encoder's output for the batch."""
+def conditioning(models: TrainModels, data: EncodedDataset, batch: list[int]) -> dict[str, Any]:
+    """The UNet's conditioning inputs for ``batch``: cached prompt embeddings (or the
+    trained text encoders' output) and, where the family uses them, the crop facts."""
     device = next(models.unet.parameters()).device
-    if data.text_embeddings is not None:
-        return data.text_embeddings[batch].to(device)
-    assert models.text_encoder is not None
-    return models.text_encoder(data.input_ids[batch].to(device))[0]
+    text = data.text_batch(batch, device)
+    if text is None:
+        family = models.family
+        encoders = [models.text_encoders[name] for name in family.text_encoders]
+        text = family.encode_trainable(encoders, [ids[batch] for ids in data.input_ids])
+    sizes = data.sizes[batch] if data.sizes is not None else None
+    return models.family.denoiser_inputs(text, sizes)
 
 
 @torch.no_grad()
@@ -167,10 +185,9 @@ def train_lora(
 
     trainable = [p for p in models.unet.parameters() if p.requires_grad]
     groups: list[dict[str, Any]] = [{"params": trainable, "lr": tp.learning_rate}]
-    if models.text_encoder is not None:
-        te_params = [p for p in models.text_encoder.parameters() if p.requires_grad]
-        te_lr = tp.text_encoder_learning_rate or tp.learning_rate
-        groups.append({"params": te_params, "lr": te_lr})
+    te_lr = tp.text_encoder_learning_rate or tp.learning_rate
+    for encoder in models.text_encoders.values():
+        groups.append({"params": [p for p in encoder.parameters() if p.requires_grad], "lr": te_lr})
     optimizer = torch.optim.AdamW(groups, lr=tp.learning_rate)
     processes = accelerator.num_processes
     scheduler = get_scheduler(
@@ -179,11 +196,10 @@ def train_lora(
         num_warmup_steps=tp.lr_warmup_steps * processes,
         num_training_steps=tp.max_train_steps * processes,
     )
-    modules = [models.unet] + ([models.text_encoder] if models.text_encoder is not None else [])
-    prepared = accelerator.prepare(*modules, optimizer, scheduler)
+    prepared = accelerator.prepare(*models.trained(), optimizer, scheduler)
     models.unet = prepared[0]
-    if models.text_encoder is not None:
-        models.text_encoder = prepared[1]
+    for offset, name in enumerate(models.text_encoders, start=1):
+        models.text_encoders[name] = prepared[offset]
     optimizer, scheduler = prepared[-2], prepared[-1]
     # Each process draws its own batches and noise; process 0 alone matches 1-process runs.
     generator = torch.Generator("cpu").manual_seed(tp.seed + 1_000_003 * accelerator.process_index)

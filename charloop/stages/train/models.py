@@ -7,6 +7,12 @@ from typing import Any
 
 import torch
 
+from charloop.families.detect import (
+    ResolvedBase,
+    base_facts,
+    check_prediction,
+    resolve_family,
+)
 from charloop.params.train import TrainParams
 from charloop.stages.train.loop import TEXT_ENCODER_TARGETS, TrainModels, lora_config
 
@@ -52,14 +58,30 @@ def set_attention(unet: Any, choice: str, device: torch.device) -> str:
 
 
 def build_models(
-    base_ref: str, revision: str | None, tp: TrainParams, accelerator: Any
+    base_ref: str,
+    revision: str | None,
+    tp: TrainParams,
+    accelerator: Any,
+    base: ResolvedBase | None = None,
 ) -> TrainModels:
     """Fresh base weights with new LoRA layers (the frozen base in the mixed-precision dtype,
-    the LoRA parameters in float32)."""
+    the LoRA parameters in float32).
+
+    Args:
+        base_ref: The base model folder or hub id.
+        revision: Hub revision.
+        tp: Train params.
+        accelerator: The process's ``Accelerator``.
+        base: Family and noise-schedule facts; None reads them from the model's config.
+    """
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from diffusers.training_utils import cast_training_params
-    from transformers import CLIPTextModel
 
+    if base is None:
+        base = ResolvedBase(resolve_family("auto", base_ref, revision),
+                            check_prediction("auto", base_ref, revision),
+                            base_facts(base_ref, revision).zero_terminal_snr)  # fmt: skip
+    family = base.family
     device = accelerator.device
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         accelerator.mixed_precision, torch.float32
@@ -73,22 +95,29 @@ def build_models(
     unet.add_adapter(lora_config(tp.rank, tp.alpha, tp.target_modules))
     if tp.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    text_encoder = None
+    text_encoders: dict[str, Any] = {}
     if tp.train_text_encoder:
-        text_encoder = CLIPTextModel.from_pretrained(
-            base_ref, subfolder="text_encoder", revision=revision or "main", dtype=dtype
-        ).to(device)
-        text_encoder.requires_grad_(False)
-        add_lora(text_encoder, lora_config(tp.rank, tp.alpha, TEXT_ENCODER_TARGETS))
-        if tp.gradient_checkpointing:
-            text_encoder.gradient_checkpointing_enable()
+        loaded = family.load_text_encoders(base_ref, revision, dtype)
+        for name, encoder in zip(family.text_encoders, loaded, strict=True):
+            encoder = encoder.to(device)
+            encoder.requires_grad_(False)
+            add_lora(encoder, lora_config(tp.rank, tp.alpha, TEXT_ENCODER_TARGETS))
+            if tp.gradient_checkpointing:
+                encoder.gradient_checkpointing_enable()
+            text_encoders[name] = encoder
     if dtype != torch.float32:
-        cast_training_params(
-            [m for m in (unet, text_encoder) if m is not None], dtype=torch.float32
-        )
-    logger.info("train: %s attention, mixed precision %s", attention, accelerator.mixed_precision)
+        cast_training_params([unet, *text_encoders.values()], dtype=torch.float32)
+    logger.info(
+        "train: %s, %s attention, mixed precision %s", family.name, attention,
+        accelerator.mixed_precision,
+    )  # fmt: skip
     scheduler = DDPMScheduler.from_pretrained(base_ref, subfolder="scheduler", revision=revision)
-    return TrainModels(unet=unet, noise_scheduler=scheduler, text_encoder=text_encoder)
+    overrides = base.scheduler_overrides(scheduler.config)
+    if overrides:
+        scheduler = DDPMScheduler.from_config(scheduler.config, **overrides)
+    return TrainModels(
+        unet=unet, noise_scheduler=scheduler, family=family, text_encoders=text_encoders
+    )
 
 
 def add_lora(model: Any, config: Any) -> None:

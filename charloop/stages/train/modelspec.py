@@ -38,5 +38,7 @@ def spec_keys(spec: BaseSpec, title: str, trigger: str) -> dict[str, str]:
         "modelspec.resolution": f"{spec.resolution}x{spec.resolution}",
         "modelspec.prediction_type": "v" if v_pred else "epsilon",
         "modelspec.description": f"charloop character LoRA; prompt with '{trigger}'",
-        "ss_base_model_version": spec.base_version + ("_v" if v_pred else ""),
+        # sd-scripts marks v-prediction in the SD1/SD2 version string only ('sd_v1_v').
+        "ss_base_model_version": spec.base_version
+        + ("_v" if v_pred and spec.base_version.startswith("sd_v") else ""),
     }
