@@ -17,7 +17,9 @@ def check_adapter(
     file: Annotated[Path, typer.Argument(help="A LoRA .safetensors file.")],
     base: Annotated[
         str,
-        typer.Option(help="'sd15' (the reference layout) or a local diffusers pipeline folder."),
+        typer.Option(
+            help="'sd15' or 'sdxl' (the reference layouts) or a local diffusers pipeline folder."
+        ),
     ] = "sd15",
 ) -> None:
     """Check FILE against each consumer's loading rules (nothing is unpickled or run).
@@ -25,7 +27,8 @@ def check_adapter(
     Exit 0 when every consumer loads it completely, 3 when one would not (the table says
     which and why), 2 when FILE is not a readable safetensors file or BASE is unknown.
     """
-    from charloop.models.consumers.base_modules import from_pipeline_folder, sd15_reference
+    from charloop.families.detect import FamilyMismatch
+    from charloop.models.consumers.base_modules import from_pipeline_folder, reference
     from charloop.models.consumers.check import check_adapter as run_checks
     from charloop.models.consumers.reader import UnreadableAdapter, read_adapter_file
 
@@ -33,15 +36,17 @@ def check_adapter(
         adapter = read_adapter_file(file)
     except UnreadableAdapter as exc:
         fail_with(exc, "not a LoRA file charloop can check")
-    if base == "sd15":
-        layout = sd15_reference()
+    if base in ("sd15", "sdxl"):
+        layout = reference(base)
     elif Path(base).is_dir():
         try:
             layout = from_pipeline_folder(Path(base))
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, FamilyMismatch) as exc:
             fail("bad --base", str(exc), EXIT_INVALID)
     else:
-        fail("bad --base", repr(base), EXIT_INVALID, "use 'sd15' or a local diffusers folder")
+        fail(
+            "bad --base", repr(base), EXIT_INVALID, "use 'sd15', 'sdxl' or a local diffusers folder"
+        )
     verdicts = run_checks(adapter, layout)
     table = Table(title=f"{file.name} on a {base} base")
     for column in ("consumer", "loads", "detail"):

@@ -69,6 +69,7 @@ def validate(
     ] = None,
 ) -> None:
     """Check params.yaml against the schema: prints OK, or every error (exit code 2)."""
+    from charloop.families.detect import FamilyMismatch, resolve_base
     from charloop.scenes.heldout import HeldOutLeak
     from charloop.scenes.references import load_references
     from charloop.stages.caption.heldout import check_held_out
@@ -85,8 +86,17 @@ def validate(
         check_held_out(project)  # evaluation contexts never reach the training captions
     except HeldOutLeak as exc:
         fail_with(exc, "held-out contexts leak into training")
+    spec = project.params.base_model
+    base_ref = project.model_ref(spec.path)
+    if Path(base_ref).is_dir() or spec.family != "auto":  # no hub lookups for 'auto' here
+        try:
+            family = resolve_base(spec, base_ref).family.name
+        except FamilyMismatch as exc:
+            fail_with(exc, "base model does not match the params")
+    else:
+        family = "auto"
     kind = "cast" if project.params.cast else "character"
-    typer.echo(f"OK: {params} ({kind} '{project.params.subject}')")
+    typer.echo(f"OK: {params} ({kind} '{project.params.subject}', {family} base)")
 
 
 @app.command()

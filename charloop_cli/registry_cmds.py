@@ -188,6 +188,7 @@ def generate(
     seed: int = 0,
 ) -> None:
     """Generate with a registered adapter after verifying its hash against the registry."""
+    from charloop.families.detect import FamilyMismatch, resolve_base
     from charloop.lineage.promotion import adapter_gate
     from charloop.models.pipeline import load_pipeline, lora_applied
     from charloop.scenes.render import ImageJob, png_bytes, render
@@ -199,7 +200,20 @@ def generate(
     if folder is None:
         fail(f"refusing to use {model}", gate.detail, EXIT_REFUSED)
     spec = project.params.base_model
-    pipe = load_pipeline(project.model_ref(version.tags.get("base_model", spec.path)), spec)
+    base_ref = project.model_ref(version.tags.get("base_model", spec.path))
+    try:
+        family = resolve_base(spec, base_ref).family.name
+    except FamilyMismatch as exc:
+        fail_with(exc, "base model does not match")
+    trained_on = version.tags.get("base_model_family", "sd15")  # older versions: SD1.5 only
+    if trained_on != family:
+        fail(
+            f"{model} is an {trained_on} LoRA",
+            f"the base model {base_ref} is {family}; a LoRA loads only on its own family",
+            EXIT_INVALID,
+            f"use params whose base_model is the {trained_on} base it was trained on",
+        )
+    pipe = load_pipeline(base_ref, spec)
     gen = project.params.generate
     jobs = [ImageJob(f"g{k}", prompt, gen.negative_prompt, seed + k, {}) for k in range(count)]
     with lora_applied(pipe, folder, gen.lora_scale):

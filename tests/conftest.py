@@ -66,6 +66,16 @@ def tiny_params(**sections: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+FAMILY_MODELS = {"sd15": "tiny-sd15", "sdxl": "tiny-sdxl"}
+"""The embedded tiny model of each family."""
+
+
+def base_model(model: str, **extra: Any) -> dict[str, Any]:
+    """The ``base_model`` section for the embedded tiny model of family ``model`` (on CPU);
+    ``extra`` sets other fields (a declared ``family`` among them)."""
+    return {"path": str(MODELS / FAMILY_MODELS[model]), "device": "cpu", **extra}
+
+
 def write_params(folder: Path, data: dict[str, Any]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "params.yaml"

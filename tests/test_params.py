@@ -62,12 +62,12 @@ def test_unknown_field_inside_discriminated_union(tmp_path):
 
 
 def test_every_error_is_reported_at_once(tmp_path):
-    data = tiny_params(base_model={"path": "m", "family": "sdxl"}, loop={"max_iterations": 0})
+    data = tiny_params(base_model={"path": "m", "family": "pixart"}, loop={"max_iterations": 0})
     del data["character"]["trigger"]
     problems = _problems(tmp_path, data)
     joined = "\n".join(problems)
     assert "character.trigger: required field is missing" in joined
-    assert "base_model.family" in joined and "'sd15'" in joined
+    assert "base_model.family" in joined and "'sdxl'" in joined
     assert "loop.max_iterations" in joined and "greater than or equal to 1" in joined
 
 

@@ -92,9 +92,10 @@ def resolve_family(declared: str, ref: str, revision: str | None = None) -> Mode
                 f"({found.name}); set base_model.family: {found.name} (or auto)"
             )
     if facts.pipeline_class is not None:
-        missing = [
-            c for c in (*family.text_encoders, *family.tokenizers) if c not in facts.components
-        ]
+        needed = (*family.text_encoders, *family.tokenizers)
+        missing = [c for c in needed if c not in facts.components]
+        if Path(ref).is_dir():  # listed in model_index.json but the folder is gone
+            missing += [c for c in needed if c not in missing and not (Path(ref) / c).is_dir()]
         if missing:
             raise FamilyMismatch(
                 f"{ref} is declared {family.name} but has no {', '.join(missing)} "

@@ -3,7 +3,8 @@
 A loop that dies at publish, after every image was generated and the LoRA trained, has
 wasted the run; each check here would have failed there. They open the registry for
 writing, check the DVC remote and the work folder, resolve the base model and every other
-model the params name (local folder or hub id), read the reference folders and check
+model the params name (local folder or hub id), check the declared family and prediction
+type against the base's config, read the reference folders and check
 that no evaluation context reaches a training caption. Each
 failure is a :class:`~charloop.core.errors.BadInput` naming the field and the fix.
 (``filter.min_kept`` against what an iteration can produce is checked by the schema.)
@@ -19,6 +20,7 @@ from typing import Any
 
 from charloop.core import atomic
 from charloop.core.errors import BadInput
+from charloop.families.detect import resolve_base
 from charloop.lineage import versioning
 from charloop.params.caption import VlmCaptioner
 from charloop.params.filter import ClipEmbedder, Dinov2Embedder, WorldEmbedder
@@ -165,6 +167,8 @@ def preflight(project: Project) -> None:
     for field, path in model_fields(params):
         revision = params.base_model.revision if field == "base_model.path" else None
         check_model(project, field, path, revision)
+    # The declared family and prediction type against the base's own config files.
+    resolve_base(params.base_model, project.model_ref(params.base_model.path))
     check_writable(project.character_dir, "loop.workdir")
     for member in params.members:
         if member.references:

@@ -20,6 +20,7 @@ PROVENANCE_KEYS = (
     "character",
     "trigger",
     "base_model",
+    "base_model_family",
     "dataset_sha256",
     "parent_adapter_sha256",
     "parent_version",
@@ -50,6 +51,7 @@ def build_provenance(
         "character": params.subject,
         "trigger": params.trigger_label,
         "base_model": params.base_model.path,
+        "base_model_family": base_family(project),
         "dataset_sha256": dataset.digest,
         "parent_adapter_sha256": parent.sha256 if parent else "none",
         "parent_version": parent_version or "none",
@@ -57,6 +59,14 @@ def build_provenance(
     }
     assert tuple(facts) == PROVENANCE_KEYS  # one list of keys, documented above
     return facts
+
+
+def base_family(project: Project) -> str:
+    """The base model's family name ('sd15', 'sdxl'), resolved as the stages resolve it."""
+    from charloop.families.detect import resolve_base
+
+    spec = project.params.base_model
+    return resolve_base(spec, project.model_ref(spec.path)).family.name
 
 
 def header_keys(provenance: dict[str, str]) -> dict[str, str]:

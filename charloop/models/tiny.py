@@ -223,7 +223,7 @@ def build_tiny_sdxl(out_dir: str | Path, seed: int = 0) -> Path:
         scheduler=scheduler,
     )
     out = Path(out_dir)
-    pipe.save_pretrained(out, safe_serialization=True)
+    pipe.save_pretrained(out, safe_serialization=True)  # type: ignore[attr-defined]
     logger.info("tiny SDXL pipeline written to %s", out)
     return out
 

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from charloop.families import get_family
 from charloop.models.consumers.base_modules import BaseModules
 from charloop.models.consumers.keys import Module, group_modules, shape_problem
 from charloop.models.consumers.reader import AdapterFile
 
 INVOKE_BASES = {768: "sd-1", 1024: "sd-2", 1280: "sdxl", 2048: "sdxl"}
-EXPECTED_INVOKE_BASE = {"sd15": "sd-1"}
 _COMFY_CLIP = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
                "mlp.fc1", "mlp.fc2")  # fmt: skip
 _FORGE_MAX_UNMATCHED = 12
@@ -69,9 +69,9 @@ def _comfy_maps(module: Module) -> bool:
         return module.path.startswith("encoder.layers.") and module.path.endswith(_COMFY_CLIP)
     if module.component == "unet":  # dotted: attention projections only as .processor.to_*
         return not any(f".{p}" in module.path for p in ("to_q", "to_k", "to_v", "to_out"))
-    return module.stem.startswith("text_encoder.text_model.encoder.layers.") and (
-        module.path.endswith(_COMFY_CLIP)
-    )
+    return module.stem.startswith(
+        ("text_encoder.text_model.encoder.layers.", "text_encoder_2.text_model.encoder.layers.")
+    ) and module.path.endswith(_COMFY_CLIP)
 
 
 def comfyui(modules: dict[str, Module], stray: list[str], base: BaseModules) -> list[Verdict]:
@@ -93,7 +93,9 @@ def comfyui(modules: dict[str, Module], stray: list[str], base: BaseModules) -> 
 
 
 def invoke_base(modules: dict[str, Module]) -> int | None:
-    """InvokeAI's ``lora_token_vector_length``: from kohya keys only."""
+    """InvokeAI's ``lora_token_vector_length``: from kohya keys only (a UNet cross-attention
+    key's input width, a ``lora_te_`` self-attention's, or ``lora_te1_`` + ``lora_te2_``)."""
+    te1 = te2 = None
     for module in modules.values():
         down = module.parts.get("down")
         if down is None or not module.stem.startswith("lora_"):
@@ -102,8 +104,15 @@ def invoke_base(modules: dict[str, Module]) -> int | None:
             ("attn2_to_k", "attn2_to_v")
         ):
             return down[1]
-        if module.stem.startswith("lora_te_") and "_self_attn_" in module.stem:
-            return down[1]
+        if "_self_attn_" in module.stem:
+            if module.stem.startswith("lora_te_"):
+                return down[1]
+            if module.stem.startswith("lora_te1_"):
+                te1 = down[1]
+            elif module.stem.startswith("lora_te2_"):
+                te2 = down[1]
+        if te1 is not None and te2 is not None:
+            return te1 + te2
     return None
 
 
@@ -122,7 +131,7 @@ def invokeai(
         return Verdict(
             "InvokeAI", False, f"unrecognized token vector length {length}: not importable"
         )
-    expected = EXPECTED_INVOKE_BASE.get(family)
+    expected = get_family(family).invoke_base
     if found != expected:
         return Verdict("InvokeAI", False, f"classified as {found}, expected {expected}")
     problems = [p for m in modules.values() if (p := shape_problem(m, base))]

@@ -12,10 +12,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from charloop.families import ModelFamily, get_family
 from charloop.models.consumers.base_modules import BaseModules
 
 KOHYA_PARTS = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha"}
-PEFT_KEY = re.compile(r"^(?P<component>unet|text_encoder)\.(?P<path>.+)\.lora_(?P<p>A|B)\.weight$")
+PEFT_KEY = re.compile(
+    r"^(?P<component>unet|text_encoder|text_encoder_2)\.(?P<path>.+)\.lora_(?P<p>A|B)\.weight$"
+)
 
 
 @dataclass
@@ -29,12 +32,39 @@ class Module:
 
 
 def kohya_names(base: BaseModules) -> dict[str, tuple[str, str]]:
-    """kohya stem -> (component, module path) for every LoRA-able base module."""
-    names = {f"lora_unet_{p.replace('.', '_')}": ("unet", p) for p in base.unet}
-    names |= {
-        f"lora_te_text_model_{p.replace('.', '_')}": ("text_encoder", p) for p in base.text_encoder
+    """kohya stem -> (component, module path) for every LoRA-able base module, named the
+    way sd-scripts names them for the base's family."""
+    family = get_family(base.family)
+    names = {
+        "lora_unet_" + family.kohya_unet_name(p, base.unet_config).replace(".", "_"): ("unet", p)
+        for p in base.unet
+        if _has_kohya_name(family, p, base.unet_config)
     }
+    for component, prefix in zip(family.text_encoders, family.kohya_text_prefixes, strict=True):
+        names |= {
+            f"{prefix}_text_model_{p.replace('.', '_')}": (component, p)
+            for p in base.table(component)
+        }
     return names
+
+
+def _has_kohya_name(family: ModelFamily, path: str, config: dict[str, object]) -> bool:
+    try:
+        family.kohya_unet_name(path, config)
+    except ValueError:  # a module outside the blocks the original layout names
+        return False
+    return True
+
+
+def _kohya_component(stem: str, base: BaseModules) -> str:
+    """The component an unknown kohya stem claims by its prefix."""
+    if stem.startswith("lora_unet_"):
+        return "unet"
+    family = get_family(base.family)
+    for component, prefix in zip(family.text_encoders, family.kohya_text_prefixes, strict=True):
+        if stem.startswith(prefix + "_"):
+            return component
+    return "text_encoder"
 
 
 def group_modules(
@@ -53,13 +83,13 @@ def group_modules(
     for key, shape in keys.items():
         stem, _, part = key.partition(".")
         if stem.startswith(("lora_unet_", "lora_te")) and part in KOHYA_PARTS:
-            component, path = known.get(stem, ("unet" if "unet" in stem else "text_encoder", None))
+            component, path = known.get(stem, (_kohya_component(stem, base), None))
             module = modules.setdefault(stem, Module(stem, component, path))
             module.parts[KOHYA_PARTS[part]] = shape
             formats.add("kohya")
         elif match := PEFT_KEY.match(key):
             component, path = match["component"], match["path"].removeprefix("text_model.")
-            table = base.unet if component == "unet" else base.text_encoder
+            table = base.table(component)
             stem = f"{component}.{match['path']}"
             module = modules.setdefault(
                 stem, Module(stem, component, path if path in table else None)
@@ -79,7 +109,7 @@ def shape_problem(module: Module, base: BaseModules) -> str | None:
         return f"{module.stem}: {'lora_up' if up is None else 'lora_down'} is missing"
     if module.path is None:
         return f"{module.stem}: no module of that name in the base model"
-    weight = (base.unet if module.component == "unet" else base.text_encoder)[module.path]
+    weight = base.table(module.component)[module.path]
     rank = down[0]
     if up[1] != rank or down[1] != weight[1] or up[0] != weight[0]:
         return f"{module.stem}: shapes {down}/{up} do not fit the base weight {weight}"
