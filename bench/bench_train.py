@@ -82,7 +82,7 @@ def run_variant(folder: Path, variant: str, steps: int) -> dict[str, float]:
 
 def naive_loop(pipe, models, folder, rows, tp) -> None:
     """Encode the batch's images and captions inside every step, then the LoRA step."""
-    from charloop.stages.train.data import load_image_tensor
+    from charloop.stages.train.images import load_image_tensor
     from charloop.stages.train.loop import denoising_loss
 
     trainable = [p for p in models.unet.parameters() if p.requires_grad]

@@ -20,6 +20,20 @@ class ValidationParams(StrictModel):
     """Fixed diffusion timesteps the loss averages over (same noise every time)."""
 
 
+class BucketParams(StrictModel):
+    """Aspect-ratio buckets: each image trains at the size of its aspect ratio instead of
+    a centre-cropped square (sd-scripts' bucketing, SDXL's multi-aspect training)."""
+
+    enabled: Literal["auto", "on", "off"] = "auto"
+    """'auto': on for families trained at many aspect ratios (SDXL), off for SD1.5."""
+    step: int = Field(default=64, ge=8, multiple_of=8)
+    """Bucket sides are multiples of this many pixels (sd-scripts' ``bucket_reso_steps``;
+    keep it a multiple of the VAE factor times the UNet's downsampling, 32 for SD/SDXL)."""
+    max_ratio: float = Field(default=2.0, ge=1.0)
+    """Most elongated bucket allowed: long side / short side (the area stays about
+    ``resolution`` squared)."""
+
+
 class TrainParams(StrictModel):
     """LoRA training (peft + accelerate)."""
 
@@ -65,5 +79,7 @@ class TrainParams(StrictModel):
     resolution (relative to the params file)."""
     validation: ValidationParams = ValidationParams()
     """Held-out validation loss."""
+    buckets: BucketParams = BucketParams()
+    """Aspect-ratio buckets (original size and crop go to SDXL's size conditioning)."""
     seed: int = 0
     """Seed for LoRA init, data order, noise and timesteps."""

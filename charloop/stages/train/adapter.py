@@ -14,14 +14,16 @@ import numpy as np
 
 from charloop.core import atomic
 from charloop.core.safetensors_header import canonicalize
-from charloop.families import get_family
+from charloop.families import ModelFamily, get_family
 from charloop.families.detect import resolve_base
 from charloop.models.encode_cache import EncodeCache
 from charloop.params.project import Project
 from charloop.params.train import TrainParams
 from charloop.stages.layout import ADAPTER_WEIGHTS, PROVENANCE_FILE, PROVENANCE_PREFIX
+from charloop.stages.train.buckets import bucket_sizes
 from charloop.stages.train.checkpoint import Checkpointer
 from charloop.stages.train.data import ModelIdentity, encode_rows, pipe_family, split_validation
+from charloop.stages.train.images import Size
 from charloop.stages.train.kohya import KOHYA_WEIGHTS_NAME, save_kohya, to_kohya
 from charloop.stages.train.loop import TrainLog, TrainModels, train_lora
 from charloop.stages.train.models import build_models
@@ -148,16 +150,25 @@ def fit(
     identity = ModelIdentity(base_ref, params.base_model.revision)
     cache = EncodeCache(project.resolve(tp.cache_dir))
     train_rows, val_rows = split_validation(rows, tp.validation.images, tp.seed)
+    base = resolve_base(params.base_model, base_ref)
     encode: dict[str, Any] = dict(
-        identity=identity, cache=cache, with_text_embeddings=not tp.train_text_encoder
+        identity=identity,
+        cache=cache,
+        with_text_embeddings=not tp.train_text_encoder,
+        buckets=training_buckets(tp, base.family, params.generate.resolution),
     )
     data = encode_rows(pipe, dataset_dir, train_rows, params.generate.resolution, **encode)
     val = encode_rows(pipe, dataset_dir, val_rows, params.generate.resolution, **encode)
     logger.info("train: encode cache %d hits, %d misses", cache.hits, cache.misses)
-    base = resolve_base(params.base_model, base_ref)
     models = build_models(base_ref, params.base_model.revision, tp, accelerator, base)
     log = train_lora(accelerator, models, data, tp, val, checkpoints, stop_after)
     return Fit(models, log, len(data), len(val))
+
+
+def training_buckets(tp: TrainParams, family: ModelFamily, resolution: int) -> list[Size] | None:
+    """The aspect-ratio bucket sizes to train at, or None for centre-cropped squares."""
+    on = tp.buckets.enabled == "on" or (tp.buckets.enabled == "auto" and family.default_buckets)
+    return bucket_sizes(resolution, tp.buckets.step, tp.buckets.max_ratio) if on else None
 
 
 def log_record(log: TrainLog) -> dict[str, Any]:

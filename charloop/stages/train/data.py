@@ -7,19 +7,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 
 from charloop.core import atomic
 from charloop.core.hashing import sha256_bytes, sha256_file
 from charloop.families import ModelFamily, family_of_pipeline_class
-from charloop.families.base import CropGeometry, TextParts, centre_crop
+from charloop.families.base import TextParts
 from charloop.models.encode_cache import EncodeCache, component_identity
+from charloop.stages.train.buckets import nearest_bucket
+from charloop.stages.train.images import Size, encode_images, image_geometry, image_size
 
 logger = logging.getLogger(__name__)
-
-ENCODE_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -33,12 +31,14 @@ class EncodedDataset:
     """
 
     ids: list[str]
-    latents: torch.Tensor
+    latents: torch.Tensor | list[torch.Tensor]
     input_ids: list[torch.Tensor]
     text: TextParts | None
     repeats: list[int] | None = None
     """Times each row is drawn per epoch (kohya's ``num_repeats``); None: once each."""
     sizes: torch.Tensor | None = None
+    buckets: list[int] | None = None
+    """Each row's aspect-ratio bucket (batches stay within one), or None: all squares."""
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -48,6 +48,12 @@ class EncodedDataset:
         if self.repeats is None:
             return list(range(len(self.ids)))
         return [i for i, r in enumerate(self.repeats) for _ in range(r)]
+
+    def latent_batch(self, batch: list[int]) -> torch.Tensor:
+        """The latents of ``batch`` rows, stacked (rows of one batch share a size)."""
+        if isinstance(self.latents, torch.Tensor):
+            return self.latents[batch]
+        return torch.stack([self.latents[i] for i in batch])
 
     def text_batch(self, batch: list[int], device: torch.device) -> TextParts | None:
         """The cached prompt embeddings of ``batch`` rows on ``device`` (None if uncached)."""
@@ -65,28 +71,6 @@ class ModelIdentity:
 
     def of(self, component: str) -> str:
         return component_identity(self.ref, component, self.revision)
-
-
-def image_geometry(path: Path, resolution: int) -> CropGeometry:
-    """How ``load_image_tensor`` fits the file to the training size (header read only)."""
-    with Image.open(path) as handle:
-        return centre_crop(handle.size, (resolution, resolution))
-
-
-def load_image_tensor(path: Path, resolution: int) -> torch.Tensor:
-    """An RGB image resized and centre-cropped to ``resolution``, scaled to [-1, 1], CHW."""
-    with Image.open(path) as handle:
-        image = handle.convert("RGB")
-    crop = centre_crop(image.size, (resolution, resolution))
-    scale = max(resolution / image.height, resolution / image.width)
-    image = image.resize(
-        (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))),
-        Image.Resampling.BICUBIC,
-    )
-    top, left = crop.crop_top_left
-    image = image.crop((left, top, left + resolution, top + resolution))
-    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1)
 
 
 def read_rows(dataset_dir: Path) -> list[dict[str, Any]]:
@@ -118,31 +102,6 @@ def pipe_family(pipe: Any) -> ModelFamily:
     return family
 
 
-@torch.no_grad()
-def encode_images(pipe: Any, files: list[Path], resolution: int) -> torch.Tensor:
-    """Scaled VAE latent means of image files, encoded in batches (float32, on CPU).
-
-    A VAE that overflows in float16 (SDXL's: ``force_upcast``) encodes in float32.
-    """
-    vae = pipe.vae
-    upcast = bool(vae.config.get("force_upcast", False)) and vae.dtype == torch.float16
-    dtype = torch.float32 if upcast else vae.dtype
-    if upcast:
-        vae = vae.to(torch.float32)
-    out = []
-    try:
-        for start in range(0, len(files), ENCODE_BATCH):
-            pixels = torch.stack(
-                [load_image_tensor(f, resolution) for f in files[start : start + ENCODE_BATCH]]
-            ).to(pipe.device, dtype=dtype)
-            latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
-            out.append(latents.float().cpu())
-    finally:
-        if upcast:
-            vae.to(torch.float16)
-    return torch.cat(out)
-
-
 def encode_rows(
     pipe: Any,
     dataset_dir: Path,
@@ -151,6 +110,7 @@ def encode_rows(
     identity: ModelIdentity,
     cache: EncodeCache | None = None,
     with_text_embeddings: bool = True,
+    buckets: list[Size] | None = None,
 ) -> EncodedDataset:
     """Encode dataset rows, serving what the cache already holds.
 
@@ -163,6 +123,8 @@ def encode_rows(
         identity: The base model's identity (part of every key).
         cache: On-disk cache, or None to encode everything in memory.
         with_text_embeddings: False when the text encoders are trained.
+        buckets: Aspect-ratio bucket sizes (each image trains at its nearest), or None
+            for centre-cropped squares.
     """
     family = pipe_family(pipe)
     files = [dataset_dir / row["file_name"] for row in rows]
@@ -170,31 +132,24 @@ def encode_rows(
     if not rows:
         empty = torch.empty(0)
         return EncodedDataset([], empty, [empty.long()], None)
+    targets = [nearest_bucket(image_size(f), buckets) for f in files] if buckets else None
+    latents = _latents(pipe, files, resolution, targets, identity, cache)
     texts: TextParts | None = None
-    if cache is None:
-        latents = encode_images(pipe, files, resolution)
-        if with_text_embeddings:
-            texts = family.encode_prompts(pipe, captions)
-    else:
-        vae = identity.of("vae")
-        latent_keys = [
-            {"image": sha256_file(f), "vae": vae, "resolution": resolution} for f in files
-        ]
-        latents = cache.get_many(
-            "latents",
-            latent_keys,
-            lambda idx: encode_images(pipe, [files[i] for i in idx], resolution),
+    if with_text_embeddings and cache is None:
+        texts = family.encode_prompts(pipe, captions)
+    elif with_text_embeddings and cache is not None:
+        encoder = tuple(identity.of(c) for c in (*family.text_encoders, *family.tokenizers))
+        text_keys = [{"caption": c, "text_encoder": encoder} for c in captions]
+        texts = cache.get_parts(
+            "prompt",  # every part of a caption's encoding in one entry
+            text_keys,
+            lambda idx: family.encode_prompts(pipe, [captions[i] for i in idx]),
         )
-        if with_text_embeddings:
-            encoder = tuple(identity.of(c) for c in (*family.text_encoders, *family.tokenizers))
-            text_keys = [{"caption": c, "text_encoder": encoder} for c in captions]
-            texts = cache.get_parts(
-                "prompt",  # every part of a caption's encoding in one entry
-                text_keys,
-                lambda idx: family.encode_prompts(pipe, [captions[i] for i in idx]),
-            )
     repeats = [int(row.get("repeats", 1)) for row in rows]
-    sizes = torch.stack([image_geometry(f, resolution).as_tensor() for f in files])
+    fitted = targets or [(resolution, resolution)] * len(files)
+    sizes = torch.stack(
+        [image_geometry(f, t).as_tensor() for f, t in zip(files, fitted, strict=True)]
+    )
     return EncodedDataset(
         [row["id"] for row in rows],
         latents,
@@ -202,4 +157,45 @@ def encode_rows(
         texts,
         None if set(repeats) <= {1} else repeats,
         sizes,
+        [buckets.index(t) for t in targets] if buckets and targets else None,
+    )
+
+
+def _latents(
+    pipe: Any,
+    files: list[Path],
+    resolution: int,
+    targets: list[Size] | None,
+    identity: ModelIdentity,
+    cache: EncodeCache | None,
+) -> torch.Tensor | list[torch.Tensor]:
+    """Latents of ``files``: one stacked tensor (squares), or one per file (buckets)."""
+    if targets is None:
+        if cache is None:
+            return encode_images(pipe, files, resolution)
+        keys = [{"image": sha256_file(f), "vae": identity.of("vae"), "resolution": resolution}
+                for f in files]  # fmt: skip
+        return cache.get_many(
+            "latents", keys, lambda idx: encode_images(pipe, [files[i] for i in idx], resolution)
+        )
+    out: list[torch.Tensor | None] = [None] * len(files)
+    for target in sorted(set(targets)):
+        rows = [i for i, t in enumerate(targets) if t == target]
+        encoded = _encode_group(pipe, [files[i] for i in rows], target, identity, cache)
+        for row, latent in zip(rows, encoded, strict=True):
+            out[row] = latent
+    return [latent for latent in out if latent is not None]
+
+
+def _encode_group(
+    pipe: Any, files: list[Path], target: Size, identity: ModelIdentity, cache: EncodeCache | None
+) -> torch.Tensor:
+    """Latents of files that share one bucket size."""
+    if cache is None:
+        return encode_images(pipe, files, target)
+    keys: list[dict[str, object]] = [
+        {"image": sha256_file(f), "vae": identity.of("vae"), "size": list(target)} for f in files
+    ]
+    return cache.get_many(
+        "latents", keys, lambda idx: encode_images(pipe, [files[i] for i in idx], target)
     )

@@ -22,6 +22,7 @@ from charloop.core.faults import failpoint
 from charloop.core.progress import progress_bar
 from charloop.families import ModelFamily, get_family
 from charloop.params.train import TrainParams
+from charloop.stages.train.buckets import next_batch
 from charloop.stages.train.checkpoint import Checkpointer
 from charloop.stages.train.data import EncodedDataset
 
@@ -138,7 +139,7 @@ def validation_loss(models: TrainModels, val: EncodedDataset, tp: TrainParams) -
     total, count = 0.0, 0
     for index in range(len(val)):
         generator = torch.Generator("cpu").manual_seed(tp.seed + VALIDATION_SEED_OFFSET + index)
-        latents = val.latents[index : index + 1]
+        latents = val.latent_batch([index])
         cond = conditioning(models, val, [index])
         for timestep in tp.validation.timesteps:
             noise = torch.randn(latents.shape, generator=generator)
@@ -146,16 +147,6 @@ def validation_loss(models: TrainModels, val: EncodedDataset, tp: TrainParams) -
             loss = denoising_loss(models, latents.to(device), cond, noise.to(device), t, None)
             total, count = total + loss.item(), count + 1
     return total / max(count, 1)
-
-
-def _batches(generator: torch.Generator, order: list[int], size: int, pool: list[int]) -> list[int]:
-    """Take the next ``size`` indices, reshuffling ``pool`` (one epoch's row indices,
-    repeats included) deterministically when the epoch ends."""
-    while len(order) < size:
-        order += [pool[i] for i in torch.randperm(len(pool), generator=generator).tolist()]
-    batch = order[:size]
-    del order[:size]
-    return batch
 
 
 def train_lora(
@@ -203,7 +194,7 @@ def train_lora(
     optimizer, scheduler = prepared[-2], prepared[-1]
     # Each process draws its own batches and noise; process 0 alone matches 1-process runs.
     generator = torch.Generator("cpu").manual_seed(tp.seed + 1_000_003 * accelerator.process_index)
-    order: list[int] = []
+    order: list[Any] = []
     log = TrainLog()
     start = 0
     if checkpoints is not None and (state := checkpoints.latest()) is not None:
@@ -223,8 +214,8 @@ def train_lora(
         for micro in range(tp.gradient_accumulation_steps):
             last = micro == tp.gradient_accumulation_steps - 1
             with accelerator.no_sync(models.unet) if not last else nullcontext():
-                batch = _batches(generator, order, tp.batch_size, pool)
-                latents = data.latents[batch]
+                batch = next_batch(generator, order, tp.batch_size, pool, data.buckets)
+                latents = data.latent_batch(batch)
                 noise = torch.randn(latents.shape, generator=generator)
                 if tp.noise_offset:
                     noise += tp.noise_offset * torch.randn(

@@ -1,0 +1,76 @@
+"""Training images: fitted to their training size (square or bucket) and VAE-encoded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from charloop.families.base import CropGeometry, centre_crop
+
+ENCODE_BATCH = 8
+
+Size = tuple[int, int]
+"""(height, width) in pixels."""
+
+
+def as_size(target: int | Size) -> Size:
+    return (target, target) if isinstance(target, int) else target
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file (header read only)."""
+    with Image.open(path) as handle:
+        return handle.size
+
+
+def image_geometry(path: Path, target: int | Size) -> CropGeometry:
+    """How ``load_image_tensor`` fits the file to ``target`` (header read only)."""
+    return centre_crop(image_size(path), as_size(target))
+
+
+def load_image_tensor(path: Path, target: int | Size) -> torch.Tensor:
+    """An RGB image scaled to cover ``target`` (a side, or (height, width)) and
+    centre-cropped to it, in [-1, 1], CHW."""
+    height, width = as_size(target)
+    with Image.open(path) as handle:
+        image = handle.convert("RGB")
+    crop = centre_crop(image.size, (height, width))
+    scale = max(height / image.height, width / image.width)
+    image = image.resize(
+        (max(width, round(image.width * scale)), max(height, round(image.height * scale))),
+        Image.Resampling.BICUBIC,
+    )
+    top, left = crop.crop_top_left
+    image = image.crop((left, top, left + width, top + height))
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+@torch.no_grad()
+def encode_images(pipe: Any, files: list[Path], target: int | Size) -> torch.Tensor:
+    """Scaled VAE latent means of image files fitted to ``target``, encoded in batches
+    (float32, on CPU).
+
+    A VAE that overflows in float16 (SDXL's: ``force_upcast``) encodes in float32.
+    """
+    vae = pipe.vae
+    upcast = bool(vae.config.get("force_upcast", False)) and vae.dtype == torch.float16
+    dtype = torch.float32 if upcast else vae.dtype
+    if upcast:
+        vae = vae.to(torch.float32)
+    out = []
+    try:
+        for start in range(0, len(files), ENCODE_BATCH):
+            pixels = torch.stack(
+                [load_image_tensor(f, target) for f in files[start : start + ENCODE_BATCH]]
+            ).to(pipe.device, dtype=dtype)
+            latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+            out.append(latents.float().cpu())
+    finally:
+        if upcast:
+            vae.to(torch.float16)
+    return torch.cat(out)
