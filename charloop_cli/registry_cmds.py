@@ -189,6 +189,7 @@ def generate(
 ) -> None:
     """Generate with a registered adapter after verifying its hash against the registry."""
     from charloop.families.detect import FamilyMismatch, resolve_base
+    from charloop.families.single_file import base_model_ref
     from charloop.lineage.promotion import adapter_gate
     from charloop.models.pipeline import load_pipeline, lora_applied
     from charloop.scenes.render import ImageJob, png_bytes, render
@@ -200,7 +201,7 @@ def generate(
     if folder is None:
         fail(f"refusing to use {model}", gate.detail, EXIT_REFUSED)
     spec = project.params.base_model
-    base_ref = project.model_ref(version.tags.get("base_model", spec.path))
+    base_ref = base_model_ref(project, version.tags.get("base_model", spec.path))
     try:
         family = resolve_base(spec, base_ref).family.name
     except FamilyMismatch as exc:

@@ -16,7 +16,7 @@ from charloop.stages.caption.stage import run_caption
 from charloop.stages.filter.stage import run_filter
 from charloop.stages.generate.stage import run_generate
 from charloop.stages.review.stage import run_review
-from tests.conftest import MODELS, tiny_params, write_params
+from tests.conftest import FAMILY_MODELS, MODELS, base_model, tiny_params, write_params
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +30,17 @@ def references(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module", params=["sd15", "sdxl"])
+def family(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def ip_adapter_dir(tmp_path_factory) -> Path:
-    return build_tiny_ip_adapter(tmp_path_factory.mktemp("ip"), MODELS / "tiny-sd15")
+def ip_adapter_dir(tmp_path_factory, family) -> Path:
+    """A tiny IP-Adapter for the family's tiny base (SDXL: its own cross-attention width)."""
+    return build_tiny_ip_adapter(
+        tmp_path_factory.mktemp(f"ip-{family}"), MODELS / FAMILY_MODELS[family]
+    )
 
 
 def _pixels(folder: Path) -> dict[str, np.ndarray]:
@@ -40,16 +48,20 @@ def _pixels(folder: Path) -> dict[str, np.ndarray]:
 
 
 def test_ip_adapter_conditions_generation_and_is_removed_after(
-    tmp_path, references, ip_adapter_dir
+    tmp_path, references, ip_adapter_dir, family
 ):
     character = tiny_params()["character"] | {"references": str(references)}
     spec = {"model": str(ip_adapter_dir), "weight_name": IP_ADAPTER_WEIGHTS, "scale": 1.0}
-    plain = load_project(write_params(tmp_path / "plain", tiny_params(character=character)))
+    base = base_model(family)
+    plain = load_project(
+        write_params(tmp_path / "plain", tiny_params(character=character, base_model=base))
+    )
     steered = load_project(
         write_params(
             tmp_path / "ip",
             tiny_params(
                 character=character,
+                base_model=base,
                 generate=tiny_params()["generate"] | {"ip_adapter": spec},
             ),
         )
@@ -66,7 +78,9 @@ def test_ip_adapter_conditions_generation_and_is_removed_after(
     assert with_ip.fingerprint != before.fingerprint
 
 
-def test_ip_adapter_needs_references(tmp_path, ip_adapter_dir):
+def test_ip_adapter_needs_references(tmp_path, ip_adapter_dir, family):
+    if family != "sd15":
+        pytest.skip("a params check: the same for every family")
     generate = tiny_params()["generate"] | {"ip_adapter": {"model": str(ip_adapter_dir)}}
     with pytest.raises(ParamsError, match=r"character\.references"):
         load_project(write_params(tmp_path, tiny_params(generate=generate)))

@@ -159,3 +159,20 @@ def test_validate_names_the_family_and_refuses_a_contradiction(tmp_path, capsys)
     data = tiny_params(base_model=base_model("sd15", zero_terminal_snr=True, prediction="epsilon"))
     code, text = _cli(capsys, "validate", str(write_params(tmp_path / "ztsnr", data)))
     assert code == 2 and "zero_terminal_snr needs prediction 'v_prediction'" in text
+
+
+def test_a_single_file_checkpoint_needs_a_family_and_a_config(tmp_path, capsys):
+    """Without hub access and without base_model.config, the conversion cannot know the
+    architecture: exit 2 naming the missing config, and nothing converted."""
+    from safetensors.torch import save_file
+
+    save_file({"model.diffusion_model.out.2.weight": torch.zeros(1)}, tmp_path / "base.safetensors")
+    data = tiny_params(base_model={"path": "base.safetensors", "device": "cpu"})
+    params = write_params(tmp_path, data)
+    code, text = _cli(capsys, "run", "--params", str(params))
+    assert code == 2 and "declare base_model.family" in text
+    data["base_model"]["family"] = "sdxl"
+    code, text = _cli(capsys, "run", "--params", str(write_params(tmp_path, data)))
+    assert code == 2 and "with no base_model.config" in text
+    assert "Point base_model.config at a local diffusers folder" in text
+    assert not (tmp_path / ".charloop" / "converted").exists()

@@ -21,10 +21,11 @@ FORBIDDEN = {
 LAYERS = {
     "core": {"core"},
     "params": {"core", "params"},
-    "models": {"core", "params", "models"},
-    "scenes": {"core", "params", "models", "scenes"},
-    "stages": {"core", "params", "models", "scenes", "stages"},
-    "lineage": {"core", "params", "models", "scenes", "stages", "lineage"},
+    "families": {"core", "params", "families"},
+    "models": {"core", "params", "families", "models"},
+    "scenes": {"core", "params", "families", "models", "scenes"},
+    "stages": {"core", "params", "families", "models", "scenes", "stages"},
+    "lineage": {"core", "params", "families", "models", "scenes", "stages", "lineage"},
 }
 """Which charloop subpackages each subpackage may import (lower layers, and itself)."""
 

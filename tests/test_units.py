@@ -227,8 +227,8 @@ def test_training_draws_rows_by_their_repeats():
 
     import torch
 
+    from charloop.stages.train.buckets import next_batch as _batches
     from charloop.stages.train.data import EncodedDataset
-    from charloop.stages.train.loop import _batches
 
     data = EncodedDataset(["a", "b", "c"], torch.zeros(3), torch.zeros(3), None, [1, 3, 1])
     assert data.epoch_pool() == [0, 1, 1, 1, 2]

@@ -21,6 +21,7 @@ from typing import Any
 from charloop.core import atomic
 from charloop.core.errors import BadInput
 from charloop.families.detect import resolve_base
+from charloop.families.single_file import base_model_ref, is_single_file
 from charloop.lineage import versioning
 from charloop.params.caption import VlmCaptioner
 from charloop.params.filter import ClipEmbedder, Dinov2Embedder, WorldEmbedder
@@ -74,10 +75,15 @@ def check_model(project: Project, field: str, path: str, revision: str | None = 
     """
     ref = project.model_ref(path)
     if Path(ref).is_absolute():
-        if field == "base_model.path" and not (Path(ref) / "model_index.json").is_file():
+        if (
+            field == "base_model.path"
+            and not (Path(ref) / "model_index.json").is_file()
+            and not is_single_file(ref)
+        ):
             raise ModelNotFound(
                 f"base_model.path {path!r} resolves to {ref}, which holds no diffusers "
-                "pipeline (model_index.json); fix the path or use a hub id"
+                "pipeline (model_index.json) and is no .safetensors/.ckpt checkpoint; fix "
+                "the path or use a hub id"
             )
         if not Path(ref).exists():
             raise ModelNotFound(f"{field} {path!r} resolves to {ref}, which does not exist")
@@ -168,7 +174,7 @@ def preflight(project: Project) -> None:
         revision = params.base_model.revision if field == "base_model.path" else None
         check_model(project, field, path, revision)
     # The declared family and prediction type against the base's own config files.
-    resolve_base(params.base_model, project.model_ref(params.base_model.path))
+    resolve_base(params.base_model, base_model_ref(project))
     check_writable(project.character_dir, "loop.workdir")
     for member in params.members:
         if member.references:

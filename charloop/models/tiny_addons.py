@@ -18,8 +18,9 @@ logger = logging.getLogger(__name__)
 IP_ADAPTER_WEIGHTS = "ip-adapter_tiny.safetensors"
 
 
-def build_tiny_ip_adapter(out_dir: str | Path, sd15_dir: str | Path, seed: int = 0) -> Path:
-    """An IP-Adapter (plain image-projection variant) for the SD1.5 pipeline in ``sd15_dir``.
+def build_tiny_ip_adapter(out_dir: str | Path, base_dir: str | Path, seed: int = 0) -> Path:
+    """An IP-Adapter (plain image-projection variant) for the SD1.5 or SDXL pipeline in
+    ``base_dir`` (its UNet's cross-attention width and block channels).
 
     Writes ``<out_dir>/models/ip-adapter_tiny.safetensors`` with the original key layout
     (``image_proj.proj.*``, ``image_proj.norm.*``, ``ip_adapter.<n>.to_k_ip.weight``, where
@@ -31,7 +32,7 @@ def build_tiny_ip_adapter(out_dir: str | Path, sd15_dir: str | Path, seed: int =
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(seed)
-    unet_config = UNet2DConditionModel.load_config(Path(sd15_dir) / "unet")
+    unet_config = UNet2DConditionModel.load_config(Path(base_dir) / "unet")
     unet = UNet2DConditionModel.from_config(unet_config)
     cross = int(unet.config.cross_attention_dim)
     embed_dim = 16

@@ -17,6 +17,7 @@ from PIL import Image
 from charloop.core import atomic
 from charloop.core.contact_sheet import contact_sheet
 from charloop.core.hashing import tree_digest
+from charloop.families.single_file import base_model_ref
 from charloop.models.embedder import load_embedder
 from charloop.models.pipeline import load_pipeline, lora_applied
 from charloop.params.project import Project
@@ -108,7 +109,7 @@ def render_pairs(
 ) -> tuple[list[Image.Image], list[Image.Image]]:
     """Each job rendered with the LoRA and without it (same seed)."""
     params = project.params
-    pipe = load_pipeline(project.model_ref(params.base_model.path), params.base_model)
+    pipe = load_pipeline(base_model_ref(project), params.base_model)
     with lora_applied(pipe, adapter.path):
         lora_images = render(pipe, jobs, params.generate)
     return lora_images, render(pipe, jobs, params.generate)

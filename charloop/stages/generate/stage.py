@@ -9,6 +9,7 @@ from typing import Any
 
 from charloop.core import atomic
 from charloop.core.hashing import sha256_bytes, tree_digest
+from charloop.families.single_file import base_model_ref
 from charloop.models.pipeline import load_pipeline, lora_applied
 from charloop.params.project import Project
 from charloop.params.schema import Character, Params
@@ -120,7 +121,7 @@ def render_jobs(
 ) -> list[dict[str, Any]]:
     """Render ``jobs`` into ``folder`` as PNGs; returns their manifest rows (job order)."""
     params = project.params
-    base_ref = project.model_ref(params.base_model.path)
+    base_ref = base_model_ref(project)
     cn = params.generate.controlnet
     ip = params.generate.ip_adapter
     refs_dir = _references_dir(project)

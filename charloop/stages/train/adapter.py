@@ -16,6 +16,7 @@ from charloop.core import atomic
 from charloop.core.safetensors_header import canonicalize
 from charloop.families import ModelFamily, get_family
 from charloop.families.detect import resolve_base
+from charloop.families.single_file import base_model_ref
 from charloop.models.encode_cache import EncodeCache
 from charloop.params.project import Project
 from charloop.params.train import TrainParams
@@ -146,7 +147,7 @@ def fit(
     """Encode ``rows`` (through the cache) and train a fresh LoRA on them."""
     params = project.params
     tp = params.train
-    base_ref = project.model_ref(params.base_model.path)
+    base_ref = base_model_ref(project)
     identity = ModelIdentity(base_ref, params.base_model.revision)
     cache = EncodeCache(project.resolve(tp.cache_dir))
     train_rows, val_rows = split_validation(rows, tp.validation.images, tp.seed)
