@@ -22,14 +22,14 @@ from charloop.stages.filter.cast_identity import assign_strips, cast_identity, s
 from charloop.stages.filter.discriminators import Decision
 from charloop.stages.generate.control import ControlMap, side_by_side
 from charloop.stages.generate.stage import plan_jobs
-from tests.conftest import tiny_params, write_params
+from tests.conftest import FAMILY_MODELS, MODELS, base_model, tiny_params, write_params
 
 KIRA = {"name": "kira", "trigger": "zxq kira", "traits": ["teal hair"], "references": "refs/kira"}
 MILO = {"name": "milo", "trigger": "vyk milo", "traits": ["red cap"], "references": "refs/milo"}
 
 
-def cast_params(**cast: Any) -> dict[str, Any]:
-    data = tiny_params()
+def cast_params(family: str = "sd15", **cast: Any) -> dict[str, Any]:
+    data = tiny_params(base_model=base_model(family))
     del data["character"]
     data["cast"] = {"name": "crew", "members": [KIRA, MILO], **cast}
     data["generate"] = {"images_per_prompt": 1, "batch_size": 8, "num_inference_steps": 2}
@@ -140,14 +140,14 @@ def test_joint_scenes_where_identities_blend_are_rejected_with_the_reason():
     assert [s.size for s in strips(images["good"], 2)] == [(32, 64), (32, 64)]
 
 
-def _random_lora(seed: int, rank: int) -> Any:
+def _random_lora(seed: int, rank: int, family: str = "sd15") -> Any:
     from diffusers import UNet2DConditionModel
     from peft.utils import get_peft_model_state_dict
 
     from charloop.stages.train.adapter import AdapterState
     from charloop.stages.train.loop import lora_config
 
-    unet = UNet2DConditionModel.from_pretrained(str(Path("models/tiny-sd15")), subfolder="unet")
+    unet = UNet2DConditionModel.from_pretrained(MODELS / FAMILY_MODELS[family], subfolder="unet")
     unet.add_adapter(lora_config(rank, rank * 2, ["to_k", "to_q", "to_v", "to_out.0"]))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -157,18 +157,20 @@ def _random_lora(seed: int, rank: int) -> Any:
     return AdapterState(
         get_peft_model_state_dict(unet),
         unet.peft_config["default"].to_dict(),
+        family=family,
         unet_model_config=dict(unet.config),
     )
 
 
-def test_per_character_loras_combine_exactly_as_set_adapters(tmp_path):
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_per_character_loras_combine_exactly_as_set_adapters(tmp_path, family):
     """The combined file renders what diffusers renders with both adapters and weights."""
     from charloop.models.pipeline import load_pipeline
     from charloop.stages.train.adapter import write_adapter
     from charloop.stages.train.cast import combine
 
     rank, alpha, weights = 2, 4.0, [1.0, 0.5]
-    states = [_random_lora(1, rank), _random_lora(2, rank)]
+    states = [_random_lora(1, rank, family), _random_lora(2, rank, family)]
     for name, state in zip("ab", states, strict=True):
         (tmp_path / name).mkdir()
         write_adapter(tmp_path / name, state, rank, alpha, {"member": name})
@@ -176,7 +178,7 @@ def test_per_character_loras_combine_exactly_as_set_adapters(tmp_path):
     assert merged.unet_config["r"] == merged.unet_config["lora_alpha"] == 2 * rank
     (tmp_path / "ab").mkdir()
     write_adapter(tmp_path / "ab", merged, 2 * rank, 2 * rank, {})
-    project = load_project(write_params(tmp_path / "p", tiny_params()))
+    project = load_project(write_params(tmp_path / "p", tiny_params(base_model=base_model(family))))
     pipe = load_pipeline(
         project.model_ref(project.params.base_model.path), project.params.base_model
     )
@@ -199,14 +201,15 @@ def test_per_character_loras_combine_exactly_as_set_adapters(tmp_path):
     np.testing.assert_allclose(combined, both, atol=2e-4)  # ...and the combination is exact
 
 
-@pytest.fixture(scope="module")
-def crew(tmp_path_factory, prefect_harness):
+@pytest.fixture(scope="module", params=["sd15", "sdxl"])
+def crew(request, tmp_path_factory, prefect_harness):
+    """A two-member cast through the whole loop, on each embedded family."""
     from flows.character_loop import character_loop
 
-    root = tmp_path_factory.mktemp("crew")
+    root = tmp_path_factory.mktemp(f"crew-{request.param}")
     subprocess.run(["git", "init", "-q", str(root)], check=True)
     _write_refs(root)
-    data = cast_params(lora="per_character", adapter_weights={"milo": 0.8})
+    data = cast_params(request.param, lora="per_character", adapter_weights={"milo": 0.8})
     data["evaluate"]["seeds"] = [7, 8]
     params = write_params(root, data)
     subprocess.run(["git", "add", "-A"], cwd=root, check=True)

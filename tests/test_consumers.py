@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from charloop.models.consumers.base_modules import BaseModules, sd15_reference
+from charloop.models.consumers.base_modules import BaseModules, sd15_reference, sdxl_reference
 from charloop.models.consumers.check import check_adapter
 from charloop.models.consumers.reader import UnreadableAdapter, read_adapter_file
 from charloop.stages.train.kohya import to_kohya
@@ -92,6 +92,43 @@ def test_mixed_key_formats_and_foreign_bases_are_caught(sd15, tmp_path):
     assert verdicts["InvokeAI"] == (False, "classified as sdxl, expected sd-1")
     assert not verdicts["kohya sd-scripts / A1111"][0]
     assert "do not fit the base weight" in verdicts["kohya sd-scripts / A1111"][1]
+
+
+@pytest.fixture(scope="module")
+def sdxl() -> BaseModules:
+    return sdxl_reference()
+
+
+def test_an_sdxl_kohya_file_loads_everywhere_and_invokeai_calls_it_sdxl(sdxl, tmp_path, capsys):
+    """sd-scripts' SDXL module set (722 UNet, 72 + 192 text-encoder modules) named after
+    the original UNet with lora_te1_/lora_te2_: every tool maps every key."""
+    from charloop.families import get_family
+
+    unet, te1 = _peft_states(BaseModules("sdxl", sdxl.unet, {"text_encoder": sdxl.text_encoder}))
+    te2 = {
+        f"{path}.lora_{p}.weight": torch.zeros(*((1, shape[1]) if p == "A" else (shape[0], 1)))
+        for path, shape in sdxl.table("text_encoder_2").items()
+        if path.endswith(TE_TARGETS) and "encoder." in path
+        for p in "AB"
+    }
+    assert (len(unet), len(te1), len(te2)) == (722 * 2, 72 * 2, 192 * 2)
+    texts = {"text_encoder": te1, "text_encoder_2": te2}
+    path = tmp_path / "kira-sdxl.safetensors"
+    save_file(to_kohya(unet, texts, 8.0, get_family("sdxl"), sdxl.unet_config), str(path))
+    verdicts = _verdicts(path, sdxl)
+    assert all(ok for ok, _ in verdicts.values()), verdicts
+    assert verdicts["InvokeAI"][1].startswith("base sdxl; 986/986 modules")
+    assert _verdicts(path, sd15_reference())["InvokeAI"] == (
+        False, "classified as sdxl, expected sd-1",
+    )  # fmt: skip
+    with pytest.raises(SystemExit) as stopped:
+        main(["check-adapter", str(path), "--base", "sdxl"])
+    assert stopped.value.code == 0, capsys.readouterr().out
+    diffusers_file = {f"unet.{k}": v for k, v in unet.items()}
+    diffusers_file |= {f"text_encoder_2.text_model.{k}": v for k, v in te2.items()}
+    save_file(diffusers_file, str(tmp_path / "pytorch_lora_weights.safetensors"))
+    verdicts = _verdicts(tmp_path / "pytorch_lora_weights.safetensors", sdxl)
+    assert verdicts["diffusers"][0], verdicts["diffusers"]
 
 
 def test_check_adapter_cli_exits_3_for_an_adapter_of_another_base(tmp_path, capsys):

@@ -13,14 +13,16 @@ import pytest
 import yaml
 
 from charloop.params.schema import Params
-from tests.conftest import REPO, tiny_params
+from tests.conftest import FAMILY_MODELS, REPO, tiny_params
 
 
-def test_dvc_repro_runs_one_iteration(tmp_path):
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_dvc_repro_runs_one_iteration(tmp_path, family):
+    """The DVC pipeline's stages, on each embedded family (the same library calls)."""
     archive = subprocess.run(["git", "archive", "HEAD"], cwd=REPO, capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive.stdout, check=True)
     params = tiny_params()
-    params["base_model"]["path"] = "models/tiny-sd15"
+    params["base_model"]["path"] = f"models/{FAMILY_MODELS[family]}"
     params["evaluate"]["embedder"]["path"] = "models/tiny-clip"
     # DVC reads each stage's params sections from the file: write every section out.
     full = Params.model_validate(params).model_dump(mode="json", exclude_none=True)
@@ -39,6 +41,7 @@ def test_dvc_repro_runs_one_iteration(tmp_path):
     header = read_header(tmp_path / "data/05_adapter/pytorch_lora_weights.safetensors")
     keys = {k for k in header["__metadata__"] if k.startswith("charloop.")}
     assert keys == {f"charloop.{k}" for k in PROVENANCE_KEYS}
+    assert header["__metadata__"]["charloop.base_model_family"] == family
     logged = json.loads((tmp_path / "data/mlflow_run.json").read_text())
     assert set(PROVENANCE_KEYS) <= set(logged) and logged["parent_version"] == "none"
     shown = subprocess.run(

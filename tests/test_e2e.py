@@ -12,16 +12,22 @@ import pytest
 from charloop.core import atomic
 from charloop.params.project import load_project
 from charloop.stages.layout import IterationPaths
-from tests.conftest import tiny_params, write_params
+from tests.conftest import base_model, tiny_params, write_params
 
 pytestmark = pytest.mark.e2e
 
 
+@pytest.fixture(scope="module", params=["sd15", "sdxl"])
+def family(request) -> str:
+    """The whole loop runs on each embedded family."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def git_project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("studio")
+def git_project(tmp_path_factory, family):
+    root = tmp_path_factory.mktemp(f"studio-{family}")
     subprocess.run(["git", "init", "-q", str(root)], check=True)
-    data = tiny_params()
+    data = tiny_params(base_model=base_model(family))
     data["evaluate"]["seeds"] = [7, 8]  # two seeds per context: diversity is measured
     params = write_params(root, data)
     subprocess.run(["git", "add", "params.yaml"], cwd=root, check=True)
@@ -50,7 +56,7 @@ def _versions(project):
     return sorted(found, key=lambda v: int(v.version))
 
 
-def test_two_iterations_register_two_chained_versions(loop_result, git_project):
+def test_two_iterations_register_two_chained_versions(loop_result, git_project, family):
     rows, _ = loop_result
     assert [r["iteration"] for r in rows] == [1, 2]
     v1, v2 = _versions(git_project)
@@ -67,6 +73,7 @@ def test_two_iterations_register_two_chained_versions(loop_result, git_project):
     for version in (v1, v2):
         assert version.tags["git_commit"].startswith(commit)
         assert len(version.tags["params_hash"]) == 16
+        assert version.tags["base_model_family"] == family
         assert version.tags["adapter_sha256"] == version.tags["adapter_sha256"].lower()
     client = _client(git_project)
     best = [r for r in rows if r["best"]][-1]  # the best round, not the last, is candidate
