@@ -201,16 +201,16 @@ def generate(
     if folder is None:
         fail(f"refusing to use {model}", gate.detail, EXIT_REFUSED)
     spec = project.params.base_model
-    base_ref = base_model_ref(project, version.tags.get("base_model", spec.path))
-    try:
-        family = resolve_base(spec, base_ref).family.name
+    try:  # the params' base family: a LoRA of another family cannot load on it
+        family = resolve_base(spec, base_model_ref(project)).family.name
     except FamilyMismatch as exc:
         fail_with(exc, "base model does not match")
+    base_ref = base_model_ref(project, version.tags.get("base_model", spec.path))
     trained_on = version.tags.get("base_model_family", "sd15")  # older versions: SD1.5 only
     if trained_on != family:
         fail(
             f"{model} is an {trained_on} LoRA",
-            f"the base model {base_ref} is {family}; a LoRA loads only on its own family",
+            f"these params' base model is {family}; a LoRA loads only on its own family",
             EXIT_INVALID,
             f"use params whose base_model is the {trained_on} base it was trained on",
         )

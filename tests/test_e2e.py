@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from charloop.core import atomic
 from charloop.params.project import load_project
@@ -342,3 +343,24 @@ def test_dvc_pull_restores_the_runs_of_a_fresh_copy(loop_result, git_project, tm
     )
     assert pulled.returncode == 0, pulled.stderr[-2000:]
     assert {p: tree_digest(p) for p in expected} == expected
+
+
+def test_generate_refuses_a_lora_of_another_family(loop_result, git_project, family):
+    """The registered LoRA records its base family; params on the other family's base
+    get exit 2 naming both, and no image."""
+    from typer.testing import CliRunner
+
+    from charloop_cli.main import app
+
+    other = "sdxl" if family == "sd15" else "sd15"
+    data = tiny_params(base_model=base_model(other))
+    params = git_project.root / "params-other.yaml"
+    params.write_text(yaml.safe_dump(data, sort_keys=False))
+    out = git_project.root / "other.png"
+    model = f"{git_project.params.model_name}@candidate"
+    args = ["generate", "zxq kira", "--model", model, "--out", str(out), "-p", str(params)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert f"is an {family} LoRA" in result.output and f"base model is {other}" in result.output
+    assert not out.exists()
+    params.unlink()

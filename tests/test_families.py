@@ -176,3 +176,36 @@ def test_a_single_file_checkpoint_needs_a_family_and_a_config(tmp_path, capsys):
     assert code == 2 and "with no base_model.config" in text
     assert "Point base_model.config at a local diffusers folder" in text
     assert not (tmp_path / ".charloop" / "converted").exists()
+
+
+def test_a_single_file_checkpoint_loads_like_its_folder(tmp_path, monkeypatch):
+    """An SD1.5 checkpoint in the original single-file layout, with the family declared
+    and a config folder: converted once (by content) and rendering what the folder does."""
+    from charloop.families import single_file
+    from charloop.models.pipeline import clear_pipeline_cache
+    from charloop.params.project import load_project
+    from charloop.stages.generate.stage import run_generate
+    from tests.ldm_checkpoint import write_sd15_checkpoint
+
+    write_sd15_checkpoint(Path(SD15), tmp_path / "kira-base.safetensors")
+    single = {"path": "kira-base.safetensors", "family": "sd15", "config": SD15, "device": "cpu"}
+    project = load_project(write_params(tmp_path, tiny_params(base_model=single)))
+    folder_project = load_project(
+        write_params(tmp_path / "folder", tiny_params(base_model=base_model("sd15")))
+    )
+    clear_pipeline_cache()
+    from_file = run_generate(project, 1, None, tmp_path / "gen-file")
+    from_folder = run_generate(folder_project, 1, None, tmp_path / "gen-folder")
+    rows = [json.loads(line) for line in (Path(from_file.path) / "manifest.jsonl").open()]
+    same = [json.loads(line) for line in (Path(from_folder.path) / "manifest.jsonl").open()]
+    assert [r["sha256"] for r in rows] == [r["sha256"] for r in same]
+    converted = list((tmp_path / ".charloop" / "converted").iterdir())
+    assert [p.name[:5] for p in converted] == ["sd15-"]
+    assert (converted[0] / "model_index.json").is_file()
+
+    def no_second_conversion(*args, **kwargs):
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(single_file.get_family("sd15").pipeline_type(), "from_single_file",
+                        no_second_conversion)  # fmt: skip
+    assert single_file.base_model_ref(project) == str(converted[0])
