@@ -19,6 +19,14 @@ from tests.conftest import MODELS, base_model, tiny_params, write_params
 from tests.test_cli_errors import _cli
 
 SDXL = str(MODELS / "tiny-sdxl")
+
+
+@pytest.fixture(autouse=True)
+def _no_debug(monkeypatch):
+    """CLI errors print one line (an earlier ``--debug`` test may have set the variable)."""
+    monkeypatch.delenv("CHARLOOP_DEBUG", raising=False)
+
+
 SD15 = str(MODELS / "tiny-sd15")
 
 
