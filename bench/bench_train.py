@@ -85,7 +85,7 @@ def naive_loop(pipe, models, folder, rows, tp) -> None:
     from charloop.stages.train.images import load_image_tensor
     from charloop.stages.train.loop import denoising_loss
 
-    trainable = [p for p in models.unet.parameters() if p.requires_grad]
+    trainable = [p for p in models.denoiser.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=tp.learning_rate)
     generator = torch.Generator("cpu").manual_seed(tp.seed)
     for _ in range(tp.max_train_steps):

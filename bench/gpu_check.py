@@ -141,7 +141,7 @@ def trainer_check(precision: str, steps: int, batch: int, checkpointing: bool) -
         input_ids=[torch.zeros(n, 77, dtype=torch.long)],
         text={"hidden": torch.randn(n, 77, 768)},
     )
-    models = TrainModels(unet=unet, noise_scheduler=DDPMScheduler(num_train_timesteps=1000))
+    models = TrainModels(denoiser=unet, noise_scheduler=DDPMScheduler(num_train_timesteps=1000))
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as tmp:
@@ -182,7 +182,7 @@ def cache_ratio(steps: int, batch: int, dtype: torch.dtype) -> dict[str, Any]:
     for p in trainable:
         p.data = p.data.float()
     opt = torch.optim.AdamW(trainable, lr=1e-4)
-    models = TrainModels(unet=unet, noise_scheduler=DDPMScheduler(num_train_timesteps=1000))
+    models = TrainModels(denoiser=unet, noise_scheduler=DDPMScheduler(num_train_timesteps=1000))
     side = 128 if TINY else 512
     pixels = torch.randn(batch, 3, side, side, device=dev, dtype=dtype)
     ids = torch.randint(0, 49408, (batch, 77), device=dev)

@@ -118,7 +118,7 @@ def charloop_check(steps: int, batch: int, checkpointing: bool, tiny: bool) -> d
         sizes=sizes,
     )
     models = TrainModels(
-        unet=unet,
+        denoiser=unet,
         noise_scheduler=DDPMScheduler(num_train_timesteps=1000),
         family=get_family("sdxl"),
     )

@@ -158,7 +158,7 @@ def _random_lora(seed: int, rank: int, family: str = "sd15") -> Any:
         get_peft_model_state_dict(unet),
         unet.peft_config["default"].to_dict(),
         family=family,
-        unet_model_config=dict(unet.config),
+        denoiser_model_config=dict(unet.config),
     )
 
 
@@ -175,7 +175,7 @@ def test_per_character_loras_combine_exactly_as_set_adapters(tmp_path, family):
         (tmp_path / name).mkdir()
         write_adapter(tmp_path / name, state, rank, alpha, {"member": name})
     merged = combine(states, [w * alpha / rank for w in weights])
-    assert merged.unet_config["r"] == merged.unet_config["lora_alpha"] == 2 * rank
+    assert merged.denoiser_config["r"] == merged.denoiser_config["lora_alpha"] == 2 * rank
     (tmp_path / "ab").mkdir()
     write_adapter(tmp_path / "ab", merged, 2 * rank, 2 * rank, {})
     project = load_project(write_params(tmp_path / "p", tiny_params(base_model=base_model(family))))

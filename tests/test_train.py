@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from charloop.families.objectives import snr_weights
 from charloop.models.encode_cache import EncodeCache
 from charloop.models.pipeline import load_pipeline, lora_applied
 from charloop.params.project import load_project
@@ -20,7 +21,7 @@ from charloop.stages.generate.stage import plan_jobs, run_generate
 from charloop.stages.review.stage import run_review
 from charloop.stages.train.data import ModelIdentity, encode_rows, read_rows, split_validation
 from charloop.stages.train.kohya import KOHYA_WEIGHTS_NAME, to_kohya
-from charloop.stages.train.loop import TrainingInterrupted, snr_weights, train_lora
+from charloop.stages.train.loop import TrainingInterrupted, train_lora
 from charloop.stages.train.stage import (
     WEIGHTS_NAME,
     build_models,
@@ -159,13 +160,13 @@ def test_both_files_reproduce_the_trained_unet_and_text_encoder(dataset, family,
     assert all(".lora_A." in k or ".lora_B." in k for k in keys), "one key format only"
     lora_modules = {k.rsplit(".lora_", 1)[0] for k in keys if k.startswith("unet.")}
     trained_modules = {
-        name for name, module in models.unet.named_modules() if hasattr(module, "lora_A")
+        name for name, module in models.denoiser.named_modules() if hasattr(module, "lora_A")
     }
     assert len(lora_modules) == len(trained_modules) > 0
     _every_tool_loads_the_kohya_file(tmp_path, Path(ref))
-    models.unet.eval()
+    models.denoiser.eval()
     assert set(models.text_encoders) == set(models.family.text_encoders)
-    trained = type(pipe)(**{**pipe.components, "unet": models.unet, **models.text_encoders})
+    trained = type(pipe)(**{**pipe.components, "unet": models.denoiser, **models.text_encoders})
     trained.set_progress_bar_config(disable=True)
     job = plan_jobs(project, 1)[0]
     gen = project.params.generate

@@ -40,28 +40,28 @@ class AdapterState:
     """A trained LoRA as peft state dicts (``<module>.lora_A.weight`` keys) and configs.
 
     ``text`` and ``text_configs`` are keyed by the family's text-encoder component names
-    ('text_encoder', 'text_encoder_2'); ``unet_model_config`` is the base UNet's config
+    ('text_encoder', 'text_encoder_2'); ``denoiser_model_config`` is the base UNet's config
     (families whose kohya names follow the original UNet layout need it).
     """
 
-    unet: dict[str, Any]
-    unet_config: dict[str, Any]
+    denoiser: dict[str, Any]
+    denoiser_config: dict[str, Any]
     text: dict[str, dict[str, Any]] = field(default_factory=dict)
     text_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     family: str = "sd15"
-    unet_model_config: dict[str, Any] = field(default_factory=dict)
+    denoiser_model_config: dict[str, Any] = field(default_factory=dict)
 
 
 def adapter_state(accelerator: Any, models: TrainModels) -> AdapterState:
     """The LoRA layers of trained ``models``."""
     from peft.utils import get_peft_model_state_dict
 
-    unet = accelerator.unwrap_model(models.unet)
+    denoiser = accelerator.unwrap_model(models.denoiser)
     state = AdapterState(
-        get_peft_model_state_dict(unet),
-        unet.peft_config["default"].to_dict(),
+        get_peft_model_state_dict(denoiser),
+        denoiser.peft_config["default"].to_dict(),
         family=models.family.name,
-        unet_model_config=dict(unet.config),
+        denoiser_model_config=dict(denoiser.config),
     )
     for name, module in models.text_encoders.items():
         encoder = accelerator.unwrap_model(module)
@@ -86,7 +86,7 @@ def write_adapter(
     format from the first key), silently dropping ``proj_in``, ``ff.net...`` and the rest.
     """
     family = get_family(state.family)
-    family.save_diffusers_lora(out_dir, state.unet, state.unet_config, state.text,
+    family.save_diffusers_lora(out_dir, state.denoiser, state.denoiser_config, state.text,
                                state.text_configs)  # fmt: skip
     provenance = {PROVENANCE_PREFIX + k: v for k, v in metadata.items()}
     if spec is not None:  # model-spec keys: what InvokeAI, A1111 and kohya tools display
@@ -94,7 +94,7 @@ def write_adapter(
         provenance |= spec_keys(spec, title, metadata.get("trigger", ""))
     weights = out_dir / WEIGHTS_NAME
     canonicalize(weights, provenance)
-    tensors = to_kohya(state.unet, state.text, alpha, family, state.unet_model_config)
+    tensors = to_kohya(state.denoiser, state.text, alpha, family, state.denoiser_model_config)
     save_kohya(out_dir / KOHYA_WEIGHTS_NAME, tensors, rank, alpha, provenance)
     atomic.write_json(out_dir / PROVENANCE_FILE, metadata)
     return weights

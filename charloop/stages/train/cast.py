@@ -62,13 +62,13 @@ def combine(states: list[AdapterState], scales: list[float]) -> AdapterState:
         states: The members' LoRAs (same target modules).
         scales: Each member's full multiplier: its adapter weight times its alpha / rank.
     """
-    rank = sum(int(s.unet_config["r"]) for s in states)
+    rank = sum(int(s.denoiser_config["r"]) for s in states)
     config = {"r": rank, "lora_alpha": rank}
     combined = AdapterState(
-        _merge([s.unet for s in states], scales), states[0].unet_config | config
+        _merge([s.denoiser for s in states], scales), states[0].denoiser_config | config
     )
     combined.family = states[0].family
-    combined.unet_model_config = states[0].unet_model_config
+    combined.denoiser_model_config = states[0].denoiser_model_config
     for name in states[0].text:
         if all(name in s.text for s in states):
             combined.text[name] = _merge([s.text[name] for s in states], scales)
@@ -144,7 +144,7 @@ def _write_members(
             write_adapter(folder, state, tp.rank, tp.alpha, member, spec)
         scales = [weights[name] * tp.alpha / tp.rank for name in states]
         combined = combine(list(states.values()), scales)
-        rank = int(combined.unet_config["r"])
+        rank = int(combined.denoiser_config["r"])
         path = write_adapter(
             staging, combined, rank, rank, metadata | {"adapter_weights": str(weights)}, spec
         )

@@ -78,7 +78,7 @@ class Checkpointer:
             return
         state = {
             "step": step,
-            "unet_lora": get_peft_model_state_dict(accelerator.unwrap_model(models.unet)),
+            "unet_lora": get_peft_model_state_dict(accelerator.unwrap_model(models.denoiser)),
             "te_lora": {
                 name: get_peft_model_state_dict(accelerator.unwrap_model(encoder))
                 for name, encoder in models.text_encoders.items()
@@ -104,7 +104,7 @@ class Checkpointer:
         """Load a saved state into the prepared models and optimizer; returns its step."""
         from peft.utils import set_peft_model_state_dict
 
-        set_peft_model_state_dict(accelerator.unwrap_model(models.unet), state["unet_lora"])
+        set_peft_model_state_dict(accelerator.unwrap_model(models.denoiser), state["unet_lora"])
         for name, encoder in models.text_encoders.items():
             set_peft_model_state_dict(accelerator.unwrap_model(encoder), state["te_lora"][name])
         optimizer.load_state_dict(state["optimizer"])

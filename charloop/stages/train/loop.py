@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from charloop.core.errors import CharloopError
 from charloop.core.faults import failpoint
 from charloop.core.progress import progress_bar
 from charloop.families import ModelFamily, get_family
+from charloop.families.objectives import DiffusionObjective, Objective
 from charloop.params.train import TrainParams
 from charloop.stages.train.buckets import next_batch
 from charloop.stages.train.checkpoint import Checkpointer
@@ -42,21 +42,28 @@ class TrainingInterrupted(RuntimeError):
 
 @dataclass
 class TrainModels:
-    """What the loop optimises: the UNet, optionally the text encoders, and the scheduler.
+    """What the loop optimises: the denoiser (a UNet, or a FLUX transformer), optionally the
+    text encoders, and the training noise schedule.
 
     ``text_encoders`` maps the family's pipeline component names ('text_encoder',
     'text_encoder_2') to the encoders being trained; empty when they are frozen (their
     outputs then come from the cache).
     """
 
-    unet: Any
+    denoiser: Any
     noise_scheduler: Any
     family: ModelFamily = field(default_factory=lambda: get_family("sd15"))
+    objective: Objective = None  # type: ignore[assignment]  # set in __post_init__
+    """Noise, target and loss (default: DDPM training with ``noise_scheduler``)."""
     text_encoders: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.objective is None:
+            self.objective = DiffusionObjective(self.noise_scheduler)
+
     def trained(self) -> list[Any]:
-        """Every module with LoRA layers: the UNet, then the trained text encoders."""
-        return [self.unet, *self.text_encoders.values()]
+        """Every module with LoRA layers: the denoiser, then the trained text encoders."""
+        return [self.denoiser, *self.text_encoders.values()]
 
 
 @dataclass
@@ -81,16 +88,6 @@ def lora_config(rank: int, alpha: float, targets: list[str]):  # -> peft.LoraCon
     )
 
 
-def snr_weights(noise_scheduler: Any, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-gamma loss weights per sample (Hang et al. 2023)."""
-    alphas = noise_scheduler.alphas_cumprod.to(torch.float32)[timesteps]
-    snr = alphas / (1 - alphas)
-    clipped = torch.clamp(snr, max=gamma)
-    if noise_scheduler.config.prediction_type == "v_prediction":
-        return clipped / (snr + 1)
-    return clipped / snr
-
-
 def denoising_loss(
     models: TrainModels,
     latents: torch.Tensor,
@@ -99,29 +96,15 @@ def denoising_loss(
     timesteps: torch.Tensor,
     min_snr_gamma: float | None,
 ) -> torch.Tensor:
-    """The (optionally min-SNR-weighted) noise or velocity prediction loss.
-
-    ``cond`` holds the UNet's keyword inputs (``ModelFamily.denoiser_inputs``).
-    """
-    scheduler = models.noise_scheduler
-    device = latents.device
-    noisy = scheduler.add_noise(latents, noise, timesteps.cpu()).to(device)
-    if scheduler.config.prediction_type == "v_prediction":
-        target = scheduler.get_velocity(latents, noise, timesteps.cpu())
-    else:
-        target = noise
-    prediction = models.unet(noisy, timesteps.to(device), **cond).sample
-    per_sample = F.mse_loss(prediction.float(), target.to(device).float(), reduction="none")
-    per_sample = per_sample.mean(dim=list(range(1, per_sample.ndim)))
-    if min_snr_gamma is not None:
-        per_sample = per_sample * snr_weights(scheduler, timesteps.cpu(), min_snr_gamma).to(device)
-    return per_sample.mean()
+    """The family objective's loss for a batch (``cond``: the denoiser's keyword inputs,
+    ``ModelFamily.denoiser_inputs``)."""
+    return models.objective.loss(models.denoiser, latents, cond, noise, timesteps, min_snr_gamma)
 
 
 def conditioning(models: TrainModels, data: EncodedDataset, batch: list[int]) -> dict[str, Any]:
     """The UNet's conditioning inputs for ``batch``: cached prompt embeddings (or the
     trained text encoders' output) and, where the family uses them, the crop facts."""
-    device = next(models.unet.parameters()).device
+    device = next(models.denoiser.parameters()).device
     text = data.text_batch(batch, device)
     if text is None:
         family = models.family
@@ -135,7 +118,7 @@ def conditioning(models: TrainModels, data: EncodedDataset, batch: list[int]) ->
 def validation_loss(models: TrainModels, val: EncodedDataset, tp: TrainParams) -> float:
     """Plain MSE on held-out images at fixed timesteps with fixed noise: comparable
     across steps and across runs with the same validation set."""
-    device = next(models.unet.parameters()).device
+    device = next(models.denoiser.parameters()).device
     total, count = 0.0, 0
     for index in range(len(val)):
         generator = torch.Generator("cpu").manual_seed(tp.seed + VALIDATION_SEED_OFFSET + index)
@@ -174,7 +157,7 @@ def train_lora(
     """
     from diffusers.optimization import get_scheduler
 
-    trainable = [p for p in models.unet.parameters() if p.requires_grad]
+    trainable = [p for p in models.denoiser.parameters() if p.requires_grad]
     groups: list[dict[str, Any]] = [{"params": trainable, "lr": tp.learning_rate}]
     te_lr = tp.text_encoder_learning_rate or tp.learning_rate
     for encoder in models.text_encoders.values():
@@ -188,7 +171,7 @@ def train_lora(
         num_training_steps=tp.max_train_steps * processes,
     )
     prepared = accelerator.prepare(*models.trained(), optimizer, scheduler)
-    models.unet = prepared[0]
+    models.denoiser = prepared[0]
     for offset, name in enumerate(models.text_encoders, start=1):
         models.text_encoders[name] = prepared[offset]
     optimizer, scheduler = prepared[-2], prepared[-1]
@@ -209,11 +192,11 @@ def train_lora(
     device = accelerator.device
     pool = data.epoch_pool()
     for step in progress_bar(range(start, tp.max_train_steps), "train", unit="step"):
-        models.unet.train()
+        models.denoiser.train()
         step_loss = 0.0
         for micro in range(tp.gradient_accumulation_steps):
             last = micro == tp.gradient_accumulation_steps - 1
-            with accelerator.no_sync(models.unet) if not last else nullcontext():
+            with accelerator.no_sync(models.denoiser) if not last else nullcontext():
                 batch = next_batch(generator, order, tp.batch_size, pool, data.buckets)
                 latents = data.latent_batch(batch)
                 noise = torch.randn(latents.shape, generator=generator)
@@ -221,12 +204,7 @@ def train_lora(
                     noise += tp.noise_offset * torch.randn(
                         (latents.shape[0], latents.shape[1], 1, 1), generator=generator
                     )
-                timesteps = torch.randint(
-                    0,
-                    models.noise_scheduler.config.num_train_timesteps,
-                    (len(batch),),
-                    generator=generator,
-                )
+                timesteps = models.objective.sample_timesteps(len(batch), generator)
                 with accelerator.autocast():
                     cond = conditioning(models, data, batch)
                     loss = denoising_loss(
@@ -267,7 +245,7 @@ def train_lora(
 
 
 def _validate(models: TrainModels, val: EncodedDataset, tp: TrainParams) -> float:
-    models.unet.eval()
+    models.denoiser.eval()
     loss = validation_loss(models, val, tp)
     if not math.isfinite(loss):
         raise TrainingDiverged(f"validation loss is {loss}; lower train.learning_rate")

@@ -116,7 +116,7 @@ def build_models(
     if overrides:
         scheduler = DDPMScheduler.from_config(scheduler.config, **overrides)
     return TrainModels(
-        unet=unet, noise_scheduler=scheduler, family=family, text_encoders=text_encoders
+        denoiser=unet, noise_scheduler=scheduler, family=family, text_encoders=text_encoders
     )
 
 
