@@ -127,7 +127,9 @@ def trainer_check(precision: str, steps: int, batch: int, checkpointing: bool) -
     device = accelerator.device
     unet, _, _ = sd15_parts(dtype, device)
     attention = set_attention(unet, "auto", device)
-    unet.add_adapter(lora_config(tp.rank, tp.alpha, tp.target_modules))
+    unet.add_adapter(
+        lora_config(tp.rank, tp.alpha, tp.target_modules or ["to_q", "to_k", "to_v", "to_out.0"])
+    )
     if checkpointing:
         unet.enable_gradient_checkpointing()
     for p in unet.parameters():

@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from charloop.families.objectives import Objective
+
 TextParts = dict[str, torch.Tensor]
 """Encoded prompts by part name: ``hidden`` (N, tokens, width) and, where the family
 has one, ``pooled`` (N, width). Every part is cached with the caption's entry."""
@@ -36,7 +38,7 @@ class CropGeometry:
 
 
 class ModelFamily(ABC):
-    """One base-model architecture (SD1.5, SDXL, ...), as the stages see it."""
+    """One base-model architecture (SD1.5, SDXL, FLUX, ...), as the stages see it."""
 
     name: ClassVar[str]
     """The ``base_model.family`` value, e.g. 'sd15'."""
@@ -44,12 +46,23 @@ class ModelFamily(ABC):
     """diffusers text-to-image pipeline class (``model_index.json``'s ``_class_name``)."""
     controlnet_pipeline_class: ClassVar[str]
     """diffusers ControlNet pipeline class built from the same components."""
+    controlnet_model_class: ClassVar[str] = "ControlNetModel"
+    """diffusers class of the family's ControlNet weights."""
+    control_image_kwarg: ClassVar[str] = "image"
+    """The ControlNet pipeline's argument for the control maps."""
+    denoiser: ClassVar[tuple[str, str]] = ("unet", "UNet2DConditionModel")
+    """(pipeline component and subfolder, diffusers class) of the denoiser that gets the LoRA;
+    the component name is also the key prefix of the diffusers LoRA file."""
     text_encoders: ClassVar[tuple[str, ...]]
-    """Pipeline component names of the text encoders, in kohya prefix order."""
+    """Pipeline component names of the text encoders (all of them feed the cache)."""
     tokenizers: ClassVar[tuple[str, ...]]
     """Pipeline component names of their tokenizers."""
+    trainable_text_encoders: ClassVar[tuple[str, ...]] = ()
+    """Text encoders ``train.train_text_encoder`` adds LoRA layers to (default: all)."""
     kohya_text_prefixes: ClassVar[tuple[str, ...]]
-    """kohya key prefix of each text encoder ('lora_te', or 'lora_te1'/'lora_te2')."""
+    """kohya key prefix of each trainable text encoder ('lora_te', 'lora_te1'/'lora_te2')."""
+    default_targets: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0")
+    """Denoiser modules that get LoRA layers when ``train.target_modules`` is not set."""
     architecture: ClassVar[str]
     """SAI model-spec architecture of a LoRA on this family ('<base>/lora')."""
     base_version: ClassVar[str]
@@ -58,6 +71,12 @@ class ModelFamily(ABC):
     """The base InvokeAI must classify this family's LoRAs as."""
     default_buckets: ClassVar[bool] = False
     """Whether aspect-ratio buckets are on when ``train.buckets`` is 'auto'."""
+    caches_frozen_text: ClassVar[bool] = False
+    """Whether prompts are cached even when text encoders are trained (a family with a
+    frozen encoder too large to load for training: FLUX's T5)."""
+
+    def trained_text_encoders(self) -> tuple[str, ...]:
+        return self.trainable_text_encoders or self.text_encoders
 
     def pipeline_type(self) -> Any:
         import diffusers
@@ -78,66 +97,93 @@ class ModelFamily(ABC):
         """Frozen-encoder embeddings of ``captions`` (float32, CPU), as the cache stores them."""
 
     def token_ids(self, pipe: Any, captions: list[str]) -> list[torch.Tensor]:
-        """Token ids per tokenizer (padded to its max length), for a trained text encoder."""
-        return [tokenize(getattr(pipe, name), captions) for name in self.tokenizers]
+        """Token ids for each trainable text encoder (padded to its max length)."""
+        names = [self.tokenizers[self.text_encoders.index(t)] for t in self.trained_text_encoders()]
+        return [tokenize(getattr(pipe, name), captions) for name in names]
 
     @abstractmethod
-    def encode_trainable(self, encoders: list[Any], ids: list[torch.Tensor]) -> TextParts:
-        """The same parts as ``encode_prompts``, from text encoders being trained."""
+    def encode_trainable(
+        self, encoders: list[Any], ids: list[torch.Tensor], cached: TextParts | None
+    ) -> TextParts:
+        """The same parts as ``encode_prompts``, from the text encoders being trained
+        (``trained_text_encoders`` order) and the cached parts of frozen ones."""
 
     @abstractmethod
     def denoiser_inputs(self, text: TextParts, sizes: torch.Tensor | None) -> dict[str, Any]:
-        """Keyword arguments of the UNet call besides the noisy latents and timesteps.
+        """Keyword arguments of the denoiser call besides the noisy latents and timesteps.
 
         Args:
             text: A batch of encoded prompts (on the training device).
             sizes: (N, 6) crop geometry rows (``CropGeometry.as_tensor``), or None.
         """
 
+    @abstractmethod
+    def objective(self, ref: str, revision: str | None, base: Any, tp: Any) -> Objective:
+        """The training objective for base ``ref`` (``base``: its ResolvedBase facts,
+        ``tp``: the train params)."""
+
     def text_encoder_classes(self) -> tuple[str, ...]:
-        """transformers classes of ``text_encoders`` (for loading them to train)."""
-        return ("CLIPTextModel",) * len(self.text_encoders)
+        """transformers classes of ``trained_text_encoders`` (for loading them to train)."""
+        return ("CLIPTextModel",) * len(self.trained_text_encoders())
 
     def load_text_encoders(self, ref: str, revision: str | None, dtype: torch.dtype) -> list[Any]:
-        """The text encoders, freshly loaded (to add LoRA layers to)."""
+        """The trainable text encoders, freshly loaded (to add LoRA layers to)."""
         import transformers
 
+        names = self.trained_text_encoders()
         return [
             getattr(transformers, cls).from_pretrained(
                 ref, subfolder=name, revision=revision or "main", dtype=dtype
             )
-            for cls, name in zip(self.text_encoder_classes(), self.text_encoders, strict=True)
+            for cls, name in zip(self.text_encoder_classes(), names, strict=True)
         ]
+
+    def load_denoiser(self, ref: str, revision: str | None, dtype: torch.dtype) -> Any:
+        import diffusers
+
+        component, cls = self.denoiser
+        return getattr(diffusers, cls).from_pretrained(
+            ref, subfolder=component, revision=revision, torch_dtype=dtype
+        )
 
     def save_diffusers_lora(
         self,
         out_dir: Path,
-        unet: dict[str, torch.Tensor],
-        unet_config: dict[str, Any],
+        denoiser: dict[str, torch.Tensor],
+        denoiser_config: dict[str, Any],
         text: dict[str, dict[str, torch.Tensor]],
         text_configs: dict[str, dict[str, Any]],
     ) -> None:
         """Write ``pytorch_lora_weights.safetensors`` through the pipeline's own saver."""
-        kwargs: dict[str, Any] = {}
-        for name in self.text_encoders:
+        component = self.denoiser[0]
+        kwargs: dict[str, Any] = {
+            f"{component}_lora_layers": denoiser,
+            f"{component}_lora_adapter_metadata": denoiser_config,
+        }
+        for name in self.trained_text_encoders():
             if text.get(name):
                 kwargs[f"{name}_lora_layers"] = text[name]
                 kwargs[f"{name}_lora_adapter_metadata"] = text_configs.get(name)
-        self.pipeline_type().save_lora_weights(
-            out_dir,
-            unet_lora_layers=unet,
-            safe_serialization=True,
-            unet_lora_adapter_metadata=unet_config,
-            **kwargs,
-        )
+        self.pipeline_type().save_lora_weights(out_dir, safe_serialization=True, **kwargs)
+
+    def kohya_denoiser(
+        self, state: dict[str, torch.Tensor], config: dict[str, Any], alpha: float
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+        """kohya module path -> (down, up, alpha) of a peft denoiser LoRA."""
+        pairs: dict[str, dict[str, torch.Tensor]] = {}
+        for key, value in state.items():
+            module, _, part = key.rpartition(".lora_")
+            if part not in ("A.weight", "B.weight"):
+                raise ValueError(f"not a peft LoRA weight key: {key}")
+            pairs.setdefault(module, {})[part[0]] = value
+        return {
+            self.kohya_unet_name(module, config): (w["A"], w["B"], alpha)
+            for module, w in pairs.items()
+        }
 
     def kohya_unet_name(self, path: str, unet_config: dict[str, Any]) -> str:
-        """The module path sd-scripts uses for a diffusers UNet module path."""
+        """The module path sd-scripts uses for a diffusers denoiser module path."""
         return path
-
-    def geometry(self, size: tuple[int, int], resolution: int) -> CropGeometry:
-        """Centre crop of a (width, height) image to a square of ``resolution``."""
-        return centre_crop(size, (resolution, resolution))
 
 
 def centre_crop(size: tuple[int, int], target: tuple[int, int]) -> CropGeometry:

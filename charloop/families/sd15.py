@@ -6,10 +6,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from charloop.families.base import ModelFamily, TextParts, tokenize
+from charloop.families.base import TextParts, tokenize
+from charloop.families.unet import UNetFamily
 
 
-class SD15(ModelFamily):
+class SD15(UNetFamily):
     """SD1.5: ``StableDiffusionPipeline``; the UNet reads the last hidden state of CLIP."""
 
     name: ClassVar[str] = "sd15"
@@ -30,7 +31,9 @@ class SD15(ModelFamily):
         ids = tokenize(pipe.tokenizer, captions).to(pipe.device)
         return {"hidden": pipe.text_encoder(ids)[0].float().cpu()}
 
-    def encode_trainable(self, encoders: list[Any], ids: list[torch.Tensor]) -> TextParts:
+    def encode_trainable(
+        self, encoders: list[Any], ids: list[torch.Tensor], cached: TextParts | None
+    ) -> TextParts:
         (encoder,), (token_ids,) = encoders, ids
         device = next(encoder.parameters()).device
         return {"hidden": encoder(token_ids.to(device))[0]}

@@ -13,8 +13,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from charloop.families.base import ModelFamily, TextParts, tokenize
+from charloop.families.base import TextParts, tokenize
 from charloop.families.ldm_names import ldm_unet_name
+from charloop.families.unet import UNetFamily
 
 
 def encode_pair(encoders: list[Any], ids: list[torch.Tensor]) -> TextParts:
@@ -30,7 +31,7 @@ def encode_pair(encoders: list[Any], ids: list[torch.Tensor]) -> TextParts:
     return {"hidden": torch.cat(hidden, dim=-1), "pooled": pooled}
 
 
-class SDXL(ModelFamily):
+class SDXL(UNetFamily):
     """SDXL: ``StableDiffusionXLPipeline``, size-conditioned, trained at many aspect ratios."""
 
     name: ClassVar[str] = "sdxl"
@@ -53,7 +54,9 @@ class SDXL(ModelFamily):
         ids = [tokenize(pipe.tokenizer, captions), tokenize(pipe.tokenizer_2, captions)]
         return {k: v.float().cpu() for k, v in encode_pair(encoders, ids).items()}
 
-    def encode_trainable(self, encoders: list[Any], ids: list[torch.Tensor]) -> TextParts:
+    def encode_trainable(
+        self, encoders: list[Any], ids: list[torch.Tensor], cached: TextParts | None
+    ) -> TextParts:
         return encode_pair(encoders, ids)
 
     def denoiser_inputs(self, text: TextParts, sizes: torch.Tensor | None) -> dict[str, Any]:

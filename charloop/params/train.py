@@ -41,9 +41,11 @@ class TrainParams(StrictModel):
     """LoRA rank."""
     alpha: float = Field(default=4.0, gt=0)
     """LoRA alpha; the effective scale is alpha / rank."""
-    target_modules: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]
-    """UNet module names that receive LoRA layers (kohya's default set adds 'proj_in',
-    'proj_out', 'ff.net.0.proj', 'ff.net.2')."""
+    target_modules: list[str] | None = None
+    """Denoiser module names that receive LoRA layers; null: the family's default (SD1.5 and
+    SDXL: attention 'to_q', 'to_k', 'to_v', 'to_out.0', to which kohya's default set adds
+    'proj_in', 'proj_out', 'ff.net.0.proj', 'ff.net.2'; FLUX: the attention of both streams
+    and the single blocks, as diffusers' FLUX LoRA script trains)."""
     train_text_encoder: bool = False
     """Also train a LoRA on the text encoder's attention (q/k/v/out projections)."""
     text_encoder_learning_rate: float | None = Field(default=None, gt=0)

@@ -53,23 +53,30 @@ def to_kohya(
         ValueError: a key that is not a peft LoRA weight.
     """
     family = family or get_family("sd15")
-    prefixes = dict(zip(family.text_encoders, family.kohya_text_prefixes, strict=True))
-    parts: list[tuple[str, dict[str, torch.Tensor]]] = [("lora_unet", unet_state)]
-    parts += [(prefixes[name], state) for name, state in (text_states or {}).items() if state]
     out: dict[str, torch.Tensor] = {}
-    for prefix, state in parts:
+    for module, (down, up, module_alpha) in family.kohya_denoiser(
+        unet_state, unet_config or {}, alpha
+    ).items():
+        _put(out, kohya_module("lora_unet", module), down, up, module_alpha)
+    prefixes = dict(zip(family.trained_text_encoders(), family.kohya_text_prefixes, strict=True))
+    for name, state in (text_states or {}).items():
         for key, value in state.items():
             match = _PEFT_KEY.match(key)
             if match is None:
                 raise ValueError(f"not a peft LoRA weight key: {key}")
-            module = match["module"]
-            if prefix == "lora_unet":
-                module = family.kohya_unet_name(module, unet_config or {})
-            name = kohya_module(prefix, module)
+            stem = kohya_module(prefixes[name], match["module"])
             part = "lora_down" if match["part"] == "A" else "lora_up"
-            out[f"{name}.{part}.weight"] = value.detach().to("cpu").contiguous()
-            out[f"{name}.alpha"] = torch.tensor(float(alpha))
+            out[f"{stem}.{part}.weight"] = value.detach().to("cpu").contiguous()
+            out[f"{stem}.alpha"] = torch.tensor(float(alpha))
     return out
+
+
+def _put(
+    out: dict[str, torch.Tensor], stem: str, down: torch.Tensor, up: torch.Tensor, alpha: float
+) -> None:
+    out[f"{stem}.lora_down.weight"] = down.detach().to("cpu").contiguous()
+    out[f"{stem}.lora_up.weight"] = up.detach().to("cpu").contiguous()
+    out[f"{stem}.alpha"] = torch.tensor(float(alpha))
 
 
 def save_kohya(

@@ -102,16 +102,17 @@ def denoising_loss(
 
 
 def conditioning(models: TrainModels, data: EncodedDataset, batch: list[int]) -> dict[str, Any]:
-    """The UNet's conditioning inputs for ``batch``: cached prompt embeddings (or the
-    trained text encoders' output) and, where the family uses them, the crop facts."""
+    """The denoiser's conditioning inputs for ``batch``: cached prompt embeddings, the
+    trained text encoders' output where they are trained, and the crop facts."""
     device = next(models.denoiser.parameters()).device
     text = data.text_batch(batch, device)
-    if text is None:
-        family = models.family
-        encoders = [models.text_encoders[name] for name in family.text_encoders]
-        text = family.encode_trainable(encoders, [ids[batch] for ids in data.input_ids])
+    family = models.family
+    if models.text_encoders:
+        encoders = [models.text_encoders[name] for name in family.trained_text_encoders()]
+        text = family.encode_trainable(encoders, [ids[batch] for ids in data.input_ids], text)
+    assert text is not None, "prompts are cached unless the text encoders are trained"
     sizes = data.sizes[batch] if data.sizes is not None else None
-    return models.family.denoiser_inputs(text, sizes)
+    return family.denoiser_inputs(text, sizes)
 
 
 @torch.no_grad()

@@ -39,7 +39,7 @@ def make_accelerator(tp: TrainParams, device: torch.device) -> Any:
 
 
 def set_attention(unet: Any, choice: str, device: torch.device) -> str:
-    """Pick the UNet's attention kernel; returns the one in use."""
+    """Pick the denoiser's attention kernel; returns the one in use."""
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     if choice in ("auto", "xformers") and device.type == "cuda":
@@ -53,7 +53,8 @@ def set_attention(unet: Any, choice: str, device: torch.device) -> str:
                 ) from exc
     elif choice == "xformers":
         raise ValueError("train.attention 'xformers' needs a CUDA device; use 'auto' or 'sdpa'")
-    unet.set_attn_processor(AttnProcessor2_0())
+    if type(unet).__name__ == "UNet2DConditionModel":  # transformers keep their own (SDPA)
+        unet.set_attn_processor(AttnProcessor2_0())
     return "sdpa"
 
 
@@ -74,7 +75,6 @@ def build_models(
         accelerator: The process's ``Accelerator``.
         base: Family and noise-schedule facts; None reads them from the model's config.
     """
-    from diffusers import DDPMScheduler, UNet2DConditionModel
     from diffusers.training_utils import cast_training_params
 
     if base is None:
@@ -86,19 +86,18 @@ def build_models(
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         accelerator.mixed_precision, torch.float32
     )
-    unet = UNet2DConditionModel.from_pretrained(
-        base_ref, subfolder="unet", revision=revision, torch_dtype=dtype
-    ).to(device)
-    unet.requires_grad_(False)
-    attention = set_attention(unet, tp.attention, device)
+    denoiser = family.load_denoiser(base_ref, revision, dtype).to(device)
+    denoiser.requires_grad_(False)
+    attention = set_attention(denoiser, tp.attention, device)
     torch.manual_seed(tp.seed)  # LoRA init draws from the global generator
-    unet.add_adapter(lora_config(tp.rank, tp.alpha, tp.target_modules))
+    targets = tp.target_modules or list(family.default_targets)
+    denoiser.add_adapter(lora_config(tp.rank, tp.alpha, targets))
     if tp.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
+        denoiser.enable_gradient_checkpointing()
     text_encoders: dict[str, Any] = {}
     if tp.train_text_encoder:
         loaded = family.load_text_encoders(base_ref, revision, dtype)
-        for name, encoder in zip(family.text_encoders, loaded, strict=True):
+        for name, encoder in zip(family.trained_text_encoders(), loaded, strict=True):
             encoder = encoder.to(device)
             encoder.requires_grad_(False)
             add_lora(encoder, lora_config(tp.rank, tp.alpha, TEXT_ENCODER_TARGETS))
@@ -106,17 +105,19 @@ def build_models(
                 encoder.gradient_checkpointing_enable()
             text_encoders[name] = encoder
     if dtype != torch.float32:
-        cast_training_params([unet, *text_encoders.values()], dtype=torch.float32)
+        cast_training_params([denoiser, *text_encoders.values()], dtype=torch.float32)
     logger.info(
         "train: %s, %s attention, mixed precision %s", family.name, attention,
         accelerator.mixed_precision,
     )  # fmt: skip
-    scheduler = DDPMScheduler.from_pretrained(base_ref, subfolder="scheduler", revision=revision)
-    overrides = base.scheduler_overrides(scheduler.config)
-    if overrides:
-        scheduler = DDPMScheduler.from_config(scheduler.config, **overrides)
+    objective = family.objective(base_ref, revision, base, tp)
+    scheduler = getattr(objective, "scheduler", None)
     return TrainModels(
-        denoiser=unet, noise_scheduler=scheduler, family=family, text_encoders=text_encoders
+        denoiser=denoiser,
+        noise_scheduler=scheduler,
+        family=family,
+        objective=objective,
+        text_encoders=text_encoders,
     )
 
 
