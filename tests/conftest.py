@@ -66,8 +66,10 @@ def tiny_params(**sections: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-FAMILY_MODELS = {"sd15": "tiny-sd15", "sdxl": "tiny-sdxl"}
+FAMILY_MODELS = {"sd15": "tiny-sd15", "sdxl": "tiny-sdxl", "flux": "tiny-flux"}
 """The embedded tiny model of each family."""
+FAMILY_IDS = list(FAMILY_MODELS)
+"""Every family, for tests parametrised over them."""
 
 
 def base_model(model: str, **extra: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from charloop.stages.train.buckets import bucket_batches, bucket_sizes, nearest_
 from charloop.stages.train.data import ModelIdentity, encode_rows, read_rows
 from charloop.stages.train.loop import train_lora
 from charloop.stages.train.models import build_models, make_accelerator
-from tests.conftest import base_model, tiny_params, write_params
+from tests.conftest import FAMILY_IDS, base_model, tiny_params, write_params
 
 
 def test_sdxl_buckets_are_the_ones_artists_know():
@@ -60,7 +60,7 @@ def _mixed_dataset(folder: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+@pytest.mark.parametrize("family", FAMILY_IDS)
 def test_bucketed_rows_train_at_their_own_size(tmp_path, family):
     data = tiny_params(
         base_model=base_model(family),
@@ -73,13 +73,13 @@ def test_bucketed_rows_train_at_their_own_size(tmp_path, family):
     from charloop.families import get_family
 
     buckets = training_buckets(params.train, get_family(family), 64)
-    assert (buckets is not None) == (family == "sdxl")  # auto: on for SDXL only
+    assert (buckets is not None) == (family != "sd15")  # auto: on for SDXL and FLUX
     buckets = bucket_sizes(64, 32, 3.0)
     folder = _mixed_dataset(tmp_path / "data")
     cache = EncodeCache(tmp_path / "cache")
     encoded = encode_rows(pipe, folder, read_rows(folder), 64, ModelIdentity(ref), cache,
                           buckets=buckets)  # fmt: skip
-    shapes = [tuple(latent.shape[1:]) for latent in encoded.latents]
+    shapes = [tuple(latent.shape[1:]) for latent in encoded.latents]  # 4 or 16 channels
     assert shapes == [(8, 8), (8, 8), (4, 12), (4, 12), (12, 4), (12, 4)]
     assert encoded.buckets is not None and len(set(encoded.buckets)) == 3
     assert encoded.sizes is not None

@@ -22,7 +22,7 @@ from charloop.stages.filter.cast_identity import assign_strips, cast_identity, s
 from charloop.stages.filter.discriminators import Decision
 from charloop.stages.generate.control import ControlMap, side_by_side
 from charloop.stages.generate.stage import plan_jobs
-from tests.conftest import FAMILY_MODELS, MODELS, base_model, tiny_params, write_params
+from tests.conftest import FAMILY_IDS, FAMILY_MODELS, MODELS, base_model, tiny_params, write_params
 
 KIRA = {"name": "kira", "trigger": "zxq kira", "traits": ["teal hair"], "references": "refs/kira"}
 MILO = {"name": "milo", "trigger": "vyk milo", "traits": ["red cap"], "references": "refs/milo"}
@@ -141,14 +141,16 @@ def test_joint_scenes_where_identities_blend_are_rejected_with_the_reason():
 
 
 def _random_lora(seed: int, rank: int, family: str = "sd15") -> Any:
-    from diffusers import UNet2DConditionModel
     from peft.utils import get_peft_model_state_dict
 
+    from charloop.families import get_family
     from charloop.stages.train.adapter import AdapterState
     from charloop.stages.train.loop import lora_config
 
-    unet = UNet2DConditionModel.from_pretrained(MODELS / FAMILY_MODELS[family], subfolder="unet")
-    unet.add_adapter(lora_config(rank, rank * 2, ["to_k", "to_q", "to_v", "to_out.0"]))
+    unet = get_family(family).load_denoiser(
+        str(MODELS / FAMILY_MODELS[family]), None, torch.float32
+    )
+    unet.add_adapter(lora_config(rank, rank * 2, list(get_family(family).default_targets)))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in unet.named_parameters():
@@ -162,7 +164,7 @@ def _random_lora(seed: int, rank: int, family: str = "sd15") -> Any:
     )
 
 
-@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+@pytest.mark.parametrize("family", FAMILY_IDS)
 def test_per_character_loras_combine_exactly_as_set_adapters(tmp_path, family):
     """The combined file renders what diffusers renders with both adapters and weights."""
     from charloop.models.pipeline import load_pipeline
@@ -185,7 +187,8 @@ def test_per_character_loras_combine_exactly_as_set_adapters(tmp_path, family):
 
     def render() -> np.ndarray:
         generator = torch.Generator().manual_seed(3)
-        out = pipe("zxq kira", num_inference_steps=2, generator=generator, output_type="np")
+        out = pipe("zxq kira", num_inference_steps=2, generator=generator, output_type="np",
+                   height=64, width=64)  # fmt: skip
         return np.asarray(out.images)
 
     base = render()
@@ -201,7 +204,7 @@ def test_per_character_loras_combine_exactly_as_set_adapters(tmp_path, family):
     np.testing.assert_allclose(combined, both, atol=2e-4)  # ...and the combination is exact
 
 
-@pytest.fixture(scope="module", params=["sd15", "sdxl"])
+@pytest.fixture(scope="module", params=FAMILY_IDS)
 def crew(request, tmp_path_factory, prefect_harness):
     """A two-member cast through the whole loop, on each embedded family."""
     from flows.character_loop import character_loop

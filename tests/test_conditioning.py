@@ -111,3 +111,16 @@ def test_vlm_captioner_appends_a_description_after_the_tags(tmp_path):
 
     assert dataset.held_out_words_cut > 0
     assert not any(mentions(row["caption"], "sketch") for row in rows)
+
+
+def test_ip_adapter_on_flux_is_refused_before_any_work(tmp_path, references, capsys, monkeypatch):
+    """h94-format IP-Adapters do not serve FLUX: `run` exits 2 naming the field."""
+    from tests.test_cli_errors import _cli
+
+    monkeypatch.delenv("CHARLOOP_DEBUG", raising=False)
+
+    character = tiny_params()["character"] | {"references": str(references)}
+    generate = tiny_params()["generate"] | {"ip_adapter": {"model": str(tmp_path)}}
+    data = tiny_params(character=character, generate=generate, base_model=base_model("flux"))
+    code, text = _cli(capsys, "run", "--params", str(write_params(tmp_path, data)))
+    assert code == 2 and "generate.ip_adapter" in text and "flux" in text

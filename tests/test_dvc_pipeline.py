@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 from charloop.params.schema import Params
-from tests.conftest import FAMILY_MODELS, REPO, tiny_params
+from tests.conftest import FAMILY_IDS, FAMILY_MODELS, REPO, tiny_params
 
 
-@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+@pytest.mark.parametrize("family", FAMILY_IDS)
 def test_dvc_repro_runs_one_iteration(tmp_path, family):
     """The DVC pipeline's stages, on each embedded family (the same library calls)."""
     archive = subprocess.run(["git", "archive", "HEAD"], cwd=REPO, capture_output=True, check=True)

@@ -13,12 +13,12 @@ import yaml
 from charloop.core import atomic
 from charloop.params.project import load_project
 from charloop.stages.layout import IterationPaths
-from tests.conftest import base_model, tiny_params, write_params
+from tests.conftest import FAMILY_IDS, base_model, tiny_params, write_params
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module", params=["sd15", "sdxl"])
+@pytest.fixture(scope="module", params=FAMILY_IDS)
 def family(request) -> str:
     """The whole loop runs on each embedded family."""
     return request.param

@@ -33,7 +33,8 @@ SD15 = str(MODELS / "tiny-sd15")
 def test_auto_reads_the_family_from_model_index():
     assert resolve_family("auto", SD15).name == "sd15"
     assert resolve_family("auto", SDXL).name == "sdxl"
-    assert set(FAMILIES) == {"sd15", "sdxl"}
+    assert resolve_family("auto", str(MODELS / "tiny-flux")).name == "flux"
+    assert set(FAMILIES) == {"sd15", "sdxl", "flux"}
     with pytest.raises(ValueError, match="unknown model family 'flux2'"):
         get_family("flux2")
 
@@ -43,8 +44,8 @@ def test_a_folder_of_another_family_names_both(tmp_path):
         resolve_family("sd15", SDXL)
     with pytest.raises(FamilyMismatch, match=r"'sdxl' but .*StableDiffusionPipeline"):
         resolve_family("sdxl", SD15)
-    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
-    with pytest.raises(FamilyMismatch, match="names pipeline FluxPipeline"):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "QwenImagePipeline"}))
+    with pytest.raises(FamilyMismatch, match="names pipeline QwenImagePipeline"):
         resolve_family("auto", str(tmp_path))
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 from charloop.core import atomic
 from charloop.core.hashing import sha256_file
+from charloop.families import get_family
 from charloop.models.pipeline import clear_pipeline_cache, load_pipeline, lora_applied
 from charloop.params.project import load_project
 from charloop.scenes.render import ImageJob, render
@@ -23,10 +24,10 @@ from charloop.stages.generate.stage import plan_jobs, run_generate
 from charloop.stages.results import AdapterRef
 from charloop.stages.review.stage import run_review
 from charloop.stages.train.stage import TrainingDiverged, run_train
-from tests.conftest import base_model, tiny_params, write_params
+from tests.conftest import FAMILY_IDS, base_model, tiny_params, write_params
 
 
-@pytest.fixture(scope="module", params=["sd15", "sdxl"])
+@pytest.fixture(scope="module", params=FAMILY_IDS)
 def family(request) -> str:
     """Every stage test runs on both embedded families (SD1.5 and SDXL)."""
     return request.param
@@ -206,17 +207,20 @@ def test_iteration_two_generates_with_the_previous_adapter(outputs, project, tmp
     assert all(r["id"].startswith("i002-") for r in rows)
 
 
-def test_adapter_header_is_sorted_and_carries_provenance(outputs):
+def test_adapter_header_is_sorted_and_carries_provenance(outputs, family):
     from charloop.core.safetensors_header import read_header
+
+    component = get_family(family).denoiser[0]  # 'unet', or FLUX's 'transformer'
 
     header = read_header(Path(outputs["train"].path) / "pytorch_lora_weights.safetensors")
     metadata = header["__metadata__"]
     assert list(metadata) == sorted(metadata)
     assert metadata["charloop.iteration"] == "1"
     lora_meta = json.loads(metadata["lora_adapter_metadata"])
-    assert lora_meta["unet.target_modules"] == sorted(lora_meta["unet.target_modules"])
+    targets = lora_meta[f"{component}.target_modules"]
+    assert targets == sorted(targets)
     tensors = [k for k in header if k != "__metadata__"]
-    assert tensors == sorted(tensors) and all(k.startswith("unet.") for k in tensors)
+    assert tensors == sorted(tensors) and all(k.startswith(f"{component}.") for k in tensors)
 
 
 def test_adapter_bytes_do_not_depend_on_the_process(outputs, loop_dir, tmp_path):
@@ -314,19 +318,40 @@ def test_dinov2_backend_embeds_and_drives_the_identity_check(outputs, tmp_path):
     assert info["clusters"] == 2 and scores.shape == (8,)
 
 
+def _tiny_controlnet(family: str, ref: str):
+    """A ControlNet copied from the tiny base's denoiser, its zero-initialised output
+    layers randomised so the control maps visibly steer the images."""
+    from diffusers import ControlNetModel, FluxControlNetModel, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    if family == "flux":
+        transformer = get_family("flux").load_denoiser(ref, None, torch.float32)
+        controlnet = FluxControlNetModel.from_transformer(
+            transformer,
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=transformer.config.attention_head_dim,
+            num_attention_heads=transformer.config.num_attention_heads,
+        )
+        zeroed = [n for n, _ in controlnet.named_parameters() if n.startswith("controlnet_")]
+    else:
+        controlnet = ControlNetModel.from_unet(
+            UNet2DConditionModel.from_pretrained(ref, subfolder="unet")
+        )
+        zeroed = [n for n, _ in controlnet.named_parameters()
+                  if n.startswith(("controlnet_down_blocks", "controlnet_mid_block"))]  # fmt: skip
+    with torch.no_grad():
+        for name, param in controlnet.named_parameters():
+            if name in zeroed and name.endswith("weight"):
+                param.normal_(0, 0.5)
+    return controlnet
+
+
 def test_controlnet_canny_conditions_generation(outputs, project, family, tmp_path):
     """A tiny ControlNet (from the tiny UNet, non-zero output convs) steers the images
     (through the family's ControlNet pipeline: StableDiffusionXLControlNetPipeline on SDXL)."""
-    from diffusers import ControlNetModel, UNet2DConditionModel
-
     ref = project.model_ref(project.params.base_model.path)
-    controlnet = ControlNetModel.from_unet(
-        UNet2DConditionModel.from_pretrained(ref, subfolder="unet")
-    )
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for block in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
-            block.weight.normal_(0, 0.5)
+    controlnet = _tiny_controlnet(family, ref)
     controlnet.save_pretrained(tmp_path / "controlnet")
     poses = tmp_path / "poses"
     poses.mkdir()

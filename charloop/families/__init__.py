@@ -7,10 +7,11 @@ reads a model folder's ``model_index.json`` to tell which one a base is.
 from __future__ import annotations
 
 from charloop.families.base import ModelFamily
+from charloop.families.flux import FAMILY as FLUX_FAMILY
 from charloop.families.sd15 import FAMILY as SD15_FAMILY
 from charloop.families.sdxl import FAMILY as SDXL_FAMILY
 
-FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (SD15_FAMILY, SDXL_FAMILY)}
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (SD15_FAMILY, SDXL_FAMILY, FLUX_FAMILY)}
 """Every family charloop serves, by ``base_model.family`` name."""
 
 

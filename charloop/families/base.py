@@ -71,6 +71,8 @@ class ModelFamily(ABC):
     """The base InvokeAI must classify this family's LoRAs as."""
     default_buckets: ClassVar[bool] = False
     """Whether aspect-ratio buckets are on when ``train.buckets`` is 'auto'."""
+    ip_adapter: ClassVar[bool] = True
+    """Whether ``generate.ip_adapter`` (the h94/IP-Adapter format) serves this family."""
     caches_frozen_text: ClassVar[bool] = False
     """Whether prompts are cached even when text encoders are trained (a family with a
     frozen encoder too large to load for training: FLUX's T5)."""

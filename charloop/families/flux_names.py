@@ -34,6 +34,20 @@ _DOUBLE_FUSED = {
     "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
 }
 _SINGLE = {"proj_out": "linear2", "norm.linear": "modulation.lin"}
+_TOP = {
+    "x_embedder": "img_in",
+    "context_embedder": "txt_in",
+    "proj_out": "final_layer.linear",
+    "norm_out.linear": "final_layer.adaLN_modulation.1",
+    "time_text_embed.timestep_embedder.linear_1": "time_in.in_layer",
+    "time_text_embed.timestep_embedder.linear_2": "time_in.out_layer",
+    "time_text_embed.text_embedder.linear_1": "vector_in.in_layer",
+    "time_text_embed.text_embedder.linear_2": "vector_in.out_layer",
+    "time_text_embed.guidance_embedder.linear_1": "guidance_in.in_layer",
+    "time_text_embed.guidance_embedder.linear_2": "guidance_in.out_layer",
+}
+SWAPPED = "final_layer.adaLN_modulation.1"
+"""BFL orders this layer's output (shift, scale); diffusers' ``norm_out`` (scale, shift)."""
 _SINGLE_FUSED = {"linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")}
 _BLOCK = re.compile(
     r"^(?P<kind>transformer_blocks|single_transformer_blocks)\.(?P<i>\d+)\.(?P<rest>.+)$"
@@ -68,7 +82,7 @@ def bfl_name(path: str) -> str | None:
     """The BFL name of an unfused diffusers module, None for a part of a fused one."""
     match = _BLOCK.match(path)
     if match is None:
-        return None
+        return _TOP.get(path)
     table = _DOUBLE if match["kind"] == "transformer_blocks" else _SINGLE
     prefix = "double_blocks" if match["kind"] == "transformer_blocks" else "single_blocks"
     name = table.get(match["rest"])
@@ -112,7 +126,10 @@ def kohya_flux(
         single = bfl_name(module)
         if single is None:
             raise ValueError(f"FLUX module {module!r} has no kohya (BFL) name")
-        out[single] = (weights["A"], weights["B"], alpha)
+        up = weights["B"]
+        if single == SWAPPED:  # the two halves of the output trade places
+            up = torch.cat(up.chunk(2, dim=0)[::-1])
+        out[single] = (weights["A"], up, alpha)
     return out
 
 
@@ -131,4 +148,12 @@ def bfl_shapes(config: dict[str, Any]) -> dict[str, tuple[int, int]]:
         shapes |= {f"{base}.linear1": (3 * inner + mlp, inner),
                    f"{base}.linear2": (inner, inner + mlp),
                    f"{base}.modulation.lin": (3 * inner, inner)}  # fmt: skip
+    channels = int(config["in_channels"])
+    shapes |= {"img_in": (inner, channels), "txt_in": (inner, int(config["joint_attention_dim"])),
+               "final_layer.linear": (channels, inner), SWAPPED: (2 * inner, inner),
+               "time_in.in_layer": (inner, 256), "time_in.out_layer": (inner, inner),
+               "vector_in.in_layer": (inner, int(config["pooled_projection_dim"])),
+               "vector_in.out_layer": (inner, inner)}  # fmt: skip
+    if config.get("guidance_embeds"):
+        shapes |= {"guidance_in.in_layer": (inner, 256), "guidance_in.out_layer": (inner, inner)}
     return shapes

@@ -174,7 +174,12 @@ def preflight(project: Project) -> None:
         revision = params.base_model.revision if field == "base_model.path" else None
         check_model(project, field, path, revision)
     # The declared family and prediction type against the base's own config files.
-    resolve_base(params.base_model, base_model_ref(project))
+    family = resolve_base(params.base_model, base_model_ref(project)).family
+    if params.generate.ip_adapter is not None and not family.ip_adapter:
+        raise ModelNotFound(
+            f"generate.ip_adapter: no IP-Adapter of the h94 format serves a {family.name} "
+            "base; remove generate.ip_adapter (use references and the identity filter)"
+        )
     check_writable(project.character_dir, "loop.workdir")
     for member in params.members:
         if member.references:

@@ -20,10 +20,11 @@ class BaseModelSpec(StrictModel):
     """For a single-file ``path``: a local diffusers folder (or hub id) of the same family
     whose configs describe the checkpoint's architecture; it is converted once into
     ``.charloop/converted/``."""
-    family: Literal["auto", "sd15", "sdxl"] = "auto"
+    family: Literal["auto", "sd15", "sdxl", "flux"] = "auto"
     """Architecture family: 'auto' reads the pipeline class from the model's
     ``model_index.json``; 'sd15' (SD1.x and fine-tunes) or 'sdxl' (SDXL 1.0 and its community
-    bases: Pony, Illustrious, NoobAI). A declared family the folder contradicts is an error."""
+    bases: Pony, Illustrious, NoobAI) or 'flux' (FLUX.1 dev/schnell). A declared family the
+    folder contradicts is an error."""
     prediction: Literal["auto", "epsilon", "v_prediction"] = "auto"
     """What the denoiser predicts: 'auto' takes the scheduler config's ``prediction_type``
     (epsilon when it says nothing); declare 'v_prediction' for v-prediction bases whose

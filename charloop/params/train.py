@@ -34,6 +34,27 @@ class BucketParams(StrictModel):
     ``resolution`` squared)."""
 
 
+class FlowParams(StrictModel):
+    """Flow-matching training (FLUX): which noise levels the steps see, and the guidance
+    input of a guidance-distilled base."""
+
+    sampling: Literal["logit_normal", "uniform"] = "logit_normal"
+    """How sigmas are drawn: 'logit_normal' (SD3, Esser et al. 2024, its best-performing
+    choice; sd-scripts' ``--timestep_sampling sigmoid``, diffusers' ``--weighting_scheme
+    logit_normal``) or 'uniform' (diffusers' FLUX script default)."""
+    logit_mean: float = 0.0
+    """Mean of the logit-normal (SD3: 0)."""
+    logit_std: float = Field(default=1.0, gt=0)
+    """Standard deviation of the logit-normal (SD3: 1)."""
+    shift: float = Field(default=1.0, gt=0)
+    """Static timestep shift ``s' = shift s / (1 + (shift - 1) s)``: 1 leaves the sigmas
+    alone (FLUX.1-dev shifts dynamically by resolution at sampling time, and diffusers'
+    FLUX script trains unshifted); 3 is FLUX.1-schnell's static shift."""
+    guidance: float = Field(default=1.0, ge=0)
+    """Guidance input during training for guidance-distilled bases (FLUX.1-dev): 1, as
+    ai-toolkit and sd-scripts recommend for LoRAs (diffusers' script uses 3.5)."""
+
+
 class TrainParams(StrictModel):
     """LoRA training (peft + accelerate)."""
 
@@ -81,6 +102,8 @@ class TrainParams(StrictModel):
     resolution (relative to the params file)."""
     validation: ValidationParams = ValidationParams()
     """Held-out validation loss."""
+    flow: FlowParams = FlowParams()
+    """Flow-matching settings (FLUX only)."""
     buckets: BucketParams = BucketParams()
     """Aspect-ratio buckets (original size and crop go to SDXL's size conditioning)."""
     seed: int = 0

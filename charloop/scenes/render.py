@@ -15,6 +15,7 @@ from PIL import Image
 
 from charloop.core.faults import failpoint
 from charloop.core.progress import progress_bar
+from charloop.families import family_of_pipeline_class
 from charloop.params.generate import GenerateParams
 
 
@@ -54,7 +55,9 @@ def render(
         generators = [torch.Generator("cpu").manual_seed(job.seed) for job in batch]
         extra: dict[str, Any] = dict(conditioning or {})
         if controls is not None and gen.controlnet is not None:
-            extra["image"] = controls[start : start + gen.batch_size]
+            family = family_of_pipeline_class(type(pipe).__name__)
+            kwarg = family.control_image_kwarg if family else "image"
+            extra[kwarg] = controls[start : start + gen.batch_size]
             extra["controlnet_conditioning_scale"] = gen.controlnet.conditioning_scale
         result = pipe(
             prompt=[job.prompt for job in batch],

@@ -62,22 +62,28 @@ _TEXT_KEYS = {"hidden_size", "intermediate_size", "num_hidden_layers", "num_atte
 def _build(
     family: str, unet_config: dict[str, Any], text_configs: list[dict[str, Any]]
 ) -> BaseModules:
+    """Shapes of the family's denoiser (``unet`` table, whatever the architecture) and of
+    its trainable text encoders, built on the meta device. A FLUX table also holds the
+    fused original-layout modules kohya files name (``double_blocks.N.img_attn.qkv``)."""
+    import diffusers
     import transformers
-    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig
 
     from charloop.families import get_family
+    from charloop.families.flux_names import bfl_shapes
 
     spec = get_family(family)
     texts = {}
     with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(unet_config)
-        for name, cls, config in zip(
-            spec.text_encoders, spec.text_encoder_classes(), text_configs, strict=True
-        ):
+        denoiser = getattr(diffusers, spec.denoiser[1]).from_config(unet_config)
+        names = spec.trained_text_encoders()
+        for name, cls, config in zip(names, spec.text_encoder_classes(), text_configs, strict=True):
             model = getattr(transformers, cls)(CLIPTextConfig(**config))
             texts[name] = _shapes(model, strip="text_model.")
-    return BaseModules(family, _shapes(unet), texts, dict(unet.config))
+    table = _shapes(denoiser)
+    if family == "flux":
+        table |= bfl_shapes(dict(denoiser.config))
+    return BaseModules(family, table, texts, dict(denoiser.config))
 
 
 _CLIP_L = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
@@ -110,25 +116,38 @@ def sdxl_reference() -> BaseModules:
     return _build("sdxl", SDXL_UNET, [_CLIP_L, _CLIP_BIG_G])
 
 
+FLUX_TRANSFORMER = {
+    "patch_size": 1, "in_channels": 64, "num_layers": 19, "num_single_layers": 38,
+    "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 4096,
+    "pooled_projection_dim": 768, "guidance_embeds": True, "axes_dims_rope": [16, 56, 56],
+}  # fmt: skip
+"""black-forest-labs/FLUX.1-dev's transformer config (12 B parameters)."""
+
+
+def flux_reference() -> BaseModules:
+    """The FLUX.1-dev layout (its transformer and the CLIP ViT-L text encoder)."""
+    return _build("flux", FLUX_TRANSFORMER, [_CLIP_L])
+
+
 def reference(family: str) -> BaseModules:
     """The reference layout of ``family``."""
-    return {"sd15": sd15_reference, "sdxl": sdxl_reference}[family]()
+    return {"sd15": sd15_reference, "sdxl": sdxl_reference, "flux": flux_reference}[family]()
 
 
 def from_pipeline_folder(folder: Path) -> BaseModules:
-    """The layout of a local diffusers pipeline folder (its UNet and text encoders).
+    """The layout of a local diffusers pipeline folder (its denoiser and text encoders).
 
     Raises:
-        FileNotFoundError: the folder has no ``unet/config.json``.
+        FileNotFoundError: the folder has no denoiser config (``unet/`` or ``transformer/``).
     """
     from charloop.families.detect import resolve_family
 
-    unet_config = folder / "unet" / "config.json"
-    if not unet_config.is_file():
-        raise FileNotFoundError(f"{folder} holds no diffusers UNet (unet/config.json)")
     family = resolve_family("auto", str(folder))
+    denoiser_config = folder / family.denoiser[0] / "config.json"
+    if not denoiser_config.is_file():
+        raise FileNotFoundError(f"{folder} holds no {family.denoiser[0]}/config.json")
     texts = []
-    for name in family.text_encoders:
+    for name in family.trained_text_encoders():
         text = json.loads((folder / name / "config.json").read_text(encoding="utf-8"))
         texts.append({k: text[k] for k in set(text) & _TEXT_KEYS})
-    return _build(family.name, json.loads(unet_config.read_text()), texts)
+    return _build(family.name, json.loads(denoiser_config.read_text()), texts)

@@ -18,11 +18,17 @@ Each rule is written from the consumer's published loading code (read, not impor
   starts with ``lora_unet_``/``lora_te_``... or ends with ``lora_A.weight``...; the base
   from the token-vector length of kohya keys only (``lora_unet_*_attn2_to_k.lora_down``
   width, or ``lora_te_*_self_attn_*``): 768 sd-1, 1024 sd-2, 1280/2048 sdxl.
-- diffusers: one key format per file (it picks the format from the first key).
+- diffusers: one key format per file (it picks the format from the first key); its
+  kohya-FLUX reader (``lora_conversion_utils``) splits a single block's fused ``linear1``
+  at FLUX.1's fixed widths.
+- FLUX files are told by their key names (InvokeAI's and ComfyUI's FLUX formats):
+  ``lora_unet_double_blocks_N_*`` / ``single_blocks_N_*`` (kohya, fused q/k/v) or
+  ``transformer.transformer_blocks.N.*`` (diffusers/peft, which ComfyUI maps one to one).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from charloop.families import get_family
@@ -34,6 +40,10 @@ INVOKE_BASES = {768: "sd-1", 1024: "sd-2", 1280: "sdxl", 2048: "sdxl"}
 _COMFY_CLIP = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
                "mlp.fc1", "mlp.fc2")  # fmt: skip
 _FORGE_MAX_UNMATCHED = 12
+FLUX1_LINEAR1_ROWS = 3 * 3072 + 12288
+_FLUX_KEY = re.compile(
+    r"^(lora_unet_(double|single)_blocks_\d+_|transformer\.(single_)?transformer_blocks\.\d+\.)"
+)
 
 
 @dataclass
@@ -67,6 +77,8 @@ def _comfy_maps(module: Module) -> bool:
         if module.component == "unet":
             return True
         return module.path.startswith("encoder.layers.") and module.path.endswith(_COMFY_CLIP)
+    if module.stem.startswith("transformer."):  # FLUX's diffusers keys: mapped one to one
+        return True
     if module.component == "unet":  # dotted: attention projections only as .processor.to_*
         return not any(f".{p}" in module.path for p in ("to_q", "to_k", "to_v", "to_out"))
     return module.stem.startswith(
@@ -127,6 +139,8 @@ def invokeai(
         return Verdict("InvokeAI", False, "not recognised as a LoRA")
     length = invoke_base(modules)
     found = INVOKE_BASES.get(length or 0)
+    if any(_FLUX_KEY.match(key) for key in keys):  # FLUX formats are told by their key names
+        found = "flux"
     if found is None:
         return Verdict(
             "InvokeAI", False, f"unrecognized token vector length {length}: not importable"
@@ -140,10 +154,17 @@ def invokeai(
 
 
 def diffusers(kind: str, modules: dict[str, Module], base: BaseModules) -> Verdict:
-    """diffusers ``load_lora_weights``: one format, every module in the base."""
+    """diffusers ``load_lora_weights``: one format, every module in the base. Its kohya-FLUX
+    reader splits a single block's ``linear1`` at FLUX.1's widths (3 x 3072 + 12288 rows)."""
     if kind not in ("kohya", "peft"):
         return Verdict("diffusers", False, f"{kind} key formats: only the first one's keys load")
     problems = [p for m in modules.values() if (p := shape_problem(m, base))]
+    problems += [
+        f"{m.stem}: diffusers splits linear1 at FLUX.1's widths (21504 rows), this has {up[0]}"
+        for m in modules.values()
+        if m.stem.startswith("lora_unet_single_blocks_") and m.stem.endswith("_linear1")
+        and (up := m.parts.get("up")) is not None and up[0] != FLUX1_LINEAR1_ROWS
+    ]
     summary = _summary(len(modules) - len(problems), len(modules), problems)
     return Verdict("diffusers", not problems and bool(modules), summary, problems)
 

@@ -17,7 +17,8 @@ from charloop.models.consumers.base_modules import BaseModules
 
 KOHYA_PARTS = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha"}
 PEFT_KEY = re.compile(
-    r"^(?P<component>unet|text_encoder|text_encoder_2)\.(?P<path>.+)\.lora_(?P<p>A|B)\.weight$"
+    r"^(?P<component>unet|transformer|text_encoder|text_encoder_2)\.(?P<path>.+)"
+    r"\.lora_(?P<p>A|B)\.weight$"
 )
 
 
@@ -35,12 +36,17 @@ def kohya_names(base: BaseModules) -> dict[str, tuple[str, str]]:
     """kohya stem -> (component, module path) for every LoRA-able base module, named the
     way sd-scripts names them for the base's family."""
     family = get_family(base.family)
-    names = {
-        "lora_unet_" + family.kohya_unet_name(p, base.unet_config).replace(".", "_"): ("unet", p)
-        for p in base.unet
-        if _has_kohya_name(family, p, base.unet_config)
-    }
-    for component, prefix in zip(family.text_encoders, family.kohya_text_prefixes, strict=True):
+    if family.name == "flux":  # kohya files name the original (BFL) modules
+        names = {f"lora_unet_{p.replace('.', '_')}": ("unet", p) for p in base.unet
+                 if "transformer_blocks" not in p}  # the BFL names, not diffusers'  # fmt: skip
+    else:
+        names = {
+            "lora_unet_" + family.kohya_unet_name(p, base.unet_config).replace(".", "_"): ("unet", p)
+            for p in base.unet
+            if _has_kohya_name(family, p, base.unet_config)
+        }
+    pairs = zip(family.trained_text_encoders(), family.kohya_text_prefixes, strict=True)
+    for component, prefix in pairs:
         names |= {
             f"{prefix}_text_model_{p.replace('.', '_')}": (component, p)
             for p in base.table(component)
@@ -61,7 +67,8 @@ def _kohya_component(stem: str, base: BaseModules) -> str:
     if stem.startswith("lora_unet_"):
         return "unet"
     family = get_family(base.family)
-    for component, prefix in zip(family.text_encoders, family.kohya_text_prefixes, strict=True):
+    pairs = zip(family.trained_text_encoders(), family.kohya_text_prefixes, strict=True)
+    for component, prefix in pairs:
         if stem.startswith(prefix + "_"):
             return component
     return "text_encoder"
@@ -89,8 +96,9 @@ def group_modules(
             formats.add("kohya")
         elif match := PEFT_KEY.match(key):
             component, path = match["component"], match["path"].removeprefix("text_model.")
-            table = base.table(component)
             stem = f"{component}.{match['path']}"
+            component = "unet" if component == "transformer" else component  # the denoiser
+            table = base.table(component)
             module = modules.setdefault(
                 stem, Module(stem, component, path if path in table else None)
             )

@@ -91,7 +91,9 @@ def controlnet_pipeline(base: Any, model_ref: str) -> Any:
     """The family's ControlNet pipeline sharing the base pipeline's loaded components."""
     key = (id(base), model_ref)
     if key not in _PIPELINES:
-        from diffusers import ControlNetModel
+        import inspect
+
+        import diffusers
 
         from charloop.families import family_of_pipeline_class
 
@@ -99,11 +101,13 @@ def controlnet_pipeline(base: Any, model_ref: str) -> Any:
         if family is None:
             raise ValueError(f"no ControlNet pipeline for a {type(base).__name__}")
         logger.info("loading ControlNet %s", model_ref)
-        controlnet = ControlNetModel.from_pretrained(model_ref, torch_dtype=base.unet.dtype)
-        pipe = family.controlnet_pipeline_type()(
-            **{k: v for k, v in base.components.items() if k != "image_encoder"},
-            controlnet=controlnet.to(base.device),
-        )
+        model_class = getattr(diffusers, family.controlnet_model_class)
+        controlnet = model_class.from_pretrained(model_ref, torch_dtype=base.dtype)
+        pipeline_class = family.controlnet_pipeline_type()
+        accepted = inspect.signature(pipeline_class.__init__).parameters
+        components = {k: v for k, v in base.components.items() if k in accepted}
+        components.pop("image_encoder", None)
+        pipe = pipeline_class(**components, controlnet=controlnet.to(base.device))
         pipe.set_progress_bar_config(disable=True)
         _PIPELINES[key] = pipe
     return _PIPELINES[key]

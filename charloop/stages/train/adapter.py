@@ -117,6 +117,8 @@ def base_spec(project: Project, pipe: Any) -> BaseSpec:
     """The model-spec facts of the project's base pipeline."""
     family = pipe_family(pipe)
     prediction = str(pipe.scheduler.config.get("prediction_type", "epsilon"))
+    if family.name == "flux":
+        prediction = "flow"
     return BaseSpec(
         project.params.generate.resolution,
         prediction,
@@ -155,7 +157,7 @@ def fit(
     encode: dict[str, Any] = dict(
         identity=identity,
         cache=cache,
-        with_text_embeddings=not tp.train_text_encoder,
+        with_text_embeddings=not tp.train_text_encoder or base.family.caches_frozen_text,
         buckets=training_buckets(tp, base.family, params.generate.resolution),
     )
     data = encode_rows(pipe, dataset_dir, train_rows, params.generate.resolution, **encode)

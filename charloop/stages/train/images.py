@@ -68,7 +68,9 @@ def encode_images(pipe: Any, files: list[Path], target: int | Size) -> torch.Ten
             pixels = torch.stack(
                 [load_image_tensor(f, target) for f in files[start : start + ENCODE_BATCH]]
             ).to(pipe.device, dtype=dtype)
-            latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+            mean = vae.encode(pixels).latent_dist.mean
+            shift = vae.config.get("shift_factor") or 0.0  # FLUX's VAE centres its latents
+            latents = (mean - shift) * vae.config.scaling_factor
             out.append(latents.float().cpu())
     finally:
         if upcast:

@@ -29,7 +29,7 @@ class BaseSpec:
 def spec_keys(spec: BaseSpec, title: str, trigger: str) -> dict[str, str]:
     """The header entries of an adapter named ``title`` with activation text ``trigger``."""
     v_pred = spec.prediction_type == "v_prediction"
-    return {
+    keys = {
         "modelspec.sai_model_spec": SPEC_VERSION,
         "modelspec.architecture": spec.architecture,
         "modelspec.implementation": spec.implementation,
@@ -42,3 +42,6 @@ def spec_keys(spec: BaseSpec, title: str, trigger: str) -> dict[str, str]:
         "ss_base_model_version": spec.base_version
         + ("_v" if v_pred and spec.base_version.startswith("sd_v") else ""),
     }
+    if spec.prediction_type == "flow":  # flow matching: sd-scripts writes no prediction type
+        del keys["modelspec.prediction_type"]
+    return keys
