@@ -176,7 +176,7 @@ def build_tiny_models(
     seed: int = 0,
 ) -> None:
     """Rebuild the embedded tiny SD1.5 pipeline and CLIP embedder, deterministically."""
-    from charloop.models.tiny import build_all
+    from charloop.models.embedded import build_all
 
     setup_logging(False)
     for path in build_all(out, seed):

@@ -110,7 +110,7 @@ def test_an_unexpected_failure_is_one_line_and_debug_shows_the_traceback(
     def explode(*_: object, **__: object) -> None:
         raise RuntimeError("disk on fire [sda1]")
 
-    monkeypatch.setattr("charloop.models.tiny.build_all", explode)
+    monkeypatch.setattr("charloop.models.embedded.build_all", explode)
     code, text = _cli(capsys, "build-tiny-models", "--out", str(tmp_path))
     assert code == 1 and "RuntimeError: disk on fire [sda1]" in text
     assert "--debug" in text and "Traceback" not in text

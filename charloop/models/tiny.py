@@ -252,16 +252,3 @@ def build_tiny_clip(out_dir: str | Path, seed: int = 0) -> Path:
     processor.save_pretrained(out)
     logger.info("tiny CLIP model written to %s", out)
     return out
-
-
-def build_all(models_dir: str | Path = "models", seed: int = 0) -> list[Path]:
-    """Build every embedded default model under ``models_dir``."""
-    from charloop.models.tiny_flux import build_tiny_flux
-
-    models_dir = Path(models_dir)
-    return [
-        build_tiny_sd15(models_dir / "tiny-sd15", seed),
-        build_tiny_sdxl(models_dir / "tiny-sdxl", seed),
-        build_tiny_flux(models_dir / "tiny-flux", seed),
-        build_tiny_clip(models_dir / "tiny-clip", seed),
-    ]
