@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -41,3 +42,21 @@ def test_build_is_deterministic(tmp_path):
     committed = json.loads((MODELS / "tiny-clip" / "config.json").read_text())
     rebuilt = json.loads((tmp_path / "a" / "config.json").read_text())
     assert committed["vision_config"]["hidden_size"] == rebuilt["vision_config"]["hidden_size"]
+
+
+@pytest.mark.parametrize("name", ["tiny-sdxl", "tiny-flux"])
+def test_family_models_rebuild_to_the_committed_bytes(tmp_path, name):
+    """`charloop build-tiny-models` recreates the committed SDXL and FLUX folders exactly."""
+    from charloop.models.tiny import build_tiny_sdxl
+    from charloop.models.tiny_flux import build_tiny_flux
+
+    build = {"tiny-sdxl": build_tiny_sdxl, "tiny-flux": build_tiny_flux}[name]
+    build(tmp_path / name, seed=0)
+    committed = sorted(p.relative_to(MODELS / name) for p in (MODELS / name).rglob("*.safetensors"))
+    rebuilt = sorted(
+        p.relative_to(tmp_path / name) for p in (tmp_path / name).rglob("*.safetensors")
+    )
+    assert committed == rebuilt and committed
+    for path in committed:
+        a, b = load_file(MODELS / name / path), load_file(tmp_path / name / path)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), path
