@@ -7,9 +7,12 @@ from typing import Annotated
 
 import typer
 
+from charloop.core.errors import BadInput
 from charloop_cli.common import ParamsOption, fail_with, load_or_exit
 
-review_app = typer.Typer(help="Human review without the Prefect UI: export a sheet, apply it.")
+review_app = typer.Typer(
+    help="Human review without the Prefect UI: the web desk, or export a sheet and apply it."
+)
 
 IterationOption = Annotated[int, typer.Option("--iteration", "-i", help="Iteration number.")]
 
@@ -63,3 +66,39 @@ def review_apply(
         f"applied: keep {len(decisions.keep)}, reject {len(decisions.reject)} -> {saved}; "
         "run the loop again to continue from the review"
     )
+
+
+@review_app.command("serve")
+def review_serve(
+    params: ParamsOption = Path("params.yaml"),
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
+    host: Annotated[
+        str, typer.Option(help="Address to bind; anything but loopback needs --token.")
+    ] = "127.0.0.1",
+    token: Annotated[
+        str | None, typer.Option(help="Shared secret every request must carry (?token=).")
+    ] = None,
+) -> None:
+    """Serve the review desk: the candidates as a grid, the review form that resumes a
+    paused loop, and the promotions waiting for approval."""
+    import os
+
+    import uvicorn
+
+    from charloop_cli.desk.app import check_binding, create_app
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+    project = load_or_exit(params)
+    try:
+        check_binding(host, token)
+    except BadInput as exc:
+        fail_with(exc, "refusing to serve")
+    address = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
+    typer.echo(f"review desk for {project.params.subject}: {address}")
+    if not os.environ.get("PREFECT_API_URL"):
+        typer.echo(
+            "PREFECT_API_URL is not set: decisions are recorded for the next run; set it "
+            "to the paused loop's API (its pause message prints it) to resume it from here"
+        )
+    uvicorn.run(create_app(project, token), host=host, port=port, log_level="warning")

@@ -51,7 +51,8 @@ class HumanDecisions:
     reviewer: str = ""
     comment: str = ""
     via: str = "cli"
-    """Where the decisions came from: 'cli' (review sheet) or 'prefect' (the pause form)."""
+    """Where the decisions came from: 'cli' (review sheet), 'prefect' (the pause form) or
+    'web' (the review desk)."""
 
     def verdict(self, image_id: str) -> str | None:
         if image_id in self.keep:

@@ -1,0 +1,152 @@
+"""What the review desk (``charloop review serve``) shows and records, without the web.
+
+A card per candidate joins the filter's report row (decision, reasons, scores) with the
+generation manifest row (prompt, context). Decisions from the desk are validated and
+recorded exactly as ``charloop review apply`` records a sheet, with ``via: web``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from charloop.core import atomic
+from charloop.stages.layout import IterationPaths
+from charloop.stages.review.stage import HumanDecisions, ReviewError, save_decisions
+
+ITERATION_DIR = re.compile(r"^iter-(\d{3})$")
+IMAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*\.png$")
+
+
+@dataclass(frozen=True)
+class Card:
+    """One candidate image as the desk shows it."""
+
+    id: str
+    file: str
+    decision: str
+    reasons: list[str]
+    scores: dict[str, float]
+    prompt: str
+    context: dict[str, str]
+
+    @property
+    def context_label(self) -> str:
+        return ", ".join(v for v in self.context.values() if v) or "-"
+
+
+@dataclass
+class IterationView:
+    """An iteration on the desk: its cards, whether it was reviewed, the previous
+    iteration's evaluation."""
+
+    iteration: int
+    cards: list[Card]
+    reviewed_by: str | None
+    previous_metrics: dict[str, float] = field(default_factory=dict)
+    contact_sheet: Path | None = None
+
+
+def iterations(workdir: Path) -> list[int]:
+    """Iterations with filtered candidates, in order."""
+    found = []
+    if workdir.is_dir():
+        for child in workdir.iterdir():
+            match = ITERATION_DIR.match(child.name)
+            if (
+                match
+                and (IterationPaths.of(workdir, int(match[1])).filtered / "report.jsonl").is_file()
+            ):
+                found.append(int(match[1]))
+    return sorted(found)
+
+
+def cards(workdir: Path, iteration: int) -> list[Card]:
+    """The iteration's candidates with the filter's verdicts and the prompts they came from."""
+    paths = IterationPaths.of(workdir, iteration)
+    manifest = {row["id"]: row for row in atomic.read_jsonl(paths.generated / "manifest.jsonl")}
+    out = []
+    for row in atomic.read_jsonl(paths.filtered / "report.jsonl"):
+        made = manifest.get(row["id"], {})
+        scores = {k: float(v) for k, v in (row.get("scores") or {}).items() if v is not None}
+        out.append(
+            Card(
+                row["id"],
+                row["file"],
+                row["decision"],
+                list(row.get("reasons", [])),
+                scores,
+                made.get("prompt", ""),
+                dict(made.get("context", {})),
+            )
+        )
+    return out
+
+
+def view(workdir: Path, iteration: int) -> IterationView:
+    """Everything the desk page of ``iteration`` shows."""
+    paths = IterationPaths.of(workdir, iteration)
+    decisions = paths.review_desk / "decisions.json"
+    reviewer = json.loads(decisions.read_text())["reviewer"] if decisions.is_file() else None
+    previous = IterationPaths.of(workdir, iteration - 1).evaluation / "metrics.json"
+    metrics: dict[str, float] = {}
+    if iteration > 1 and previous.is_file():
+        data = json.loads(previous.read_text())
+        metrics = {k: float(v) for k, v in data.items() if isinstance(v, int | float)}
+    sheet = paths.filtered / "contact_sheet.png"
+    return IterationView(iteration, cards(workdir, iteration), reviewer, metrics,
+                         sheet if sheet.is_file() else None)  # fmt: skip
+
+
+def image_path(workdir: Path, iteration: int, name: str) -> Path | None:
+    """A generated image of ``iteration`` by file name; None for anything else (other
+    folders, traversal, non-PNG names)."""
+    if not IMAGE_NAME.match(name):
+        return None
+    folder = IterationPaths.of(workdir, iteration).generated.resolve()
+    path = (folder / name).resolve()
+    return path if path.parent == folder and path.is_file() else None
+
+
+def record_web_decisions(
+    workdir: Path,
+    iteration: int,
+    verdicts: dict[str, str],
+    reviewer: str,
+    comment: str = "",
+) -> HumanDecisions:
+    """Validate the desk's verdicts (image id -> 'keep'/'reject') and record those that
+    differ from the filter's, as ``review apply`` does, ``via: web``.
+
+    Raises:
+        ReviewError: no reviewer name, an unknown id or verdict.
+    """
+    if not reviewer.strip():
+        raise ReviewError("a reviewer name is required: it is recorded with the decisions")
+    automatic = {card.id: card.decision for card in cards(workdir, iteration)}
+    keep: list[str] = []
+    reject: list[str] = []
+    for image_id, verdict in verdicts.items():
+        if verdict not in ("keep", "reject"):
+            raise ReviewError(f"decision {verdict!r} for {image_id}; use keep or reject")
+        if image_id in automatic and verdict == automatic[image_id]:
+            continue
+        (keep if verdict == "keep" else reject).append(image_id)
+    decisions = HumanDecisions(tuple(keep), tuple(reject), reviewer.strip(), comment, via="web")
+    decisions.validate(set(automatic))
+    save_decisions(IterationPaths.of(workdir, iteration).review_desk, decisions)
+    return decisions
+
+
+SCORE_LABELS = {"identity": "identity", "anchor_similarity": "identity (references)",
+                "prompt": "adherence", "sharpness": "quality: sharpness",
+                "contrast": "quality: contrast", "exposure": "quality: exposure"}  # fmt: skip
+"""The filter's score names as the desk labels them: identity, quality, adherence."""
+
+
+def scores_of(card: Card) -> dict[str, float]:
+    """The card's scores under the desk's labels, identity first."""
+    return {label: round(card.scores[key], 3) for key, label in SCORE_LABELS.items()
+            if key in card.scores}  # fmt: skip

@@ -1,0 +1,1 @@
+"""The review desk: ``charloop review serve``, a small web app for the human discriminator."""
