@@ -44,13 +44,15 @@ def test_build_is_deterministic(tmp_path):
     assert committed["vision_config"]["hidden_size"] == rebuilt["vision_config"]["hidden_size"]
 
 
-@pytest.mark.parametrize("name", ["tiny-sdxl", "tiny-flux"])
+@pytest.mark.parametrize("name", ["tiny-sd15", "tiny-sdxl", "tiny-flux"])
 def test_family_models_rebuild_to_the_committed_bytes(tmp_path, name):
-    """`charloop build-tiny-models` recreates the committed SDXL and FLUX folders exactly."""
-    from charloop.models.tiny import build_tiny_sdxl
+    """`charloop build-tiny-models` recreates each committed family folder exactly."""
+    from charloop.models.tiny import build_tiny_sd15, build_tiny_sdxl
     from charloop.models.tiny_flux import build_tiny_flux
 
-    build = {"tiny-sdxl": build_tiny_sdxl, "tiny-flux": build_tiny_flux}[name]
+    builders = {"tiny-sd15": build_tiny_sd15, "tiny-sdxl": build_tiny_sdxl,
+                "tiny-flux": build_tiny_flux}  # fmt: skip
+    build = builders[name]
     build(tmp_path / name, seed=0)
     committed = sorted(p.relative_to(MODELS / name) for p in (MODELS / name).rglob("*.safetensors"))
     rebuilt = sorted(

@@ -87,6 +87,25 @@ def _text_config(vocab_size: int):
     )
 
 
+def tiny_vae(latent_channels: int = 4, **extra: object):  # -> AutoencoderKL
+    """The tiny models' VAE: 4 levels (8x down), 64 px; ``extra`` sets the family's
+    latent scale, shift and upcast flags."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 32, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=latent_channels,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=64,
+        **extra,
+    )
+
+
 def build_tiny_sd15(out_dir: str | Path, seed: int = 0) -> Path:
     """Build and save a tiny SD1.5-architecture pipeline (64 px images, 8x8 latents).
 
@@ -95,7 +114,6 @@ def build_tiny_sd15(out_dir: str | Path, seed: int = 0) -> Path:
         seed: Seed for the random initialisation.
     """
     from diffusers import (
-        AutoencoderKL,
         DDIMScheduler,
         StableDiffusionPipeline,
         UNet2DConditionModel,
@@ -117,17 +135,7 @@ def build_tiny_sd15(out_dir: str | Path, seed: int = 0) -> Path:
         attention_head_dim=8,
         norm_num_groups=8,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(16, 32, 32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=64,
-    )
+    vae = tiny_vae()
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -162,7 +170,6 @@ def build_tiny_sdxl(out_dir: str | Path, seed: int = 0) -> Path:
     to be upcast from float16.
     """
     from diffusers import (
-        AutoencoderKL,
         EulerDiscreteScheduler,
         StableDiffusionXLPipeline,
         UNet2DConditionModel,
@@ -192,19 +199,7 @@ def build_tiny_sdxl(out_dir: str | Path, seed: int = 0) -> Path:
         projection_class_embeddings_input_dim=config.projection_dim + 6 * time_dim,
         norm_num_groups=8,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(16, 32, 32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=64,
-        scaling_factor=0.13025,
-        force_upcast=True,
-    )
+    vae = tiny_vae(scaling_factor=0.13025, force_upcast=True)
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,

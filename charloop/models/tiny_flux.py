@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from charloop.models.tiny import PROMPT_WORDS, _text_config, build_tokenizer
+from charloop.models.tiny import PROMPT_WORDS, _text_config, build_tokenizer, tiny_vae
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,6 @@ def build_tiny_flux(out_dir: str | Path, seed: int = 0) -> Path:
     """Build and save a tiny FLUX.1-architecture pipeline (64 px images, 8x8 latents packed
     into 16 tokens of 2x2 patches)."""
     from diffusers import (
-        AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
         FluxPipeline,
         FluxTransformer2DModel,
@@ -84,21 +83,8 @@ def build_tiny_flux(out_dir: str | Path, seed: int = 0) -> Path:
         guidance_embeds=True,
         axes_dims_rope=(4, 6, 6),
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(16, 32, 32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=16,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=64,
-        scaling_factor=0.3611,
-        shift_factor=0.1159,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
+    vae = tiny_vae(16, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False,
+                   use_post_quant_conv=False)  # fmt: skip
     scheduler = FlowMatchEulerDiscreteScheduler(
         shift=3.0,
         use_dynamic_shifting=True,
