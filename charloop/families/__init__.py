@@ -35,4 +35,16 @@ def family_of_pipeline_class(class_name: str) -> ModelFamily | None:
     return None
 
 
-__all__ = ["FAMILIES", "ModelFamily", "family_of_pipeline_class", "get_family"]
+def family_of_pipe(pipe: object) -> ModelFamily:
+    """The family of a loaded pipeline (text-to-image or ControlNet), by its class.
+
+    Raises:
+        ValueError: a pipeline class no family serves.
+    """
+    family = family_of_pipeline_class(type(pipe).__name__)
+    if family is None:
+        raise ValueError(f"no model family serves a {type(pipe).__name__}")
+    return family
+
+
+__all__ = ["FAMILIES", "ModelFamily", "family_of_pipe", "family_of_pipeline_class", "get_family"]

@@ -69,6 +69,9 @@ class ModelFamily(ABC):
     """sd-scripts' ``ss_base_model_version`` (A1111 and kohya tools read it)."""
     invoke_base: ClassVar[str]
     """The base InvokeAI must classify this family's LoRAs as."""
+    prediction_type: ClassVar[str | None] = None
+    """The family's fixed prediction type for adapter headers ('flow' for flow matching);
+    None: the base's scheduler config says (epsilon or v_prediction)."""
     default_buckets: ClassVar[bool] = False
     """Whether aspect-ratio buckets are on when ``train.buckets`` is 'auto'."""
     ip_adapter: ClassVar[bool] = True
@@ -170,22 +173,31 @@ class ModelFamily(ABC):
 
     def kohya_denoiser(
         self, state: dict[str, torch.Tensor], config: dict[str, Any], alpha: float
-    ) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+    ) -> dict[str, tuple[torch.Tensor | None, torch.Tensor | None, float]]:
         """kohya module path -> (down, up, alpha) of a peft denoiser LoRA."""
-        pairs: dict[str, dict[str, torch.Tensor]] = {}
-        for key, value in state.items():
-            module, _, part = key.rpartition(".lora_")
-            if part not in ("A.weight", "B.weight"):
-                raise ValueError(f"not a peft LoRA weight key: {key}")
-            pairs.setdefault(module, {})[part[0]] = value
         return {
-            self.kohya_unet_name(module, config): (w["A"], w["B"], alpha)
-            for module, w in pairs.items()
+            self.kohya_unet_name(module, config): (w.get("A"), w.get("B"), alpha)
+            for module, w in lora_pairs(state).items()
         }
 
     def kohya_unet_name(self, path: str, unet_config: dict[str, Any]) -> str:
         """The module path sd-scripts uses for a diffusers denoiser module path."""
         return path
+
+
+def lora_pairs(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """Module path -> {'A': down, 'B': up} of a peft LoRA state dict.
+
+    Raises:
+        ValueError: a key that is not ``<module>.lora_A.weight`` / ``.lora_B.weight``.
+    """
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        module, _, part = key.rpartition(".lora_")
+        if not module or part not in ("A.weight", "B.weight"):
+            raise ValueError(f"not a peft LoRA weight key: {key}")
+        pairs.setdefault(module, {})[part[0]] = value
+    return pairs
 
 
 def centre_crop(size: tuple[int, int], target: tuple[int, int]) -> CropGeometry:

@@ -92,6 +92,7 @@ class Flux(ModelFamily):
     architecture: ClassVar[str] = "flux-1-dev/lora"
     base_version: ClassVar[str] = "flux1"
     invoke_base: ClassVar[str] = "flux"
+    prediction_type: ClassVar[str | None] = "flow"
     default_buckets: ClassVar[bool] = True
     caches_frozen_text: ClassVar[bool] = True
     ip_adapter: ClassVar[bool] = False  # FLUX IP-Adapters (XLabs) are another format
@@ -128,8 +129,8 @@ class Flux(ModelFamily):
 
     def kohya_denoiser(
         self, state: dict[str, torch.Tensor], config: dict[str, Any], alpha: float
-    ) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
-        return kohya_flux(state, config, alpha)
+    ) -> dict[str, tuple[torch.Tensor | None, torch.Tensor | None, float]]:
+        return dict(kohya_flux(state, config, alpha))
 
 
 FAMILY = Flux()

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from charloop.families.base import lora_pairs
+
 _DOUBLE = {
     "attn.to_out.0": "img_attn.proj",
     "attn.to_add_out": "txt_attn.proj",
@@ -97,10 +99,7 @@ def kohya_flux(
     Raises:
         ValueError: a trained module with no BFL name (outside the blocks).
     """
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in state.items():
-        module, _, part = key.rpartition(".lora_")
-        pairs.setdefault(module, {})[part.removesuffix(".weight")] = value
+    pairs = lora_pairs(state)
     out: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
     used: set[str] = set()
     for bfl, parts in fused_parts(config).items():

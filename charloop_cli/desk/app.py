@@ -49,8 +49,8 @@ def create_app(project: Project, token: str | None = None) -> Any:
     def index() -> str:
         from charloop_cli.desk.prefect_link import promotions
 
-        done = [(n, desk.view(workdir, n).reviewed_by) for n in desk.iterations(workdir)]
-        return pages.index(subject, done, _safe(promotions, project), token)
+        done = [(n, desk.reviewed_by(workdir, n)) for n in desk.iterations(workdir)]
+        return pages.index(subject, done, _safe(lambda: promotions(project), []), token)
 
     @app.get("/iteration/{iteration}", response_class=HTMLResponse)
     def iteration_page(
@@ -92,7 +92,7 @@ def create_app(project: Project, token: str | None = None) -> Any:
             raise HTTPException(400, str(exc)) from None
         # Prefect's sync API turns into coroutines inside an event loop: call it off the loop.
         resumed = await run_in_threadpool(
-            _safe, lambda: resume_review(project, iteration, decisions)
+            _safe, lambda: resume_review(project, iteration, decisions), None
         )
         message = f"recorded: keep {len(decisions.keep)}, reject {len(decisions.reject)}; " + (
             f"the paused loop {resumed} resumed"
@@ -129,14 +129,15 @@ async def _form(request: Any) -> dict[str, str]:
     return dict(parse_qsl(body, keep_blank_values=True))
 
 
-def _safe(call: Any, *args: Any) -> Any:
-    """The desk still works (files only) when no Prefect API or registry answers."""
+def _safe(call: Any, default: Any) -> Any:
+    """``call()``, or ``default`` when no Prefect API or registry answers (the desk still
+    works on the files); charloop's own errors still surface."""
     try:
-        return call(*args)
+        return call()
     except CharloopError:
         raise
     except Exception:
-        return [] if args else None
+        return default
 
 
 def check_binding(host: str, token: str | None) -> None:

@@ -45,7 +45,7 @@ show(0);
 """
 
 
-def page(title: str, body: str, token: str | None = None) -> str:
+def page(title: str, body: str) -> str:
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
         f"<style>{STYLE}</style></head><body>{body}</body></html>"

@@ -95,11 +95,9 @@ def controlnet_pipeline(base: Any, model_ref: str) -> Any:
 
         import diffusers
 
-        from charloop.families import family_of_pipeline_class
+        from charloop.families import family_of_pipe
 
-        family = family_of_pipeline_class(type(base).__name__)
-        if family is None:
-            raise ValueError(f"no ControlNet pipeline for a {type(base).__name__}")
+        family = family_of_pipe(base)
         logger.info("loading ControlNet %s", model_ref)
         model_class = getattr(diffusers, family.controlnet_model_class)
         controlnet = model_class.from_pretrained(model_ref, torch_dtype=base.dtype)

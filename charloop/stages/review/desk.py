@@ -14,7 +14,12 @@ from pathlib import Path
 
 from charloop.core import atomic
 from charloop.stages.layout import IterationPaths
-from charloop.stages.review.stage import HumanDecisions, ReviewError, save_decisions
+from charloop.stages.review.stage import (
+    HumanDecisions,
+    ReviewError,
+    load_decisions,
+    save_decisions,
+)
 
 ITERATION_DIR = re.compile(r"^iter-(\d{3})$")
 IMAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*\.png$")
@@ -85,19 +90,28 @@ def cards(workdir: Path, iteration: int) -> list[Card]:
     return out
 
 
+def reviewed_by(workdir: Path, iteration: int) -> str | None:
+    """Who recorded review decisions for ``iteration`` (None: nobody yet)."""
+    decisions = load_decisions(IterationPaths.of(workdir, iteration).review_desk)
+    return decisions.reviewer if decisions is not None else None
+
+
 def view(workdir: Path, iteration: int) -> IterationView:
     """Everything the desk page of ``iteration`` shows."""
     paths = IterationPaths.of(workdir, iteration)
-    decisions = paths.review_desk / "decisions.json"
-    reviewer = json.loads(decisions.read_text())["reviewer"] if decisions.is_file() else None
     previous = IterationPaths.of(workdir, iteration - 1).evaluation / "metrics.json"
     metrics: dict[str, float] = {}
     if iteration > 1 and previous.is_file():
         data = json.loads(previous.read_text())
         metrics = {k: float(v) for k, v in data.items() if isinstance(v, int | float)}
     sheet = paths.filtered / "contact_sheet.png"
-    return IterationView(iteration, cards(workdir, iteration), reviewer, metrics,
-                         sheet if sheet.is_file() else None)  # fmt: skip
+    return IterationView(
+        iteration,
+        cards(workdir, iteration),
+        reviewed_by(workdir, iteration),
+        metrics,
+        sheet if sheet.is_file() else None,
+    )
 
 
 def image_path(workdir: Path, iteration: int, name: str) -> Path | None:

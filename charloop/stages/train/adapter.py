@@ -14,7 +14,7 @@ import numpy as np
 
 from charloop.core import atomic
 from charloop.core.safetensors_header import canonicalize
-from charloop.families import ModelFamily, get_family
+from charloop.families import ModelFamily, family_of_pipe, get_family
 from charloop.families.detect import resolve_base
 from charloop.families.single_file import base_model_ref
 from charloop.models.encode_cache import EncodeCache
@@ -23,7 +23,7 @@ from charloop.params.train import TrainParams
 from charloop.stages.layout import ADAPTER_WEIGHTS, PROVENANCE_FILE, PROVENANCE_PREFIX
 from charloop.stages.train.buckets import bucket_sizes
 from charloop.stages.train.checkpoint import Checkpointer
-from charloop.stages.train.data import ModelIdentity, encode_rows, pipe_family, split_validation
+from charloop.stages.train.data import ModelIdentity, encode_rows, split_validation
 from charloop.stages.train.images import Size
 from charloop.stages.train.kohya import KOHYA_WEIGHTS_NAME, save_kohya, to_kohya
 from charloop.stages.train.loop import TrainLog, TrainModels, train_lora
@@ -115,10 +115,9 @@ def save_adapter(
 
 def base_spec(project: Project, pipe: Any) -> BaseSpec:
     """The model-spec facts of the project's base pipeline."""
-    family = pipe_family(pipe)
-    prediction = str(pipe.scheduler.config.get("prediction_type", "epsilon"))
-    if family.name == "flux":
-        prediction = "flow"
+    family = family_of_pipe(pipe)
+    scheduler_says = str(pipe.scheduler.config.get("prediction_type", "epsilon"))
+    prediction = family.prediction_type or scheduler_says
     return BaseSpec(
         project.params.generate.resolution,
         prediction,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,11 @@ import torch
 
 from charloop.core import atomic
 from charloop.core.hashing import sha256_bytes, sha256_file
-from charloop.families import ModelFamily, family_of_pipeline_class
-from charloop.families.base import TextParts
+from charloop.families import family_of_pipe
+from charloop.families.base import TextParts, centre_crop
 from charloop.models.encode_cache import EncodeCache, component_identity
 from charloop.stages.train.buckets import nearest_bucket
-from charloop.stages.train.images import Size, encode_images, image_geometry, image_size
+from charloop.stages.train.images import Size, encode_images, image_size
 
 logger = logging.getLogger(__name__)
 
@@ -94,14 +95,6 @@ def split_validation(
     return [r for r in rows if r["id"] not in held], [r for r in rows if r["id"] in held]
 
 
-def pipe_family(pipe: Any) -> ModelFamily:
-    """The family of a loaded pipeline (by its class)."""
-    family = family_of_pipeline_class(type(pipe).__name__)
-    if family is None:
-        raise ValueError(f"no model family serves a {type(pipe).__name__}")
-    return family
-
-
 def encode_rows(
     pipe: Any,
     dataset_dir: Path,
@@ -126,13 +119,14 @@ def encode_rows(
         buckets: Aspect-ratio bucket sizes (each image trains at its nearest), or None
             for centre-cropped squares.
     """
-    family = pipe_family(pipe)
+    family = family_of_pipe(pipe)
     files = [dataset_dir / row["file_name"] for row in rows]
     captions = [row["text"] for row in rows]
     if not rows:
         empty = torch.empty(0)
         return EncodedDataset([], empty, [empty.long()], None)
-    targets = [nearest_bucket(image_size(f), buckets) for f in files] if buckets else None
+    file_sizes = [image_size(f) for f in files]  # headers only, read once
+    targets = [nearest_bucket(size, buckets) for size in file_sizes] if buckets else None
     latents = _latents(pipe, files, resolution, targets, identity, cache)
     texts: TextParts | None = None
     if with_text_embeddings and cache is None:
@@ -148,7 +142,7 @@ def encode_rows(
     repeats = [int(row.get("repeats", 1)) for row in rows]
     fitted = targets or [(resolution, resolution)] * len(files)
     sizes = torch.stack(
-        [image_geometry(f, t).as_tensor() for f, t in zip(files, fitted, strict=True)]
+        [centre_crop(size, t).as_tensor() for size, t in zip(file_sizes, fitted, strict=True)]
     )
     return EncodedDataset(
         [row["id"] for row in rows],
@@ -170,32 +164,33 @@ def _latents(
     cache: EncodeCache | None,
 ) -> torch.Tensor | list[torch.Tensor]:
     """Latents of ``files``: one stacked tensor (squares), or one per file (buckets)."""
-    if targets is None:
-        if cache is None:
-            return encode_images(pipe, files, resolution)
-        keys = [{"image": sha256_file(f), "vae": identity.of("vae"), "resolution": resolution}
-                for f in files]  # fmt: skip
-        return cache.get_many(
-            "latents", keys, lambda idx: encode_images(pipe, [files[i] for i in idx], resolution)
-        )
+    if targets is None:  # squares keep the key they were always cached under
+        square = (resolution, resolution)
+        return _encode_group(pipe, files, square, {"resolution": resolution}, identity, cache)
     out: list[torch.Tensor | None] = [None] * len(files)
     for target in sorted(set(targets)):
         rows = [i for i, t in enumerate(targets) if t == target]
-        encoded = _encode_group(pipe, [files[i] for i in rows], target, identity, cache)
+        group = [files[i] for i in rows]
+        setting: dict[str, object] = {"size": list(target)}
+        encoded = _encode_group(pipe, group, target, setting, identity, cache)
         for row, latent in zip(rows, encoded, strict=True):
             out[row] = latent
     return [latent for latent in out if latent is not None]
 
 
 def _encode_group(
-    pipe: Any, files: list[Path], target: Size, identity: ModelIdentity, cache: EncodeCache | None
+    pipe: Any,
+    files: list[Path],
+    target: Size,
+    setting: Mapping[str, object],
+    identity: ModelIdentity,
+    cache: EncodeCache | None,
 ) -> torch.Tensor:
-    """Latents of files that share one bucket size."""
+    """Latents of files fitted to one size; ``setting`` is that size's part of the key."""
     if cache is None:
         return encode_images(pipe, files, target)
-    keys: list[dict[str, object]] = [
-        {"image": sha256_file(f), "vae": identity.of("vae"), "size": list(target)} for f in files
-    ]
+    vae = identity.of("vae")
+    keys = [{"image": sha256_file(f), "vae": vae, **setting} for f in files]
     return cache.get_many(
         "latents", keys, lambda idx: encode_images(pipe, [files[i] for i in idx], target)
     )

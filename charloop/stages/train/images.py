@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from charloop.families.base import CropGeometry, centre_crop
+from charloop.families.base import centre_crop
 
 ENCODE_BATCH = 8
 
@@ -25,11 +25,6 @@ def image_size(path: Path) -> tuple[int, int]:
     """(width, height) of an image file (header read only)."""
     with Image.open(path) as handle:
         return handle.size
-
-
-def image_geometry(path: Path, target: int | Size) -> CropGeometry:
-    """How ``load_image_tensor`` fits the file to ``target`` (header read only)."""
-    return centre_crop(image_size(path), as_size(target))
 
 
 def load_image_tensor(path: Path, target: int | Size) -> torch.Tensor:

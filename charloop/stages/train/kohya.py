@@ -10,7 +10,6 @@ handled here so the file loads at the strength it was trained at.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +18,10 @@ from safetensors.torch import save_file
 
 from charloop.core.safetensors_header import canonicalize
 from charloop.families import ModelFamily, get_family
+from charloop.families.base import lora_pairs
 from charloop.stages.layout import KOHYA_WEIGHTS
 
 KOHYA_WEIGHTS_NAME = KOHYA_WEIGHTS
-_PEFT_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>A|B)\.weight$")
 
 
 def kohya_module(prefix: str, module: str) -> str:
@@ -60,22 +59,24 @@ def to_kohya(
         _put(out, kohya_module("lora_unet", module), down, up, module_alpha)
     prefixes = dict(zip(family.trained_text_encoders(), family.kohya_text_prefixes, strict=True))
     for name, state in (text_states or {}).items():
-        for key, value in state.items():
-            match = _PEFT_KEY.match(key)
-            if match is None:
-                raise ValueError(f"not a peft LoRA weight key: {key}")
-            stem = kohya_module(prefixes[name], match["module"])
-            part = "lora_down" if match["part"] == "A" else "lora_up"
-            out[f"{stem}.{part}.weight"] = value.detach().to("cpu").contiguous()
-            out[f"{stem}.alpha"] = torch.tensor(float(alpha))
+        for module, weights in lora_pairs(state).items():
+            stem = kohya_module(prefixes[name], module)
+            _put(out, stem, weights.get("A"), weights.get("B"), alpha)
     return out
 
 
 def _put(
-    out: dict[str, torch.Tensor], stem: str, down: torch.Tensor, up: torch.Tensor, alpha: float
+    out: dict[str, torch.Tensor],
+    stem: str,
+    down: torch.Tensor | None,
+    up: torch.Tensor | None,
+    alpha: float,
 ) -> None:
-    out[f"{stem}.lora_down.weight"] = down.detach().to("cpu").contiguous()
-    out[f"{stem}.lora_up.weight"] = up.detach().to("cpu").contiguous()
+    """One kohya module's tensors (a part missing from the state is left out, as peft
+    left it out)."""
+    for part, value in (("lora_down", down), ("lora_up", up)):
+        if value is not None:
+            out[f"{stem}.{part}.weight"] = value.detach().to("cpu").contiguous()
     out[f"{stem}.alpha"] = torch.tensor(float(alpha))
 
 
