@@ -35,11 +35,26 @@ from charloop.scenes.heldout import held_out_axes, label
 from charloop.scenes.prompts import context_id, scene_prompt
 from charloop.scenes.render import ImageJob, render
 from charloop.stages.layout import ADAPTER_WEIGHTS, IterationPaths
-from charloop_world.variety import context_fidelity, free_jobs, variety, variety_columns
+from charloop_world.attributes import character_from_dict
+from charloop_world.captions import character_phrases
+from charloop_world.variety import (
+    context_fidelity,
+    free_jobs,
+    variety,
+    variety_columns,
+    variety_kept,
+    variety_lines,
+    world_layout_variety,
+)
 
 logger = logging.getLogger(__name__)
 
 IDENTITY_FILE = "identity.json"
+DESCRIBED = "base model, described"
+"""The base model told who to draw in words (every true attribute, no trigger): its
+variety is what the prompt leaves free with the character held fixed, the value a LoRA's
+variety is held to (the plain base model draws a different character for every seed, and
+that difference counts as variety too)."""
 
 
 def load_truth(project: Project) -> dict[str, str]:
@@ -57,14 +72,25 @@ def load_truth(project: Project) -> dict[str, str]:
     return dict(json.loads(path.read_text()))
 
 
-def validity_jobs(project: Project, seeds: list[int]) -> list[ImageJob]:
-    """Every held-out context (``evaluate.contexts``) with every seed."""
+def validity_jobs(
+    project: Project, seeds: list[int], truth: dict[str, str] | None = None
+) -> list[ImageJob]:
+    """Every held-out context (``evaluate.contexts``) with every seed.
+
+    With ``truth`` the prompt describes the character in words instead: no trigger, and
+    every one of its true attributes in place of the traits (what the base model draws when
+    told who to draw).
+    """
     params = project.params
     character = params.members[0]
+    if truth is not None:
+        words = character_phrases(character_from_dict(truth))
+        character = character.model_copy(update={"traits": words})
     jobs = []
     for held_out in params.evaluate.contexts:
         context = held_out.model_dump()
-        prompt = scene_prompt(params.generate.prompt_template, [character], context)
+        template = params.generate.prompt_template
+        prompt = scene_prompt(template, [character], context, trigger=truth is None)
         for seed in seeds:
             jobs.append(
                 ImageJob(
@@ -135,10 +161,10 @@ def run_validity(
     params = project.params
     truth = load_truth(project)
     oracle = load_oracle(oracle_path)
-    jobs = validity_jobs(project, seeds)
-    loose = free_jobs(jobs)
+    prompted = validity_jobs(project, seeds)
+    described = validity_jobs(project, seeds, truth)
     pipe = load_pipeline(project.model_ref(params.base_model.path), params.base_model)
-    models: dict[str, Path | None] = {"base model": None}
+    models: dict[str, Path | None] = {"base model": None, DESCRIBED: None}
     for root in sorted(project.workdir.glob("iter-*")):  # every round's iterations
         folder = IterationPaths(root).adapter
         if (folder / ADAPTER_WEIGHTS).is_file():
@@ -148,6 +174,8 @@ def run_validity(
     results: dict[str, Any] = {}
     labels = [", ".join(v for v in c.model_dump().values() if v) for c in params.evaluate.contexts]
     for name, adapter in models.items():
+        jobs = described if name == DESCRIBED else prompted
+        loose = free_jobs(jobs)
         with lora_applied(pipe, adapter, params.generate.lora_scale):
             images = render(pipe, jobs, params.generate)
             free_images = render(pipe, loose, params.generate)
@@ -159,18 +187,27 @@ def run_validity(
         sheet = contact_sheet({name: images}, columns=len(seeds), row_labels=labels)
         sheet.save(out / f"{name.replace(' ', '-')}.png")
         logger.info("validity: %s consistency %.1f%%", name, results[name]["consistency"])
+    for name, row in results.items():
+        if name not in ("base model", DESCRIBED):
+            row["variety_kept"] = variety_kept(row, results[DESCRIBED])
     held_out = [
         {"context": label(c.model_dump()), **held_out_axes(params, c.model_dump())}
         for c in params.evaluate.contexts
     ]
     report = {
         "character": truth,
-        "prompt": jobs[0].prompt,
+        "prompt": prompted[0].prompt,
+        "described_prompt": described[0].prompt,
         "seeds": seeds,
         "held_out": held_out,
         "models": results,
     }
     report |= margins(results)
+    loose = free_jobs(prompted)
+    report["world_layout_variety"] = {
+        "character": world_layout_variety(loose, truth),
+        "random characters": world_layout_variety(loose, None),
+    }
     atomic.write_json(out / "validity.json", report)
     atomic.write_text(out / "VALIDITY.md", validity_markdown(report))
     return report
@@ -179,8 +216,9 @@ def run_validity(
 def margins(results: dict[str, Any]) -> dict[str, Any]:
     """The last and the best model's margin over the base model, and which is the best."""
     base = results["base model"]["consistency"]
-    last = list(results)[-1]
-    best = max(results, key=lambda name: results[name]["consistency"])
+    rounds = [name for name in results if name != DESCRIBED]
+    last = rounds[-1]
+    best = max(rounds, key=lambda name: results[name]["consistency"])
     return {
         "margin": results[last]["consistency"] - base,
         "best": best,
@@ -195,7 +233,8 @@ def validity_markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Validity report",
         "",
-        f"Character: {report['character']}. Prompt (first context): `{report['prompt']}`.",
+        f"Character: {report['character']}. Prompt (first context): `{report['prompt']}`; "
+        f"'{DESCRIBED}': `{report.get('described_prompt', '-')}`.",
         f"Seeds: {len(report['seeds'])} per held-out context. Consistency: mean share of the "
         "character's attributes the oracle reads back (100 = all, in every image); "
         "± is the standard deviation across seeds.",
@@ -222,6 +261,20 @@ def validity_markdown(report: dict[str, Any]) -> str:
             f"| {name} | {row['consistency']:.1f} | {row['consistency_seed_std']:.1f} | "
             f"{row['all_attributes']:.1f} | " + " | ".join([*variety_columns(row), *cells]) + " |"
         )
+    lines += [
+        "",
+        f"Variety each round keeps of '{DESCRIBED}' (the character held fixed by words, "
+        "so only what the prompt leaves free varies):",
+        "",
+        *variety_lines(models, DESCRIBED),
+    ]
+    if world := report.get("world_layout_variety"):
+        lines += [
+            "",
+            f"The world's own renders of these scenes and seeds (standing, an expression "
+            f"per seed): layout variety {world['character']:.1f} for the character, "
+            f"{world['random characters']:.1f} for a random character per seed.",
+        ]
     lines += [
         "",
         f"Margin over the base model: last {report['margin']:+.1f} points, best "

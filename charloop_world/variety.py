@@ -110,3 +110,62 @@ def variety_columns(row: dict[str, Any]) -> list[str]:
     """The report's variety cells of one model."""
     keys = ("layout_variety", "pose_variety", "expression_variety", "context_fidelity")
     return [f"{row[k]:.1f}" if isinstance(row.get(k), float) else "-" for k in keys]
+
+
+VARIETY_KEYS = ("layout_variety", "pose_variety", "expression_variety")
+KEPT_ENOUGH = 90.0
+"""A round keeps variety when each measure is at least this share (%) of the baseline's."""
+
+
+def variety_kept(row: dict[str, Any], baseline: dict[str, Any]) -> dict[str, float]:
+    """Each variety of ``row`` as a share (%) of ``baseline``'s (left out where the
+    baseline has none: a measure that is 0 without a LoRA cannot be lost)."""
+    return {
+        key: 100.0 * row[key] / baseline[key]
+        for key in VARIETY_KEYS
+        if isinstance(row.get(key), float) and isinstance(baseline.get(key), float)
+        if baseline[key] > 0
+    }
+
+
+def variety_lines(models: dict[str, dict[str, Any]], baseline: str) -> list[str]:
+    """The report's lines on how much variety each round keeps of ``baseline``'s."""
+    lines = []
+    for name, row in models.items():
+        kept = row.get("variety_kept")
+        if not kept or name == baseline:
+            continue
+        cells = ", ".join(f"{k.removesuffix('_variety')} {v:.0f} %" for k, v in kept.items())
+        short = [k.removesuffix("_variety") for k, v in kept.items() if v < KEPT_ENOUGH]
+        flag = f" **below {KEPT_ENOUGH:.0f} %: {', '.join(short)}**" if short else ""
+        lines.append(f"- {name}: {cells}{flag}")
+    return lines
+
+
+def world_layout_variety(jobs: list[ImageJob], truth: dict[str, str] | None) -> float:
+    """Layout variety (0-100) of the world's own renders of ``jobs``' scenes and seeds:
+    the true character (``truth``) in each, or with None a random character per seed.
+
+    What the renderer draws when the prompt leaves pose and expression free: standing, an
+    expression drawn from the seed, the seed's jitter of position and scale. With the
+    character fixed this is the variety a perfectly consistent LoRA would show; with a
+    random one it is the plain base model's kind of variety, characters included.
+    """
+    from charloop_world.attributes import (
+        EXPRESSIONS,
+        Context,
+        character_from_dict,
+        sample_character,
+    )
+    from charloop_world.render import render as render_world
+
+    images = []
+    for job in jobs:
+        rng = np.random.default_rng(job.seed)
+        fixed = character_from_dict(truth) if truth else sample_character(rng)
+        scene = {a: world_value(a, job.context.get(a, "")) for a in ("setting", "style")}
+        expression = str(rng.choice(EXPRESSIONS))
+        context = Context(**{k: v for k, v in scene.items() if v}, expression=expression)
+        images.append(render_world(fixed, context, job.seed))
+    groups = [context_id(job.context) for job in jobs]
+    return layout_metrics(layout_features(images), groups)["layout_diversity"] * 100

@@ -188,3 +188,81 @@ def test_reference_match_needs_references(tmp_path):
     data = tiny_params(loop={"max_iterations": 2, "metric": "reference_match"})
     with pytest.raises(ParamsError, match="set the references folder"):
         load_project(write_params(tmp_path, data))
+
+
+def test_leave_free_frees_the_same_share_of_every_value_and_kind():
+    from charloop.params.caption import LeaveFree
+    from charloop.stages.caption.free import plan_freed, tag_values, without_values
+
+    items = [(f"g{i}", "generated", {"expression": "smiling", "pose": "up"}) for i in range(10)]
+    items += [(f"s{i}", "generated", {"expression": "serious"}) for i in range(20)]
+    items += [
+        (f"r{i}", "reference", {"expression": ("smiling", "serious")[i % 2]}) for i in range(4)
+    ]
+    rules = LeaveFree(axes=["expression", "pose"], share=0.3)
+    freed = plan_freed(items, rules)
+    assert freed == plan_freed(list(reversed(items)), rules)  # order does not matter
+    untagged = [i for i, f in freed.items() if "expression" in f]
+    assert sum(i.startswith("g") for i in untagged) == 3  # 30 % of the smiling ones
+    assert sum(i.startswith("s") for i in untagged) == 6  # and of the serious ones
+    assert sorted(freed[f"r{i}"] for i in range(4)).count(["expression"]) == 2  # 1 per value
+    assert sum("pose" in f for f in freed.values()) == 3 and not freed["s0"].count("pose")
+    assert not any(plan_freed(items, LeaveFree(axes=["pose"], share=0.0)).values())
+    assert all(plan_freed(items, LeaveFree(axes=["expression"], share=1.0)).values())
+    values = {"expression": ["smiling", "serious"], "pose": ["standing"]}
+    tags = ["in a city", "smiling", "standing"]
+    assert tag_values(tags, values) == {"expression": "smiling", "pose": "standing"}
+    assert without_values(tags, ["expression"], values) == ["in a city", "standing"]
+
+
+def test_leave_free_captions_omit_the_freed_tags_and_record_them(tmp_path):
+    from charloop.params.project import load_project
+    from charloop.stages.caption.heldout import planned_captions
+    from charloop.stages.caption.stage import caption_text, reference_caption
+    from tests.conftest import tiny_params, write_params
+
+    params = tiny_params(caption={"leave_free": {"axes": ["expression"], "share": 1.0}})
+    project = load_project(write_params(tmp_path, params))
+    member = project.params.members[0]
+    context = {"style": "flat colors", "setting": "in a forest", "expression": "smiling"}
+    text = caption_text(member, context, project.params.caption, freed=["expression"])
+    assert text == f"{member.trigger}, flat colors, in a forest"
+    smiling = next(v for v in project.params.contexts.expressions if v)
+    sidecar = ["in a city", smiling]
+    assert reference_caption(member, sidecar, project.params, ["expression"]).endswith("in a city")
+    # The held-out check still reads every tag a caption could hold.
+    assert any(text == smiling for _, text in planned_captions(project))
+
+
+def test_variety_kept_is_a_share_of_the_baseline_and_flags_a_loss():
+    from charloop_world.variety import variety_kept, variety_lines
+
+    baseline = {"layout_variety": 20.0, "pose_variety": 0.0, "expression_variety": 50.0}
+    row = {"layout_variety": 25.0, "pose_variety": 0.0, "expression_variety": 40.0}
+    kept = variety_kept(row, baseline)
+    assert kept == {"layout_variety": 125.0, "expression_variety": 80.0}  # no pose to lose
+    lines = variety_lines({"base": baseline, "round 1": row | {"variety_kept": kept}}, "base")
+    assert lines == ["- round 1: layout 125 %, expression 80 % **below 90 %: expression**"]
+
+
+def test_a_fixed_character_has_less_layout_variety_than_random_ones():
+    """Why LoRA variety is held to the base model told who to draw: part of the plain base
+    model's variety is its changing character."""
+    from charloop_world.variety import world_layout_variety
+
+    context = {"setting": "in a library", "style": "sketch style"}
+    jobs = [ImageJob(f"j{s}", "x", "", s, context) for s in range(8)]
+    jobs += [ImageJob(f"k{s}", "x", "", s, {**context, "setting": "in a bar"}) for s in range(8)]
+    truth = {
+        "hair_colour": "teal",
+        "hair_shape": "ponytail",
+        "eye_colour": "green",
+        "skin_tone": "light",
+        "outfit_colour": "pink",
+        "outfit_kind": "jacket",
+        "accessory": "hat",
+        "body_shape": "slim",
+    }
+    fixed, random = world_layout_variety(jobs, truth), world_layout_variety(jobs, None)
+    assert 5.0 < fixed < random - 5.0
+    assert world_layout_variety(jobs, truth) == fixed  # deterministic by seed

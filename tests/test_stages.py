@@ -467,6 +467,18 @@ def test_caption_adds_weighted_reference_art(outputs, tmp_path):
     assert again.fingerprint != recaptioned.fingerprint and again.digest != recaptioned.digest
 
 
+def test_leave_free_captions_a_share_of_the_dataset_without_the_freed_axis(outputs, tmp_path):
+    params = tiny_params(caption={"leave_free": {"axes": ["expression"], "share": 1.0}})
+    project = load_project(write_params(tmp_path, params))
+    dataset = run_caption(project, outputs["generate"], outputs["review"], tmp_path / "data")
+    rows = atomic.read_jsonl(Path(dataset.path) / "manifest.jsonl")
+    assert rows and all(r["freed_axes"] == ["expression"] for r in rows)
+    assert not any("smiling" in r["caption"] for r in rows)
+    default = atomic.read_jsonl(Path(outputs["caption"].path) / "manifest.jsonl")
+    assert all("smiling" in r["caption"] and r["freed_axes"] == [] for r in default)
+    assert dataset.fingerprint != outputs["caption"].fingerprint
+
+
 def test_include_references_needs_references(tmp_path):
     from charloop.params.project import ParamsError
 

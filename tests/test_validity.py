@@ -67,6 +67,10 @@ def test_world_loop_raises_oracle_consistency(tmp_path):
     margin = chosen["consistency"] - models["base model"]["consistency"]
     assert margin >= 30.0 and margin > 3 * noise, report
     assert chosen["consistency"] >= best["consistency"] - max(noise, best["consistency_seed_std"])
+    described = models["base model, described"]  # the base model told who to draw
+    assert set(chosen["variety_kept"]) >= {"layout_variety"}
+    expected = 100 * chosen["layout_variety"] / described["layout_variety"]
+    assert chosen["variety_kept"]["layout_variety"] == pytest.approx(expected)
 
 
 def test_shipped_params_target_the_world_and_know_their_truth():
@@ -77,3 +81,21 @@ def test_shipped_params_target_the_world_and_know_their_truth():
     assert project.params.filter.embedder.type == "world"
     assert (Path(project.model_ref(project.params.base_model.path)) / "model_index.json").is_file()
     assert load_truth(project) == TRUTH
+
+
+def test_the_described_baseline_names_every_true_attribute_and_no_trigger():
+    from charloop.params.project import load_project
+    from charloop_world.validity import validity_jobs
+
+    project = load_project(REPO / "params.yaml")
+    trigger = project.params.character.trigger
+    prompted = validity_jobs(project, [1, 2])
+    described = validity_jobs(project, [1, 2], TRUTH)
+    assert [j.seed for j in described] == [j.seed for j in prompted]
+    assert [j.context for j in described] == [j.context for j in prompted]
+    assert all(j.prompt.startswith(trigger) for j in prompted)
+    first = described[0].prompt
+    assert trigger not in first
+    for words in ("teal hair", "ponytail", "green eyes", "light skin", "pink jacket", "hat"):
+        assert words in first, first
+    assert first.endswith(prompted[0].prompt.split("ponytail, ", 1)[1])  # the same scene

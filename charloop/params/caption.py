@@ -64,6 +64,29 @@ class AccumulatePolicy(StrictModel):
     instead of feeding one picture back. Null: no layout check."""
 
 
+Axis = Literal["style", "setting", "attire", "expression", "pose"]
+
+
+class LeaveFree(StrictModel):
+    """Captions that leave some context axes out, so the LoRA keeps them free.
+
+    Every training caption names the image's pose and expression, so a prompt that leaves
+    them out is something the LoRA never saw: it falls back on whatever the trigger came to
+    mean, and one pose and one expression come back for every seed. Leaving the tag out of
+    a share of the captions (as kohya's ``caption_tag_dropout_rate`` does, but fixed per
+    image, so the dataset, its digest and a kohya export are what was trained) trains that
+    prompt on the data's own mix of values.
+    """
+
+    axes: list[Axis] = Field(default_factory=list)
+    """Axes whose tag a share of the captions leaves out (e.g. [pose, expression]); each
+    axis is drawn independently per image. Empty: every caption names every axis."""
+    share: float = Field(default=0.25, ge=0, le=1)
+    """Share of the images naming each value of a freed axis whose caption leaves it out
+    (rounded; references and generated images counted apart), chosen by a hash of the
+    image id: the untagged captions keep the dataset's mix of values."""
+
+
 DatasetPolicy = Annotated[IterationPolicy | AccumulatePolicy, Field(discriminator="policy")]
 
 
@@ -89,6 +112,9 @@ class CaptionParams(StrictModel):
     """Which generated images each iteration trains on: ``{policy: accumulate}`` (the best
     of every iteration of the round so far, ranked against the references and capped per
     context) or ``{policy: iteration}`` (only that iteration's kept images)."""
+    leave_free: LeaveFree = LeaveFree()
+    """Context axes a share of the captions leaves out, so prompts that leave them out
+    still vary them across seeds (see :class:`LeaveFree`)."""
     captioner: Captioner = TemplateCaptioner()
     """Caption backend: 'template' (context tags only) or 'vlm' (tags + a model's
     description of the image)."""

@@ -24,7 +24,7 @@ def planned_captions(project: Project) -> list[tuple[str, str]]:
     for member, image, sidecar in reference_entries(project):
         source = image.with_suffix(".txt") if sidecar else image
         where = f"the caption of reference {project.portable(source)}"
-        captions.append((where, reference_caption(member, sidecar, rules)))
+        captions.append((where, reference_caption(member, sidecar, params)))
     return captions
 
 

@@ -125,7 +125,11 @@ def previous_images(dataset_dir: Path) -> list[PoolImage]:
 
 def _without_dataset_fields(row: dict[str, Any]) -> dict[str, Any]:
     """A dataset manifest row back as a generation row (the caption is written anew)."""
-    return {k: v for k, v in row.items() if k not in ("caption", "description", "dataset_file")}
+    return {
+        k: v
+        for k, v in row.items()
+        if k not in ("caption", "description", "dataset_file", "freed_axes")
+    }
 
 
 def dataset_images(

@@ -43,6 +43,7 @@ from charloop.stages.caption.folder import (
     subset_folder,
     trigger_tokenizer,
 )
+from charloop.stages.caption.free import plan_freed, tag_values, without_values
 from charloop.stages.caption.pool import dataset_images, sources
 from charloop.stages.caption.references import ReferenceEntry, reference_entries
 from charloop.stages.contract import StageIdentity, identity
@@ -52,15 +53,18 @@ logger = logging.getLogger(__name__)
 
 
 def caption_tags(
-    characters: Character | list[Character], context: dict[str, str], rules: CaptionParams
+    characters: Character | list[Character],
+    context: dict[str, str],
+    rules: CaptionParams,
+    freed: list[str] | tuple[str, ...] = (),
 ) -> list[str]:
     """Tags for one image: the triggers of the characters in it always first (in scene
-    order), then their traits (optional) and the context."""
+    order), then their traits (optional) and the context, less the ``freed`` axes."""
     present = [characters] if isinstance(characters, Character) else characters
     tags = [c.trigger for c in present]
     if rules.include_traits:
         tags.extend(trait for c in present for trait in c.traits)
-    tags.extend(context[axis] for axis in AXES if context.get(axis))
+    tags.extend(context[axis] for axis in AXES if context.get(axis) and axis not in freed)
     return tags
 
 
@@ -69,15 +73,21 @@ def caption_text(
     context: dict[str, str],
     rules: CaptionParams,
     description: str = "",
+    freed: list[str] | tuple[str, ...] = (),
 ) -> str:
     """The caption line written to ``<id>.txt``: tags, then the model's description if any."""
-    tags = caption_tags(characters, context, rules)
+    tags = caption_tags(characters, context, rules, freed)
     return rules.separator.join([*tags, description] if description else tags)
 
 
-def reference_caption(member: Character, sidecar: list[str], rules: CaptionParams) -> str:
-    """A reference image's caption: trigger, traits (optional), then its sidecar's tags."""
-    return rules.separator.join([*caption_tags(member, {}, rules), *sidecar])
+def reference_caption(
+    member: Character, sidecar: list[str], params: Params, freed: list[str] | tuple[str, ...] = ()
+) -> str:
+    """A reference image's caption: trigger, traits (optional), then its sidecar's tags
+    (less those naming a value of a ``freed`` axis)."""
+    rules = params.caption
+    tags = without_values(sidecar, list(freed), params.contexts.axis_values())
+    return rules.separator.join([*caption_tags(member, {}, rules), *tags])
 
 
 def training_data_digest(dataset_dir: str | Path) -> str:
@@ -162,6 +172,7 @@ def run_caption(
             [m.trigger for m in params.members],
             common,
         )
+    free = _freed(params, kept, references)
     subsets: dict[str, tuple[int, int]] = {}
     repeats, ref_repeats = params.caption.repeats, params.caption.reference_repeats
     with atomic.staged_dir(out_dir) as staging:
@@ -173,7 +184,8 @@ def run_caption(
             if folder not in subsets:
                 (staging / folder).mkdir()
                 subsets[folder] = (len(present), repeats)
-            text = caption_text(present, row["context"], params.caption, description)
+            freed = free[row["id"]]
+            text = caption_text(present, row["context"], params.caption, description, freed)
             image_name = f"{folder}/{row['file']}"
             shutil.copyfile(source, staging / image_name)
             (staging / folder / f"{row['id']}.txt").write_text(text + "\n", encoding="utf-8")
@@ -190,15 +202,16 @@ def run_caption(
             manifest.append(
                 row
                 | {"source": origin, "dataset_file": image_name}
-                | {"caption": text, "description": description}
+                | {"caption": text, "description": description, "freed_axes": freed}
             )
         for member, source, sidecar in references:
             folder = subset_folder(f"{member.trigger} references", ref_repeats)
             if folder not in subsets:
                 (staging / folder).mkdir()
                 subsets[folder] = (1, ref_repeats)
-            row_id = f"ref-{member.name}-{source.stem}"
-            text = reference_caption(member, sidecar, params.caption)
+            row_id = _reference_id(member, source)
+            freed = free[row_id]
+            text = reference_caption(member, sidecar, params, freed)
             image_name = f"{folder}/{row_id}{source.suffix.lower()}"
             shutil.copyfile(source, staging / image_name)
             (staging / folder / f"{row_id}.txt").write_text(text + "\n", encoding="utf-8")
@@ -211,7 +224,10 @@ def run_caption(
                     "repeats": ref_repeats,
                 }
             )
-            manifest.append({"id": row_id, "reference": project.portable(source), "caption": text})
+            manifest.append(
+                {"id": row_id, "reference": project.portable(source), "caption": text}
+                | {"freed_axes": freed}
+            )
         # Held out means held out: a caption naming an evaluation context is refused.
         refuse_leaks(params, [(row["file_name"], row["text"]) for row in metadata])
         atomic.write_jsonl(staging / "metadata.jsonl", metadata)
@@ -229,6 +245,23 @@ def run_caption(
         )
     logger.info("caption: %d captioned images in %s", len(metadata), out_dir)
     return output
+
+
+def _freed(
+    params: Params, kept: list[dict[str, Any]], references: list[ReferenceEntry]
+) -> dict[str, list[str]]:
+    """The axes each image's caption leaves out (``caption.leave_free``), by image id."""
+    values = params.contexts.axis_values()
+    items = [(row["id"], "generated", row["context"]) for row in kept]
+    items += [
+        (_reference_id(member, source), "reference", tag_values(sidecar, values))
+        for member, source, sidecar in references
+    ]
+    return plan_freed(items, params.caption.leave_free)
+
+
+def _reference_id(member: Character, source: Path) -> str:
+    return f"ref-{member.name}-{source.stem}"
 
 
 def _redacted(params: Params, descriptions: list[str]) -> tuple[list[str], int]:
