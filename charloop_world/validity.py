@@ -38,12 +38,14 @@ from charloop.stages.layout import ADAPTER_WEIGHTS, IterationPaths
 from charloop_world.attributes import character_from_dict
 from charloop_world.captions import character_phrases
 from charloop_world.variety import (
+    KEPT_ENOUGH,
     context_fidelity,
     free_jobs,
     variety,
     variety_columns,
     variety_kept,
     variety_lines,
+    variety_lost,
     world_layout_variety,
 )
 
@@ -185,11 +187,12 @@ def run_validity(
         results[name] |= variety(free_reads, free_images, loose, oracle.net.attributes)
         results[name]["context_fidelity"] = context_fidelity(reads, jobs)
         sheet = contact_sheet({name: images}, columns=len(seeds), row_labels=labels)
-        sheet.save(out / f"{name.replace(' ', '-')}.png")
+        sheet.save(out / f"{name.replace(', ', '-').replace(' ', '-')}.png")
         logger.info("validity: %s consistency %.1f%%", name, results[name]["consistency"])
     for name, row in results.items():
         if name not in ("base model", DESCRIBED):
             row["variety_kept"] = variety_kept(row, results[DESCRIBED])
+            row["variety_lost"] = variety_lost(row, results[DESCRIBED])
     held_out = [
         {"context": label(c.model_dump()), **held_out_axes(params, c.model_dump())}
         for c in params.evaluate.contexts
@@ -264,7 +267,9 @@ def validity_markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         f"Variety each round keeps of '{DESCRIBED}' (the character held fixed by words, "
-        "so only what the prompt leaves free varies):",
+        f"so only what the prompt leaves free varies); flagged when under "
+        f"{KEPT_ENOUGH:.0f} % and short by more than the noise (standard error across "
+        "contexts):",
         "",
         *variety_lines(models, DESCRIBED),
     ]

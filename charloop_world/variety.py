@@ -26,7 +26,7 @@ from PIL import Image
 from charloop.core.image_layout import layout_features
 from charloop.scenes.prompts import context_id
 from charloop.scenes.render import ImageJob
-from charloop.stages.evaluate.metrics import layout_metrics
+from charloop.stages.evaluate.metrics import layout_metrics, standard_error
 from charloop_world.attributes import CONTEXT_VALUES, phrase
 
 FREE_AXES = ("pose", "expression")
@@ -78,7 +78,8 @@ def variety(
     jobs: list[ImageJob],
     vocabulary: dict[str, list[str]],
 ) -> dict[str, float]:
-    """Pose, expression and layout variety across the seeds of each context."""
+    """Pose, expression and layout variety across the seeds of each context, each with its
+    noise (``*_noise``: the standard error across contexts)."""
     groups = [context_id(job.context) for job in jobs]
     out: dict[str, float] = {}
     for axis in FREE_AXES:
@@ -90,8 +91,12 @@ def variety(
             for group in dict.fromkeys(groups)
         ]
         out[f"{axis}_variety"] = float(np.mean(per_context)) * 100
+        if len(per_context) >= 2:
+            out[f"{axis}_variety_noise"] = standard_error(per_context) * 100
     layout = layout_metrics(layout_features(images), groups)
     out["layout_variety"] = layout.get("layout_diversity", float("nan")) * 100
+    if "layout_diversity_noise" in layout:
+        out["layout_variety_noise"] = layout["layout_diversity_noise"] * 100
     return out
 
 
@@ -114,7 +119,8 @@ def variety_columns(row: dict[str, Any]) -> list[str]:
 
 VARIETY_KEYS = ("layout_variety", "pose_variety", "expression_variety")
 KEPT_ENOUGH = 90.0
-"""A round keeps variety when each measure is at least this share (%) of the baseline's."""
+"""A round keeps variety when each measure is at least this share (%) of the baseline's,
+or falls short by no more than the noise."""
 
 
 def variety_kept(row: dict[str, Any], baseline: dict[str, Any]) -> dict[str, float]:
@@ -128,6 +134,18 @@ def variety_kept(row: dict[str, Any], baseline: dict[str, Any]) -> dict[str, flo
     }
 
 
+def variety_lost(row: dict[str, Any], baseline: dict[str, Any]) -> list[str]:
+    """The varieties ``row`` keeps less than ``KEPT_ENOUGH`` % of, short of ``baseline``'s
+    by more than the noise (the larger ``*_noise`` of the two; none known: no noise)."""
+    lost = []
+    for key, share in variety_kept(row, baseline).items():
+        noises = [side.get(f"{key}_noise") for side in (row, baseline)]
+        noise = max([n for n in noises if isinstance(n, float)], default=0.0)
+        if share < KEPT_ENOUGH and baseline[key] - row[key] > noise:
+            lost.append(key)
+    return lost
+
+
 def variety_lines(models: dict[str, dict[str, Any]], baseline: str) -> list[str]:
     """The report's lines on how much variety each round keeps of ``baseline``'s."""
     lines = []
@@ -136,8 +154,8 @@ def variety_lines(models: dict[str, dict[str, Any]], baseline: str) -> list[str]
         if not kept or name == baseline:
             continue
         cells = ", ".join(f"{k.removesuffix('_variety')} {v:.0f} %" for k, v in kept.items())
-        short = [k.removesuffix("_variety") for k, v in kept.items() if v < KEPT_ENOUGH]
-        flag = f" **below {KEPT_ENOUGH:.0f} %: {', '.join(short)}**" if short else ""
+        short = [k.removesuffix("_variety") for k in row.get("variety_lost", [])]
+        flag = f" **lost beyond the noise: {', '.join(short)}**" if short else ""
         lines.append(f"- {name}: {cells}{flag}")
     return lines
 

@@ -234,15 +234,21 @@ def test_leave_free_captions_omit_the_freed_tags_and_record_them(tmp_path):
     assert any(text == smiling for _, text in planned_captions(project))
 
 
-def test_variety_kept_is_a_share_of_the_baseline_and_flags_a_loss():
-    from charloop_world.variety import variety_kept, variety_lines
+def test_variety_kept_is_a_share_of_the_baseline_and_flags_a_loss_beyond_the_noise():
+    from charloop_world.variety import variety_kept, variety_lines, variety_lost
 
     baseline = {"layout_variety": 20.0, "pose_variety": 0.0, "expression_variety": 50.0}
     row = {"layout_variety": 25.0, "pose_variety": 0.0, "expression_variety": 40.0}
     kept = variety_kept(row, baseline)
     assert kept == {"layout_variety": 125.0, "expression_variety": 80.0}  # no pose to lose
-    lines = variety_lines({"base": baseline, "round 1": row | {"variety_kept": kept}}, "base")
-    assert lines == ["- round 1: layout 125 %, expression 80 % **below 90 %: expression**"]
+    assert variety_lost(row, baseline) == ["expression_variety"]  # no noise known
+    noisy = row | {"expression_variety_noise": 12.0}
+    assert variety_lost(noisy, baseline) == []  # 10 short, within the noise of 12
+    flagged = {"variety_kept": kept, "variety_lost": ["expression_variety"]}
+    lines = variety_lines({"base": baseline, "round 1": row | flagged}, "base")
+    assert lines == [
+        "- round 1: layout 125 %, expression 80 % **lost beyond the noise: expression**"
+    ]
 
 
 def test_a_fixed_character_has_less_layout_variety_than_random_ones():
