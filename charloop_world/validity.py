@@ -10,7 +10,10 @@ each image, and score how many of the character's true attributes it shows.
 - ``all_attributes``: share of images that show every attribute;
 - both per seed, so the noise across seeds is reported next to the margin;
 - variety across seeds for what the prompt leaves free, and context fidelity
-  (:mod:`charloop_world.variety`), with the base model's values beside each LoRA's.
+  (:mod:`charloop_world.variety`), with the base model's values beside each LoRA's;
+- the same for the base model told who to draw (``DESCRIBED``: every true attribute in
+  words, no trigger), which each round's variety is held to, with the world's own layout
+  variety for the character and for random ones beside it.
 
 The character's true attributes come from ``identity.json`` in its references folder
 (written by ``charloop world references``).
