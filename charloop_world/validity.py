@@ -178,9 +178,12 @@ def run_validity(
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
     labels = [", ".join(v for v in c.model_dump().values() if v) for c in params.evaluate.contexts]
+    free_prompted, free_described = free_jobs(prompted), free_jobs(described)
     for name, adapter in models.items():
-        jobs = described if name == DESCRIBED else prompted
-        loose = free_jobs(jobs)
+        if name == DESCRIBED:
+            jobs, loose = described, free_described
+        else:
+            jobs, loose = prompted, free_prompted
         with lora_applied(pipe, adapter, params.generate.lora_scale):
             images = render(pipe, jobs, params.generate)
             free_images = render(pipe, loose, params.generate)
@@ -209,10 +212,9 @@ def run_validity(
         "models": results,
     }
     report |= margins(results)
-    loose = free_jobs(prompted)
     report["world_layout_variety"] = {
-        "character": world_layout_variety(loose, truth),
-        "random characters": world_layout_variety(loose, None),
+        "character": world_layout_variety(free_prompted, truth),
+        "random characters": world_layout_variety(free_prompted, None),
     }
     atomic.write_json(out / "validity.json", report)
     atomic.write_text(out / "VALIDITY.md", validity_markdown(report))

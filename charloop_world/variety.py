@@ -27,7 +27,15 @@ from charloop.core.image_layout import layout_features
 from charloop.scenes.prompts import context_id
 from charloop.scenes.render import ImageJob
 from charloop.stages.evaluate.metrics import layout_metrics, standard_error
-from charloop_world.attributes import CONTEXT_VALUES, phrase
+from charloop_world.attributes import (
+    CONTEXT_VALUES,
+    EXPRESSIONS,
+    Context,
+    character_from_dict,
+    phrase,
+    sample_character,
+)
+from charloop_world.render import render as render_world
 
 FREE_AXES = ("pose", "expression")
 """What the variety prompts leave out."""
@@ -169,14 +177,6 @@ def world_layout_variety(jobs: list[ImageJob], truth: dict[str, str] | None) -> 
     character fixed this is the variety a perfectly consistent LoRA would show; with a
     random one it is the plain base model's kind of variety, characters included.
     """
-    from charloop_world.attributes import (
-        EXPRESSIONS,
-        Context,
-        character_from_dict,
-        sample_character,
-    )
-    from charloop_world.render import render as render_world
-
     images = []
     for job in jobs:
         rng = np.random.default_rng(job.seed)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import types
-from typing import Any, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-AXES = ("style", "setting", "attire", "expression", "pose")
+Axis = Literal["style", "setting", "attire", "expression", "pose"]
+"""One context axis, as a params field names it (``seen_axes``, ``leave_free.axes``)."""
+AXES: tuple[str, ...] = get_args(Axis)
 """Context axes in prompt order; ``contexts`` holds one list per axis (plural names)."""
 
 

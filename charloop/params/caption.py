@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from charloop.params.base import StrictModel
+from charloop.params.base import Axis, StrictModel
 
 
 class TemplateCaptioner(StrictModel):
@@ -62,9 +62,6 @@ class AccumulatePolicy(StrictModel):
     evaluation's ``layout_diversity``) has a cosine above this with an image already
     chosen is passed over for the next one: the dataset keeps poses and framings varied
     instead of feeding one picture back. Null: no layout check."""
-
-
-Axis = Literal["style", "setting", "attire", "expression", "pose"]
 
 
 class LeaveFree(StrictModel):

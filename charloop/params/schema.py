@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Literal
 
 from pydantic import Field, model_validator
 
-from charloop.params.base import AXES, StrictModel
+from charloop.params.base import AXES, Axis, StrictModel
 from charloop.params.base_model import BaseModelSpec
 from charloop.params.caption import Captioner, CaptionParams, TemplateCaptioner, VlmCaptioner
 from charloop.params.cast import Cast, JointScenes
@@ -101,7 +100,7 @@ class EvaluateParams(StrictModel):
     """Fixed seeds; every context is rendered once per seed."""
     embedder: Embedder = ClipEmbedder()
     """Image embedding backend for identity consistency."""
-    seen_axes: list[Literal["style", "setting", "attire", "expression", "pose"]] = []
+    seen_axes: list[Axis] = []
     """Axes whose evaluation values may appear in training captions. By default every
     evaluation value the generation matrix lacks is claimed unseen, and a training caption
     (generated or reference) that contains one is refused; an axis named here is no longer

@@ -224,9 +224,9 @@ def run_caption(
                     "repeats": ref_repeats,
                 }
             )
+            reference = project.portable(source)
             manifest.append(
-                {"id": row_id, "reference": project.portable(source), "caption": text}
-                | {"freed_axes": freed}
+                {"id": row_id, "reference": reference, "caption": text, "freed_axes": freed}
             )
         # Held out means held out: a caption naming an evaluation context is refused.
         refuse_leaks(params, [(row["file_name"], row["text"]) for row in metadata])
