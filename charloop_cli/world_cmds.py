@@ -29,18 +29,27 @@ def build(
     lr: Annotated[float | None, typer.Option(help="Base model: UNet peak rate (4e-4).")] = None,
     characters: Annotated[int | None, typer.Option(help="Base model: characters (6000).")] = None,
     workers: Annotated[int | None, typer.Option(help="Render/caption processes.")] = None,
+    family: Annotated[
+        str, typer.Option(help="Base model (and quality): sd15, sdxl or flux.")
+    ] = "sd15",
     seed: int = 0,
     verbose: bool = False,
 ) -> None:
     """Train a world model (or all three) and save it under OUT with its model card.
 
-    Budgets count the time of earlier runs: a build resumes from its checkpoint in CACHE.
-    On a GPU: ``--device cuda --batch-size 256 --lr 6e-4 --characters 40000 --workers 12``.
+    ``base --family sdxl|flux`` builds models/world-sdxl or models/world-flux (the same
+    world, that family's diffusers classes). Budgets count the time of earlier runs: a
+    build resumes from its checkpoint in CACHE. On a GPU: ``--device cuda --batch-size 256
+    --lr 6e-4 --characters 40000 --workers 12``.
     """
+    from charloop_world.arch import ARCH_FAMILIES
     from charloop_world.build import build as build_models
 
     if target not in TARGETS:
         fail("unknown target", repr(target), EXIT_INVALID, f"choose from {', '.join(TARGETS)}")
+    if family not in ARCH_FAMILIES:
+        fail("unknown --family", repr(family), EXIT_INVALID,
+             f"choose from {', '.join(ARCH_FAMILIES)}")  # fmt: skip
     setup_logging(verbose)
     options = {
         "device": device,
@@ -49,7 +58,7 @@ def build(
         "n_characters": characters,
         "workers": workers,
     }
-    for path in build_models(target, out, cache, minutes, seed, vae_minutes, options):
+    for path in build_models(target, out, cache, minutes, seed, vae_minutes, options, family):
         say(f"built {path}")
 
 

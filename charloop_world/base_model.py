@@ -39,8 +39,9 @@ def build_text_encoder(vocab_size: int) -> Any:
     return CLIPTextModel(config)
 
 
-def build_vae() -> Any:
-    """An ``AutoencoderKL`` mapping 64x64x3 images to 16x16x4 latents (3 down blocks)."""
+def build_vae(latent_channels: int = 4, quant_conv: bool = True) -> Any:
+    """An ``AutoencoderKL`` mapping 64x64x3 images to 16x16 latents (3 down blocks): 4
+    channels with quant convs (SD1.5, SDXL), or 16 without (FLUX)."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
@@ -49,11 +50,13 @@ def build_vae() -> Any:
         block_out_channels=(16, 32, 32),
         down_block_types=("DownEncoderBlock2D",) * 3,
         up_block_types=("UpDecoderBlock2D",) * 3,
-        latent_channels=4,
+        latent_channels=latent_channels,
         layers_per_block=1,
         norm_num_groups=8,
         sample_size=64,
         mid_block_add_attention=False,
+        use_quant_conv=quant_conv,
+        use_post_quant_conv=quant_conv,
     )
 
 
@@ -115,23 +118,8 @@ def save_pipeline(pipe: Any, out_dir: str | Path, fp16: bool = True) -> Path:
     pipe.save_pretrained(out, safe_serialization=True)
     if fp16:
         pipe.to(torch.float32)
-    logger.info("world SD1.5 pipeline written to %s", out)
+    logger.info("world pipeline written to %s", out)
     return out
-
-
-def load_pipeline(path: str | Path, scheduler: str = "dpm") -> Any:
-    """Load the saved pipeline in float32 on CPU, with a DPM-Solver or DDIM scheduler."""
-    from diffusers import (
-        DDIMScheduler,
-        DPMSolverMultistepScheduler,
-        StableDiffusionPipeline,
-    )
-
-    pipe = StableDiffusionPipeline.from_pretrained(str(path), torch_dtype=torch.float32)
-    cls = DPMSolverMultistepScheduler if scheduler == "dpm" else DDIMScheduler
-    pipe.scheduler = cls.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def new_components(seed: int = 0) -> tuple[Any, Any, Any, Any]:

@@ -19,11 +19,11 @@ from charloop_world.captions import caption
 
 
 class CaptionBatches(torch.utils.data.IterableDataset):
-    """An endless stream of ``(render indices, token ids)`` batches.
+    """An endless stream of ``(render indices, token ids per tokenizer)`` batches.
 
     Args:
         records: Attribute record of every render.
-        tokenizer: The base model's tokenizer.
+        tokenizers: The base model's tokenizers (each caption is tokenized by every one).
         batch_size: Renders per batch.
         drop_prob: Probability of leaving each character attribute out of a caption.
         empty_prob: Fraction of empty captions.
@@ -33,7 +33,7 @@ class CaptionBatches(torch.utils.data.IterableDataset):
     def __init__(
         self,
         records: list[dict[str, str]],
-        tokenizer: Any,
+        tokenizers: list[Any],
         batch_size: int,
         drop_prob: float,
         empty_prob: float,
@@ -42,13 +42,13 @@ class CaptionBatches(torch.utils.data.IterableDataset):
         super().__init__()
         self.characters = [character_from_dict(r) for r in records]
         self.contexts = [context_from_dict(r) for r in records]
-        self.tokenizer = tokenizer
+        self.tokenizers = tokenizers
         self.batch_size = batch_size
         self.drop_prob = drop_prob
         self.empty_prob = empty_prob
         self.seed = seed
 
-    def batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """One batch drawn from ``rng``."""
         index = rng.integers(0, len(self.characters), self.batch_size)
         texts = [
@@ -57,9 +57,9 @@ class CaptionBatches(torch.utils.data.IterableDataset):
             else caption(self.characters[i], self.contexts[i], rng, self.drop_prob)
             for i in index
         ]
-        return torch.from_numpy(index), tokenize(self.tokenizer, texts)
+        return torch.from_numpy(index), [tokenize(t, texts) for t in self.tokenizers]
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
         info = torch.utils.data.get_worker_info()
         rng = np.random.default_rng([self.seed, 0 if info is None else info.id + 1])
         while True:
@@ -68,7 +68,7 @@ class CaptionBatches(torch.utils.data.IterableDataset):
 
 def caption_batches(
     source: CaptionBatches, workers: int = 0
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
     """Iterate ``source`` inline (``workers=0``) or from ``workers`` processes, pinned."""
     if workers <= 0:
         return iter(source)

@@ -21,6 +21,7 @@ def build(
     seed: int = 0,
     vae_minutes: float | None = None,
     base_options: dict[str, Any] | None = None,
+    family: str = "sd15",
 ) -> list[Path]:
     """Build one model (or ``all``) under ``out``; returns the written folders.
 
@@ -36,14 +37,24 @@ def build(
         base_options: Base model only: ``device``, ``batch_size``, ``lr``, ``workers``
             (:class:`~charloop_world.train_base.DiffusionSetup` fields), ``n_characters``
             and ``vae_batch_size``.
+        family: The base model's family (``sd15``, ``sdxl``, ``flux``): which
+            ``models/world-<family>`` ``base`` builds and ``quality`` measures.
+
+    Raises:
+        ValueError: an unknown family or target (before anything is written).
     """
+    from charloop_world.arch import get_arch
+
+    base_folder = Path(out) / get_arch(family).folder
+    if target not in (*TARGETS, "oracle-adapt", "quality", "all"):
+        raise ValueError(f"unknown target {target!r}")
     targets = (*TARGETS, "oracle-adapt", "quality") if target == "all" else (target,)
     written = []
     for name in targets:
         if name == "oracle-adapt":
             from charloop_world.oracle_adapt import adapt_oracle
 
-            base = Path(out) / FOLDERS["base"]
+            base = Path(out) / FOLDERS["base"]  # the oracle adapts to the SD1.5 VAE
             vae = base if (base / "vae").exists() else Path(cache) / "vae.pt"
             adapt_oracle(Path(out) / FOLDERS["oracle"], vae, cache, seed=seed)
             written.append(Path(out) / FOLDERS["oracle"])
@@ -51,13 +62,14 @@ def build(
         if name == "quality":
             from charloop_world.quality import update_card
 
-            base = Path(out) / FOLDERS["base"]
-            update_card(base, Path(out) / FOLDERS["oracle"], seed=seed)
-            written.append(base)
+            update_card(base_folder, Path(out) / FOLDERS["oracle"], seed=seed)
+            written.append(base_folder)
             continue
         folder = Path(out) / FOLDERS[name]
         if name == "base":
-            written.append(_build_base(folder, cache, minutes, seed, vae_minutes, base_options))
+            written.append(
+                _build_base(base_folder, cache, minutes, seed, vae_minutes, base_options, family)
+            )
         elif name == "embedder":
             from charloop_world.embedder import build_embedder
 
@@ -78,6 +90,7 @@ def _build_base(
     seed: int,
     vae_minutes: float | None,
     options: dict[str, Any] | None,
+    family: str,
 ) -> Path:
     from charloop_world.build_base import build_base
     from charloop_world.train_base import DiffusionSetup
@@ -91,7 +104,7 @@ def _build_base(
         kwargs["unet_minutes"] = minutes
     if vae_minutes is not None:
         kwargs["vae_minutes"] = vae_minutes
-    return build_base(folder, cache, seed=seed, **kwargs)
+    return build_base(folder, cache, seed=seed, family=family, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vae-minutes", type=float, default=None)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--family", default="sd15", choices=("sd15", "sdxl", "flux"))
     base = parser.add_argument_group("base model")
     base.add_argument("--device", default=None, help="cpu (default) or cuda")
     base.add_argument("--batch-size", type=int, default=None, help="UNet batch (32)")
@@ -126,7 +140,14 @@ def main(argv: list[str] | None = None) -> None:
         "workers": args.workers,
     }
     paths = build(
-        args.target, args.out, args.cache, args.minutes, args.seed, args.vae_minutes, options
+        args.target,
+        args.out,
+        args.cache,
+        args.minutes,
+        args.seed,
+        args.vae_minutes,
+        options,
+        args.family,
     )
     for path in paths:
         logger.info("built %s", path)

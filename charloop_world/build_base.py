@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from charloop_world import base_model, train_base
+from charloop_world.arch import WorldArch, get_arch
 from charloop_world.attributes import CHARACTER_VALUES, sample_character, sample_context
 from charloop_world.captions import caption
 from charloop_world.dataset import cached_dataset
@@ -47,19 +48,47 @@ def full_prompts(n: int, seed: int) -> list[tuple[str, dict[str, str]]]:
     return out
 
 
+def load_pipeline(path: str | Path) -> Any:
+    """A saved world pipeline of any family, float32 on CPU; SD1.5/SDXL sample with
+    DPM-Solver, FLUX with its own flow-matching Euler scheduler."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    arch = arch_of_folder(path)
+    pipe = arch.pipeline_type().from_pretrained(str(path), torch_dtype=torch.float32)
+    if arch.family != "flux":
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def arch_of_folder(path: str | Path) -> WorldArch:
+    """The world architecture of a saved pipeline folder (from ``model_index.json``)."""
+    from charloop.families import family_of_pipeline_class
+
+    index = json.loads((Path(path) / "model_index.json").read_text())
+    family = family_of_pipeline_class(index["_class_name"])
+    if family is None:
+        raise ValueError(f"{path} holds a {index['_class_name']}, not a world base model")
+    return get_arch(family.name)
+
+
 @torch.no_grad()
 def generate(
     pipe: Any, prompts: list[str], seed: int, steps: int = 20, guidance: float = 5.0
 ) -> list:
-    """Generate one 64 px image per prompt."""
+    """Generate one 64 px image per prompt, guided against an empty negative prompt as
+    the loop's renders are (the family's own guidance arguments)."""
+    from charloop.families import family_of_pipe
+
     generator = torch.Generator().manual_seed(seed)
     result = pipe(
         prompts,
+        negative_prompt=[""] * len(prompts),
         height=64,
         width=64,
         num_inference_steps=steps,
-        guidance_scale=guidance,
         generator=generator,
+        **family_of_pipe(pipe).sampling_kwargs(pipe, guidance),
     )
     return list(result.images)
 
@@ -83,6 +112,37 @@ def _device_name(device: str) -> str:
     return f"{torch.get_num_threads()} CPU threads"
 
 
+def cache_dir_of(cache: Path, arch: WorldArch) -> Path:
+    """Where ``arch``'s checkpoints live (SD1.5 at the top: oracle-adapt reads its VAE)."""
+    return cache if arch.family == "sd15" else cache / arch.family
+
+
+def _trained_vae(
+    arch: WorldArch, images: np.ndarray, cache: Path, budget_s: float, batch: int, device: str
+) -> tuple[Any, train_base.LoopLog]:
+    """The family's VAE, trained once (checkpointed: a rerun loads it)."""
+    vae, ckpt = arch.build_vae(), cache / "vae.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=True)
+        vae.load_state_dict(state["vae"])
+        return vae.eval(), train_base.LoopLog(**state["log"])
+    log = train_base.train_vae(vae, images, budget_s, batch_size=batch, device=device)
+    train_base._save_atomic({"vae": vae.state_dict(), "log": log.__dict__}, ckpt)
+    return vae.eval(), log
+
+
+def scaled_latents(arch: WorldArch, vae: Any, images: np.ndarray, device: str) -> tuple:
+    """Posterior means and stds, shifted and scaled to unit spread; the factors go into
+    the VAE's config (``shift_factor`` only for families that shift)."""
+    means, stds = train_base.encode_latents(vae, images, device=device)
+    shift = float(means.mean()) if arch.latent_shift else 0.0
+    scale = float(1.0 / (means - shift).std())
+    vae.register_to_config(scaling_factor=scale)
+    if arch.latent_shift:
+        vae.register_to_config(shift_factor=shift)
+    return ((means - shift) * scale, stds * scale), scale, shift
+
+
 def build_base(
     out_dir: str | Path,
     cache_dir: str | Path = ".charloop/world-cache",
@@ -93,69 +153,61 @@ def build_base(
     seed: int = 0,
     setup: train_base.DiffusionSetup | None = None,
     vae_batch_size: int = 32,
+    family: str = "sd15",
 ) -> Path:
-    """Train and save the world SD1.5 pipeline with a model card; returns the folder.
+    """Train and save a world base pipeline of ``family`` with a model card; returns the folder.
 
-    ``setup`` says how the UNet is trained, and on which device (the VAE trains on it too);
-    its ``workers`` also render the dataset.
+    ``setup`` says how the denoiser is trained, and on which device (the VAE trains on it
+    too); its ``workers`` also render the dataset. Renders are shared by every family;
+    checkpoints are per family, so an interrupted build resumes where it stopped.
     """
+    arch = get_arch(family)
     setup = setup or train_base.DiffusionSetup(seed=seed)
     out, cache = Path(out_dir), Path(cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
+    ckpts = cache_dir_of(cache, arch)
+    ckpts.mkdir(parents=True, exist_ok=True)
     started = time.time()
     data = cached_dataset(cache, n_characters, per_character, seed, max(1, setup.workers))
     held_out = cached_dataset(cache, 128, 1, seed + 1)
-    vae, text_encoder, tokenizer, unet = base_model.new_components(seed)
-    vae_ckpt = cache / "vae.pt"
+    components = arch.new_components(seed)
     logs: dict[str, train_base.LoopLog] = {}
-    if vae_ckpt.exists():
-        state = torch.load(vae_ckpt, weights_only=True)
-        vae.load_state_dict(state["vae"])
-        logs["vae"] = train_base.LoopLog(**state["log"])
-    else:
-        logs["vae"] = train_base.train_vae(
-            vae,
-            data.images,
-            vae_minutes * 60,
-            batch_size=vae_batch_size,
-            seed=seed,
-            device=setup.device,
-        )
-        train_base._save_atomic({"vae": vae.state_dict(), "log": logs["vae"].__dict__}, vae_ckpt)
-    vae.eval()
+    vae, logs["vae"] = _trained_vae(
+        arch, data.images, ckpts, vae_minutes * 60, vae_batch_size, setup.device
+    )
+    components["vae"] = vae
     recon = train_base.vae_recon_error(vae, held_out.images)
     logger.info("vae held-out mean abs error %.2f / 255", recon)
-    means, stds = train_base.encode_latents(vae, data.images, device=setup.device)
-    scale = float(1.0 / means.std())
-    vae.register_to_config(scaling_factor=scale)
-    logs["unet"] = train_base.train_diffusion(
-        unet,
-        text_encoder,
-        tokenizer,
-        (means * scale, stds * scale),
+    latents, scale, shift = scaled_latents(arch, vae, data.images, setup.device)
+    logs[arch.denoiser] = train_base.train_diffusion(
+        arch,
+        components,
+        latents,
         data.records,
         unet_minutes * 60,
-        checkpoint=cache / "diffusion.pt",
+        checkpoint=ckpts / "diffusion.pt",
         setup=setup,
     )
-    pipe = base_model.assemble_pipeline(vae, text_encoder, tokenizer, unet)
+    pipe = arch.assemble(components)
     base_model.save_pipeline(pipe, out)
     plot_losses(out / "loss_curve.png", logs)
-    train_base.save_log(cache / "base_log.json", **logs)
-    pipe = base_model.load_pipeline(out)
+    train_base.save_log(ckpts / "base_log.json", **logs)
+    pipe = load_pipeline(out)
     prompts = sample_grid(pipe, out / "samples.png")
+    denoiser_log = logs[arch.denoiser]
     stats = {
+        "family": arch.family,
         "images": len(data),
         "characters": n_characters,
         "vae_steps": logs["vae"].total_steps,
         "vae_seconds": round(logs["vae"].seconds),
         "vae_recon_mae_255": round(recon, 2),
         "latent_scaling_factor": round(scale, 4),
-        "unet_steps": logs["unet"].total_steps,
+        "latent_shift_factor": round(shift, 4) if arch.latent_shift else None,
+        "unet_steps": denoiser_log.total_steps,
         "unet_batch": setup.batch_size,
         "device": setup.device,
-        "unet_seconds": round(logs["unet"].seconds),
-        "unet_final_mse": round(logs["unet"].losses[-1], 4) if logs["unet"].losses else None,
+        "unet_seconds": round(denoiser_log.seconds),
+        "unet_final_mse": round(denoiser_log.losses[-1], 4) if denoiser_log.losses else None,
         "total_seconds": round(time.time() - started),
         "device_name": _device_name(setup.device),
         "sample_prompts": prompts,
@@ -167,14 +219,15 @@ def build_base(
 
 def write_card(out: Path, stats: dict[str, Any], quality: str = "") -> None:
     """Write ``MODEL_CARD.md`` from build statistics (and an optional quality section)."""
+    arch = get_arch(stats.get("family", "sd15"))
     prompts = "\n".join(f"{i + 1}. `{p}`" for i, p in enumerate(stats["sample_prompts"]))
-    text = f"""# world-sd15
+    shift = stats.get("latent_shift_factor")
+    shift_text = f", shift factor {shift}" if shift is not None else ""
+    text = f"""# {arch.folder}
 
-A small Stable Diffusion 1.5-architecture pipeline (diffusers format: AutoencoderKL,
-CLIPTextModel + CLIPTokenizer, UNet2DConditionModel, DDIM scheduler config, epsilon
-prediction, no safety checker) trained from scratch on the procedural character world
-of `charloop_world`. 64x64 images, 16x16x4 latents. Rebuild: `python -m charloop_world.build
-base --out models`.
+{arch.description} Trained from scratch on the procedural character world of
+`charloop_world`. Rebuild: `charloop world build base --family {arch.family}` (see the
+README's world section for the GPU command).
 
 ## Data
 {stats["images"]} renders of {stats["characters"]} random characters in random contexts
@@ -185,16 +238,16 @@ probability 0.3 and 10% of captions are empty (classifier-free guidance).
 ## Training
 - VAE: {stats["vae_steps"]} steps in {stats["vae_seconds"]} s (MSE + L1 + 1e-6 KL), held-out
   reconstruction error {stats["vae_recon_mae_255"]} / 255 (mean absolute), latent scaling
-  factor {stats["latent_scaling_factor"]}.
-- UNet + text encoder jointly: {stats["unet_steps"]} steps (batch {stats.get("unet_batch", 32)})
-  in {stats["unet_seconds"]} s, min-SNR-5 weighted epsilon loss, weights averaged (EMA);
-  final unweighted epsilon MSE {stats["unet_final_mse"]}.
+  factor {stats["latent_scaling_factor"]}{shift_text}.
+- {arch.denoiser} + text encoders jointly: {stats["unet_steps"]} steps (batch
+  {stats.get("unet_batch", 32)}) in {stats["unet_seconds"]} s, {arch.objective_text}, weights
+  averaged (EMA); final unweighted {arch.target_text} {stats["unet_final_mse"]}.
 - Total wall time {stats["total_seconds"]} s on {stats.get("device_name", "2 CPU cores")}.
 
 ![loss curve](loss_curve.png)
 
 ## Samples
-DPM-Solver, 20 steps, guidance 5; each row one prompt, columns different seeds:
+{arch.sampler_text}, 20 steps, guidance 5; each row one prompt, columns different seeds:
 
 ![samples](samples.png)
 

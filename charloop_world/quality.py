@@ -62,7 +62,7 @@ def omitted_distribution(
 
 def quality_report(base: str | Path, oracle_path: str | Path, n: int = 96, seed: int = 0) -> str:
     """Markdown section with both measures (also logged)."""
-    from charloop_world.base_model import load_pipeline
+    from charloop_world.build_base import load_pipeline
     from charloop_world.oracle import load_oracle
 
     pipe, oracle = load_pipeline(base), load_oracle(oracle_path)
@@ -74,7 +74,7 @@ def quality_report(base: str | Path, oracle_path: str | Path, n: int = 96, seed:
     lines = [
         "## Quality (read by the world oracle)",
         "",
-        f"{n} generations (DPM-Solver 20 steps, guidance 5) from prompts listing every attribute;",
+        f"{n} generations (20 steps, guidance 5) from prompts listing every attribute;",
         "fraction where the oracle reads the prompted value:",
         "",
         "| attribute | accuracy | chance |",

@@ -141,7 +141,7 @@ def vae_recon_error(vae: Any, images: np.ndarray) -> float:
 
 @dataclass
 class DiffusionSetup:
-    """How the UNet + text encoder are trained (see :func:`train_diffusion`)."""
+    """How the denoiser + text encoders are trained (see :func:`train_diffusion`)."""
 
     batch_size: int = 32
     lr: float = 4e-4
@@ -156,71 +156,78 @@ class DiffusionSetup:
     device: str = "cpu"
 
 
-def _checkpoint(path: Path, modules: tuple[Any, Any], opt: Any, ema: list, **extra: Any) -> None:
-    unet, text_encoder = modules
-    state = {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict()}
+def _checkpoint(path: Path, modules: dict[str, Any], opt: Any, ema: list, **extra: Any) -> None:
+    state = {"modules": {name: m.state_dict() for name, m in modules.items()}}
     _save_atomic({**state, "opt": opt.state_dict(), "ema": [e.cpu() for e in ema], **extra}, path)
 
 
 def train_diffusion(
-    unet: Any,
-    text_encoder: Any,
-    tokenizer: Any,
+    arch: Any,
+    components: dict[str, Any],
     latents: tuple[Any, Any],
     records: list[dict[str, str]],
     budget_s: float,
     checkpoint: Path | None = None,
     setup: DiffusionSetup | None = None,
 ) -> LoopLog:
-    """Train UNet and text encoder jointly on epsilon prediction (min-SNR-5 weighted).
+    """Train the denoiser and text encoders of ``arch`` jointly for ``budget_s`` seconds.
 
     Captions are re-drawn every step with attribute dropout; a fraction of them is empty so
     classifier-free guidance works. An exponential moving average of the weights (the usual
     diffusion practice: it smooths the last steps' noise) is what the modules hold at the end.
+    The budget counts the time of earlier runs: a resumed build continues from its last
+    checkpoint (weights, optimiser, average, step) to the same end.
+
+    Args:
+        arch: A :class:`~charloop_world.arch.WorldArch`: which modules train, and the loss.
+        components: Its components (trained in place).
+        latents: Posterior means and standard deviations, scaled (and shifted).
+        records: Attribute record of every render (captions are drawn from them).
+        budget_s: Wall-clock budget in seconds.
+        checkpoint: Where to checkpoint (and resume from).
+        setup: Batch size, learning rate, caption dropout, device.
     """
-    from charloop_world.base_model import build_scheduler
+    from charloop_world.arch import Batch
     from charloop_world.batches import CaptionBatches, caption_batches
 
     cfg = setup or DiffusionSetup()
     device = torch.device(cfg.device)
-    unet.to(device)
-    text_encoder.to(device)
+    modules = arch.trainable(components)
+    for module in modules.values():
+        module.to(device)
     means, stds = (t.to(device) for t in latents)
-    alphas = build_scheduler().alphas_cumprod.float().to(device)
-    snr = alphas / (1 - alphas)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    params = [p for module in modules.values() for p in module.parameters()]
     opt = adamw(params, cfg.lr, 0.01, device)
     ema = [p.detach().clone() for p in params]
     log, step, offset = LoopLog(), 0, 0.0
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, weights_only=True, map_location=device)
-        unet.load_state_dict(state["unet"])
-        text_encoder.load_state_dict(state["text_encoder"])
+        for name, module in modules.items():
+            module.load_state_dict(state["modules"][name])
         opt.load_state_dict(state["opt"])
         ema = [e.to(device) for e in state.get("ema", ema)]
         step, offset = state["step"], state["elapsed"]
         log.steps, log.losses = state["log_steps"], state["log_losses"]
         logger.info("resumed diffusion training at step %d", step)
+    tokenizers = [components[name] for name in arch.tokenizers]
     source = CaptionBatches(
-        records, tokenizer, cfg.batch_size, cfg.drop_prob, cfg.empty_prob, cfg.seed + step
+        records, tokenizers, cfg.batch_size, cfg.drop_prob, cfg.empty_prob, cfg.seed + step
     )
     batches = caption_batches(source, cfg.workers)
-    unet.train()
-    text_encoder.train()
+    rng = np.random.default_rng([cfg.seed, step])
+    generator = torch.Generator().manual_seed(cfg.seed + step)
+    for module in modules.values():
+        module.train()
     start, running = time.time() - offset, torch.zeros((), device=device)
     while time.time() - start < budget_s:
         for group in opt.param_groups:
             group["lr"] = cfg.lr * _lr_factor(step, time.time() - start, budget_s, cfg.warmup)
-        index, ids = (t.to(device, non_blocking=True) for t in next(batches))
+        index, ids = next(batches)
+        index = index.to(device, non_blocking=True)
         z0 = means[index] + stds[index] * torch.randn_like(means[index])
-        noise = torch.randn_like(z0)
-        t = torch.randint(0, len(alphas), (len(index),), device=device)
-        a = alphas[t].view(-1, 1, 1, 1)
-        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
-        with autocast(device):
-            pred = unet(zt, t, text_encoder(ids)[0]).sample.float()
-        weight = torch.clamp(snr[t], max=5.0) / snr[t]
-        loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        z0, sizes = arch.batch_geometry(z0, rng)
+        batch = Batch(z0, [i.to(device, non_blocking=True) for i in ids], sizes)
+        loss, mse = arch.loss(components, batch, generator)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -229,30 +236,31 @@ def train_diffusion(
             # warm the average up: early on the weights move too fast for a long memory
             decay = min(cfg.ema_decay, (1 + step) / (10 + step))
             torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
-            running += (pred - noise).pow(2).mean()
+            running += mse
         step += 1
         if step % cfg.log_every == 0:
             mean = float(running) / cfg.log_every
             log.steps.append(step)
             log.losses.append(mean)
-            logger.info("unet step %d mse %.4f (%.0fs)", step, mean, time.time() - start)
+            logger.info(
+                "%s step %d mse %.4f (%.0fs)", arch.denoiser, step, mean, time.time() - start
+            )
             running.zero_()
         if checkpoint is not None and step % cfg.checkpoint_every == 0:
             extra = {"step": step, "elapsed": time.time() - start}
             _checkpoint(
-                checkpoint,
-                (unet, text_encoder),
-                opt,
-                ema,
-                **extra,
-                log_steps=log.steps,
-                log_losses=log.losses,
+                checkpoint, modules, opt, ema, **extra, log_steps=log.steps, log_losses=log.losses
             )
+    if checkpoint is not None:  # a rerun of a finished budget loads this and stops at once
+        extra = {"step": step, "elapsed": time.time() - start}
+        _checkpoint(
+            checkpoint, modules, opt, ema, **extra, log_steps=log.steps, log_losses=log.losses
+        )
     with torch.no_grad():
         for p, e in zip(params, ema, strict=True):
             p.copy_(e)
-    unet.to("cpu").eval()
-    text_encoder.to("cpu").eval()
+    for module in modules.values():
+        module.to("cpu").eval()
     log.seconds, log.total_steps = time.time() - start, step
     return log
 

@@ -172,7 +172,7 @@ def test_committed_tokenizer_matches_code() -> None:
 def test_base_model_loads_and_generates() -> None:
     import torch
 
-    from charloop_world.base_model import load_pipeline
+    from charloop_world.build_base import load_pipeline
 
     assert sum(f.stat().st_size for f in BASE.rglob("*") if f.is_file()) < 30e6
     pipe = load_pipeline(BASE)
@@ -230,7 +230,7 @@ def test_oracle_reads_fresh_renders() -> None:
 @needs_base
 @needs_oracle
 def test_base_model_follows_prompts() -> None:
-    from charloop_world.base_model import load_pipeline
+    from charloop_world.build_base import load_pipeline
     from charloop_world.oracle import load_oracle
     from charloop_world.quality import prompt_accuracy
 
@@ -270,15 +270,15 @@ def test_caption_batches_draw_fresh_captions_and_token_ids() -> None:
 
     tokenizer = build_world_tokenizer()
     records = make_dataset(6, 1, seed=0).records
-    source = CaptionBatches(records, tokenizer, 64, drop_prob=0.3, empty_prob=0.25, seed=1)
-    index, ids = next(caption_batches(source))
+    source = CaptionBatches(records, [tokenizer], 64, drop_prob=0.3, empty_prob=0.25, seed=1)
+    index, (ids,) = next(caption_batches(source))
     assert index.shape == (64,) and int(index.max()) < 6
     assert ids.shape == (64, tokenizer.model_max_length)
     empty = tokenizer([""], padding="max_length", max_length=ids.shape[1]).input_ids[0]
     n_empty = sum(row == empty for row in ids.tolist())
     assert 4 <= n_empty <= 30  # about a quarter
-    again = next(iter(CaptionBatches(records, tokenizer, 64, 0.3, 0.25, seed=1)))
-    assert torch_equal(again, (index, ids))  # same seed, same stream
+    again_index, (again_ids,) = next(iter(CaptionBatches(records, [tokenizer], 64, 0.3, 0.25, 1)))
+    assert torch_equal((again_index, again_ids), (index, ids))  # same seed, same stream
 
 
 def torch_equal(a: tuple, b: tuple) -> bool:
@@ -289,18 +289,19 @@ def test_diffusion_training_checkpoints_and_resumes(tmp_path: Path) -> None:
     import torch
 
     from charloop_world import base_model, train_base
+    from charloop_world.arch import get_arch
     from charloop_world.dataset import make_dataset
 
     data = make_dataset(4, 2, seed=0)
-    vae, text_encoder, tokenizer, _ = base_model.new_components(0)
-    unet = base_model.build_unet((16, 32, 32))
-    latents = train_base.encode_latents(vae, data.images)
+    arch = get_arch("sd15")
+    components = arch.new_components(0)
+    unet = components["unet"] = base_model.build_unet((16, 32, 32))
+    text_encoder = components["text_encoder"]
+    latents = train_base.encode_latents(components["vae"], data.images)
     before = [p.detach().clone() for p in unet.parameters()]
     setup = train_base.DiffusionSetup(batch_size=2, checkpoint_every=2, log_every=1)
     ckpt = tmp_path / "diffusion.pt"
-    first = train_base.train_diffusion(
-        unet, text_encoder, tokenizer, latents, data.records, 4.0, ckpt, setup
-    )
+    first = train_base.train_diffusion(arch, components, latents, data.records, 4.0, ckpt, setup)
     assert first.total_steps >= 2 and ckpt.exists()
     assert all(np.isfinite(first.losses))
     moved = sum(
@@ -309,9 +310,12 @@ def test_diffusion_training_checkpoints_and_resumes(tmp_path: Path) -> None:
     assert moved > 0
     state = torch.load(ckpt, weights_only=True)
     n_params = len(list(unet.parameters())) + len(list(text_encoder.parameters()))
-    assert state["step"] % 2 == 0 and len(state["ema"]) == n_params
+    # the last checkpoint is the finished budget: a rerun of it trains no further
+    assert state["step"] == first.total_steps and len(state["ema"]) == n_params
+    again = train_base.train_diffusion(arch, components, latents, data.records, 4.0, ckpt, setup)
+    assert again.total_steps == first.total_steps
     budget = state["elapsed"] + 2.0  # the budget counts the time before the checkpoint too
     resumed = train_base.train_diffusion(
-        unet, text_encoder, tokenizer, latents, data.records, budget, ckpt, setup
+        arch, components, latents, data.records, budget, ckpt, setup
     )
     assert resumed.total_steps > state["step"]  # counted on from the checkpoint

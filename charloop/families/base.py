@@ -93,6 +93,11 @@ class ModelFamily(ABC):
 
         return getattr(diffusers, self.controlnet_pipeline_class)
 
+    def sampling_kwargs(self, pipe: Any, guidance: float) -> dict[str, Any]:
+        """Pipeline call arguments for classifier-free guidance at ``guidance`` (and any
+        other per-base sampling facts the family reads from the loaded pipeline)."""
+        return {"guidance_scale": guidance}
+
     def load_kwargs(self) -> dict[str, Any]:
         """Extra ``from_pretrained`` arguments of the text-to-image pipeline."""
         return {}

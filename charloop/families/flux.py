@@ -48,6 +48,16 @@ def image_ids(height: int, width: int, device: torch.device, dtype: torch.dtype)
     return ids.reshape(-1, 3)
 
 
+T5_MAX_LENGTH = 512
+"""FluxPipeline's default ``max_sequence_length`` (dev; schnell runs at 256)."""
+
+
+def max_sequence_length(pipe: Any) -> int:
+    """T5 tokens per prompt: the pipeline default, or less when the base's T5 tokenizer
+    says so (a base trained on shorter prompts)."""
+    return min(T5_MAX_LENGTH, int(pipe.tokenizer_2.model_max_length))
+
+
 def predict(
     denoiser: Any, noisy: torch.Tensor, sigmas: torch.Tensor, cond: dict[str, Any], guidance: float
 ) -> torch.Tensor:
@@ -97,10 +107,23 @@ class Flux(ModelFamily):
     caches_frozen_text: ClassVar[bool] = True
     ip_adapter: ClassVar[bool] = False  # FLUX IP-Adapters (XLabs) are another format
 
+    def sampling_kwargs(self, pipe: Any, guidance: float) -> dict[str, Any]:
+        """Distilled bases (dev) take guidance as an input; a base without a guidance
+        embedding (undistilled, trained with caption dropout) gets true classifier-free
+        guidance against the negative prompt (``true_cfg_scale``)."""
+        kwargs: dict[str, Any] = {"max_sequence_length": max_sequence_length(pipe)}
+        if pipe.transformer.config.guidance_embeds:
+            return kwargs | {"guidance_scale": guidance}
+        return kwargs | {"true_cfg_scale": guidance}
+
     @torch.no_grad()
     def encode_prompts(self, pipe: Any, captions: list[str]) -> TextParts:
         hidden, pooled, _ = pipe.encode_prompt(
-            prompt=captions, prompt_2=None, device=pipe.device, num_images_per_prompt=1
+            prompt=captions,
+            prompt_2=None,
+            device=pipe.device,
+            num_images_per_prompt=1,
+            max_sequence_length=max_sequence_length(pipe),
         )
         return {"hidden": hidden.float().cpu(), "pooled": pooled.float().cpu()}
 

@@ -13,23 +13,24 @@ from pathlib import Path
 
 import torch
 
+from charloop.families.flux import T5_MAX_LENGTH
 from charloop.models.tiny import PROMPT_WORDS, _text_config, build_tokenizer, tiny_vae
 
 logger = logging.getLogger(__name__)
 
-T5_MAX_LENGTH = 512
-"""FluxPipeline's default ``max_sequence_length`` (what dev uses; schnell uses 256)."""
 
 
-def build_t5_tokenizer():  # -> T5TokenizerFast
-    """A T5-style unigram tokenizer (``▁word`` pieces, ``</s>`` appended) over the prompt
-    words; other words fall back to single characters."""
+def build_t5_tokenizer(
+    words: tuple[str, ...] = PROMPT_WORDS, max_length: int = T5_MAX_LENGTH
+):  # -> T5TokenizerFast
+    """A T5-style unigram tokenizer (``▁word`` pieces, ``</s>`` appended) over ``words``;
+    other words fall back to single characters."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from tokenizers.processors import TemplateProcessing
     from transformers import T5TokenizerFast  # type: ignore[attr-defined]  # lazy export
 
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -3.0)]
-    pieces += [("▁" + word, -1.0) for word in dict.fromkeys(PROMPT_WORDS)]
+    pieces += [("▁" + word, -1.0) for word in dict.fromkeys(words)]
     pieces += [(char, -5.0) for char in "abcdefghijklmnopqrstuvwxyz0123456789,.-'()"]
     tokenizer = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
@@ -41,7 +42,7 @@ def build_t5_tokenizer():  # -> T5TokenizerFast
         pad_token="<pad>",
         unk_token="<unk>",
         extra_ids=0,
-        model_max_length=T5_MAX_LENGTH,
+        model_max_length=max_length,
     )
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from charloop.core.faults import failpoint
 from charloop.core.progress import progress_bar
-from charloop.families import family_of_pipeline_class
+from charloop.families import family_of_pipe
 from charloop.params.generate import GenerateParams
 
 
@@ -49,22 +49,21 @@ def render(
         conditioning: Extra pipeline kwargs shared by every batch (IP-Adapter embeddings).
     """
     images: list[Image.Image] = []
+    family = family_of_pipe(pipe)
+    sampling = family.sampling_kwargs(pipe, gen.guidance_scale)
     starts = range(0, len(jobs), gen.batch_size)
     for start in progress_bar(starts, "generate", unit="batch"):
         batch = jobs[start : start + gen.batch_size]
         generators = [torch.Generator("cpu").manual_seed(job.seed) for job in batch]
-        extra: dict[str, Any] = dict(conditioning or {})
+        extra: dict[str, Any] = dict(conditioning or {}) | sampling
         if controls is not None and gen.controlnet is not None:
-            family = family_of_pipeline_class(type(pipe).__name__)
-            kwarg = family.control_image_kwarg if family else "image"
-            extra[kwarg] = controls[start : start + gen.batch_size]
+            extra[family.control_image_kwarg] = controls[start : start + gen.batch_size]
             extra["controlnet_conditioning_scale"] = gen.controlnet.conditioning_scale
         result = pipe(
             prompt=[job.prompt for job in batch],
             negative_prompt=[job.negative_prompt for job in batch],
             generator=generators,
             num_inference_steps=gen.num_inference_steps,
-            guidance_scale=gen.guidance_scale,
             height=gen.resolution,
             width=gen.resolution,
             **extra,
