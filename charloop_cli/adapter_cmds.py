@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -12,31 +13,76 @@ from rich.table import Table
 
 from charloop_cli.common import EXIT_INVALID, EXIT_REFUSED, fail, fail_with
 
+REFERENCE_BASES = ("sd15", "sdxl", "flux")
+BASE_HELP = (
+    "'sd15', 'sdxl' or 'flux' (the reference layouts) or a local diffusers pipeline folder; "
+    "default: the family the file's header (ss_base_model_version, modelspec.architecture) "
+    "or key layout names."
+)
+
 
 def check_adapter(
-    file: Annotated[Path, typer.Argument(help="A LoRA .safetensors file.")],
-    base: Annotated[
-        str,
-        typer.Option(
-            help="'sd15' or 'sdxl' (the reference layouts) or a local diffusers pipeline folder."
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="A LoRA .safetensors file, or an adapter folder (every .safetensors in it)."
         ),
-    ] = "sd15",
+    ],
+    base: Annotated[str | None, typer.Option(help=BASE_HELP)] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the verdicts as JSON (for CI).")
+    ] = False,
 ) -> None:
-    """Check FILE against each consumer's loading rules (nothing is unpickled or run).
+    """Check PATH against each consumer's loading rules (nothing is unpickled or run).
 
-    Exit 0 when every consumer loads it completely, 3 when one would not (the table says
-    which and why), 2 when FILE is not a readable safetensors file or BASE is unknown.
+    Exit 0 when every consumer loads every file completely, 3 when one would not (the table
+    says which and why), 2 when a file is not a readable safetensors file, the family
+    cannot be told, or BASE is unknown.
     """
+    from charloop.models.consumers.reader import UnreadableAdapter, read_adapter_file
+
+    files = _files_of(path)
+    adapters = []
+    for file in files:
+        try:
+            adapters.append(read_adapter_file(file))
+        except UnreadableAdapter as exc:
+            fail_with(exc, "not a LoRA file charloop can check")
+    reports = [_check_one(adapter, base) for adapter in adapters]
+    if as_json:
+        typer.echo(json.dumps({"files": reports, "loads": all(r["loads"] for r in reports)}))
+    else:
+        for report in reports:
+            _print_table(report)
+    if not all(r["loads"] for r in reports):
+        raise typer.Exit(EXIT_REFUSED)
+
+
+def _files_of(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            fail("no LoRA files", f"{path} holds no .safetensors file", EXIT_INVALID)
+        return files
+    return [path]  # the reader says what is wrong with a missing or unreadable file
+
+
+def _check_one(adapter: Any, base: str | None) -> dict[str, Any]:
+    """One file's verdicts against ``base`` (or the family the file names)."""
     from charloop.families.detect import FamilyMismatch
     from charloop.models.consumers.base_modules import from_pipeline_folder, reference
     from charloop.models.consumers.check import check_adapter as run_checks
-    from charloop.models.consumers.reader import UnreadableAdapter, read_adapter_file
+    from charloop.models.consumers.family_of_file import detect_family
 
-    try:
-        adapter = read_adapter_file(file)
-    except UnreadableAdapter as exc:
-        fail_with(exc, "not a LoRA file charloop can check")
-    if base in ("sd15", "sdxl"):
+    source = "--base"
+    if base is None:
+        found = detect_family(adapter)
+        if found is None:
+            fail("cannot tell the base family", f"{adapter.path} names none in its header or "
+                 "keys", EXIT_INVALID, f"pass --base ({', '.join(REFERENCE_BASES)} or a "
+                 "diffusers folder)")  # fmt: skip
+        base, source = found
+    if base in REFERENCE_BASES:
         layout = reference(base)
     elif Path(base).is_dir():
         try:
@@ -44,15 +90,26 @@ def check_adapter(
         except (FileNotFoundError, FamilyMismatch) as exc:
             fail("bad --base", str(exc), EXIT_INVALID)
     else:
-        fail(
-            "bad --base", repr(base), EXIT_INVALID, "use 'sd15', 'sdxl' or a local diffusers folder"
-        )
+        choices = ", ".join(map(repr, REFERENCE_BASES))
+        fail("bad --base", repr(base), EXIT_INVALID, f"use {choices} or a local diffusers folder")
     verdicts = run_checks(adapter, layout)
-    table = Table(title=f"{file.name} on a {base} base")
+    return {
+        "file": str(adapter.path),
+        "base": base,
+        "base_from": source,
+        "loads": all(v.loads for v in verdicts),
+        "consumers": [
+            {"consumer": v.consumer, "loads": v.loads, "detail": v.detail} for v in verdicts
+        ],
+    }
+
+
+def _print_table(report: dict[str, Any]) -> None:
+    name = Path(report["file"]).name
+    table = Table(title=f"{name} on a {report['base']} base (from {report['base_from']})")
     for column in ("consumer", "loads", "detail"):
         table.add_column(column)
-    for verdict in verdicts:
-        table.add_row(verdict.consumer, "yes" if verdict.loads else "NO", escape(verdict.detail))
+    for verdict in report["consumers"]:
+        loads = "yes" if verdict["loads"] else "NO"
+        table.add_row(verdict["consumer"], loads, escape(verdict["detail"]))
     Console(width=200).print(table)
-    if not all(v.loads for v in verdicts):
-        raise typer.Exit(EXIT_REFUSED)

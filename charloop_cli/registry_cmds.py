@@ -249,10 +249,20 @@ def audit(
     typer.echo(f"{len(found)} event(s)")
 
 
-def _answer(model: str, version: str, approve: bool, approver: str, reason: str) -> None:
+def _answer(
+    model: str, version: str, approve: bool, approver: str, reason: str, params: Path
+) -> None:
+    from mlflow.exceptions import MlflowException
+
     from charloop.core.errors import CharloopError
     from flows.approval import answer
 
+    project = load_or_exit(params)
+    try:  # a model that is not registered has no promotion to answer: say so first
+        _client(project).get_model_version(model, version)
+    except MlflowException as exc:
+        fail(f"no version {version} of a registered model {model!r}", exc.message, EXIT_INVALID,
+             "`charloop lineage` lists the registered versions")  # fmt: skip
     try:
         answer(version, approve, approver, reason)
     except CharloopError as exc:
@@ -266,9 +276,10 @@ def approve(
     version: Annotated[str, typer.Argument(help="The version whose promotion is paused.")],
     approver: Annotated[str, typer.Option(help="Who approves (recorded in the audit log).")],
     reason: Annotated[str, typer.Option(help="Why.")] = "",
+    params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Approve a promotion paused for approval (needs the PREFECT_API_URL it printed)."""
-    _answer(model, version, True, approver, reason)
+    _answer(model, version, True, approver, reason, params)
 
 
 def reject(
@@ -276,9 +287,10 @@ def reject(
     version: Annotated[str, typer.Argument(help="The version whose promotion is paused.")],
     approver: Annotated[str, typer.Option(help="Who rejects (recorded in the audit log).")],
     reason: Annotated[str, typer.Option(help="Why.")] = "",
+    params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Reject a promotion paused for approval; production stays as it is."""
-    _answer(model, version, False, approver, reason)
+    _answer(model, version, False, approver, reason, params)
 
 
 def register(app: typer.Typer) -> None:

@@ -60,8 +60,10 @@ def omitted_distribution(
     }
 
 
-def quality_report(base: str | Path, oracle_path: str | Path, n: int = 96, seed: int = 0) -> str:
-    """Markdown section with both measures (also logged)."""
+def quality_report(
+    base: str | Path, oracle_path: str | Path, n: int = 96, seed: int = 0
+) -> tuple[str, dict[str, float]]:
+    """Markdown section with both measures (also logged), and the per-attribute accuracy."""
     from charloop_world.build_base import load_pipeline
     from charloop_world.oracle import load_oracle
 
@@ -92,7 +94,7 @@ def quality_report(base: str | Path, oracle_path: str | Path, n: int = 96, seed:
         ]
     text = "\n".join(lines)
     logger.info("%s", text)
-    return text
+    return text, accuracy
 
 
 def _context_values() -> dict[str, tuple[str, ...]]:
@@ -102,12 +104,16 @@ def _context_values() -> dict[str, tuple[str, ...]]:
 
 
 def update_card(base: str | Path, oracle_path: str | Path, n: int = 96, seed: int = 0) -> str:
-    """Measure quality and rewrite the base model's ``MODEL_CARD.md`` with it."""
+    """Measure quality and rewrite the base model's ``MODEL_CARD.md`` with it; the
+    accuracies are also kept in ``build_stats.json`` (``quality``) for tests to read."""
     import json
 
     from charloop_world.build_base import write_card
 
-    stats = json.loads((Path(base) / "build_stats.json").read_text())
-    text = quality_report(base, oracle_path, n=n, seed=seed)
+    stats_file = Path(base) / "build_stats.json"
+    stats = json.loads(stats_file.read_text())
+    text, accuracy = quality_report(base, oracle_path, n=n, seed=seed)
+    stats["quality"] = {name: round(value, 3) for name, value in accuracy.items()}
+    stats_file.write_text(json.dumps(stats, indent=1))
     write_card(Path(base), stats, quality=text)
     return text

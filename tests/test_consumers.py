@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -137,9 +138,15 @@ def test_check_adapter_cli_exits_3_for_an_adapter_of_another_base(tmp_path, caps
              f"{name}.lora_up.weight": torch.zeros(640, 1)}  # fmt: skip
     save_file(state, str(tmp_path / "sdxl.safetensors"))
     with pytest.raises(SystemExit) as stopped:
-        main(["check-adapter", str(tmp_path / "sdxl.safetensors")])
+        main(["check-adapter", str(tmp_path / "sdxl.safetensors"), "--base", "sd15"])
     out = capsys.readouterr().out
     assert stopped.value.code == 3 and "classified as sdxl, expected sd-1" in out
+    # without --base the family comes from the file: its 2048-wide cross-attention input
+    with pytest.raises(SystemExit) as stopped:
+        main(["check-adapter", str(tmp_path / "sdxl.safetensors"), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["files"][0]["base"] == "sdxl"
+    assert report["files"][0]["base_from"] == "key layout"
 
 
 def test_unreadable_files_are_refused_without_unpickling(tmp_path):
@@ -186,3 +193,77 @@ def test_check_adapter_cli_gives_a_verdict_and_exit_code(tmp_path, capsys, name,
     with pytest.raises(SystemExit) as stopped:
         main(["check-adapter", str(good), "--base", str(tmp_path)])
     assert stopped.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("metadata", "expected"),
+    [
+        ({"ss_base_model_version": "sdxl_base_v1-0"}, ("sdxl", "ss_base_model_version")),
+        ({"ss_base_model_version": "sd_v1"}, ("sd15", "ss_base_model_version")),
+        ({"modelspec.architecture": "flux-1-dev/lora"}, ("flux", "modelspec.architecture")),
+        ({"modelspec.architecture": "stable-diffusion-xl-v1-base/lora"},
+         ("sdxl", "modelspec.architecture")),
+        ({"charloop.base_model_family": "flux"}, ("flux", "charloop.base_model_family")),
+        ({}, None),
+    ],
+)  # fmt: skip
+def test_the_family_is_read_from_the_header(metadata, expected):
+    from charloop.models.consumers.family_of_file import family_from_header
+
+    assert family_from_header(metadata) == expected
+
+
+def test_check_adapter_reads_the_family_and_checks_a_whole_folder(tmp_path, capsys):
+    """An adapter folder as charloop writes it: both files checked, the family taken from
+    each header (no --base), one JSON document for CI."""
+    block = "lora_unet_double_blocks_0_img_attn_qkv"
+    kohya = {f"{block}.lora_down.weight": torch.zeros(1, 3072),
+             f"{block}.lora_up.weight": torch.zeros(9216, 1)}  # fmt: skip
+    module = "transformer.transformer_blocks.0.attn.to_q"
+    peft = {f"{module}.lora_A.weight": torch.zeros(1, 3072),
+            f"{module}.lora_B.weight": torch.zeros(3072, 1)}  # fmt: skip
+    header = {"ss_base_model_version": "flux1", "modelspec.architecture": "flux-1-dev/lora"}
+    save_file(kohya, str(tmp_path / "lora_kohya.safetensors"), metadata=header)
+    save_file(peft, str(tmp_path / "pytorch_lora_weights.safetensors"), metadata=header)
+    with pytest.raises(SystemExit) as stopped:
+        main(["check-adapter", str(tmp_path), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert [Path(f["file"]).name for f in report["files"]] == [
+        "lora_kohya.safetensors", "pytorch_lora_weights.safetensors",
+    ]  # fmt: skip
+    assert {(f["base"], f["base_from"]) for f in report["files"]} == {
+        ("flux", "ss_base_model_version")
+    }
+    assert stopped.value.code == (0 if report["loads"] else 3)
+    assert {c["consumer"] for c in report["files"][0]["consumers"]} >= {"diffusers", "ComfyUI"}
+    with pytest.raises(SystemExit) as stopped:
+        main(["check-adapter", str(tmp_path / "empty-dir-that-does-not-exist")])
+    assert stopped.value.code == 2
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as stopped:
+        main(["check-adapter", str(tmp_path / "empty")])
+    assert stopped.value.code == 2 and "no .safetensors" in capsys.readouterr().err
+
+
+def test_a_file_naming_no_family_asks_for_base(tmp_path, capsys):
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(4, 4)}, str(tmp_path / "x.safetensors"))
+    with pytest.raises(SystemExit) as stopped:
+        main(["check-adapter", str(tmp_path / "x.safetensors")])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "cannot tell the base family" in err and "--base" in err
+
+
+def test_check_adapter_on_100k_keys_stays_under_10_s(tmp_path, capsys):
+    import time
+
+    state = {f"lora_unet_m{i}.lora_down.weight": torch.zeros(1, 1) for i in range(50_000)}
+    state |= {f"lora_unet_m{i}.lora_up.weight": torch.zeros(1, 1) for i in range(50_000)}
+    path = tmp_path / "huge.safetensors"
+    save_file(state, str(path), metadata={"ss_base_model_version": "sdxl_base_v1-0"})
+    started = time.perf_counter()
+    with pytest.raises(SystemExit) as stopped:
+        main(["check-adapter", str(path), "--json"])
+    elapsed = time.perf_counter() - started
+    report = json.loads(capsys.readouterr().out)
+    assert stopped.value.code == 3 and not report["loads"]  # none of those modules exist
+    assert elapsed < 10.0, elapsed

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -229,7 +231,8 @@ def test_promotion_waits_for_approval(studio):
     from flows.promote import promote
 
     gated = _variant(studio, "gated.yaml", require_approval=True, approval_poll_s=1)
-    no = ["reject", MODEL, "3", "--approver", "lead", "--reason", "hands are off-model"]
+    params = ["-p", str(studio.params_file)]
+    no = ["reject", MODEL, "3", "--approver", "lead", "--reason", "hands are off-model", *params]
     thread = threading.Thread(target=_answer_from_the_terminal, args=(no,))
     thread.start()
     with pytest.raises(PromotionRefused, match="declined by lead: hands are off-model"):
@@ -250,8 +253,11 @@ def test_promotion_waits_for_approval(studio):
     with pytest.raises(PromotionRefused, match="without a named approver"):
         promote(gated, "2")
     thread.join(5)
-    missing = CliRunner().invoke(app, ["approve", MODEL, "2", "--approver", "ana"])
+    missing = CliRunner().invoke(app, ["approve", MODEL, "2", "--approver", "ana", *params])
     assert missing.exit_code == 2 and "no promotion of version 2 is waiting" in missing.output
+    unknown = CliRunner().invoke(app, ["approve", "nobody-lora", "1", "--approver", "ana", *params])
+    assert unknown.exit_code == 2 and "registered model 'nobody-lora'" in unknown.output
+    assert "waiting" not in unknown.output  # answered from the registry, not the Prefect API
 
 
 def test_generate_verifies_the_adapter_hash(studio, tmp_path):
@@ -293,3 +299,20 @@ def test_checkout_restores_exact_bytes_after_the_workspace_moved_on(studio):
     assert tree_digest(out / "dataset") == expected["dataset"]
     assert tree_digest(out / "adapter") == expected["adapter"]
     assert "verified" in result.output
+
+
+def test_approve_without_a_prefect_api_answers_in_one_line(studio):
+    """No PREFECT_API_URL: Prefect's temporary server starts with telemetry off and nothing
+    of it reaches the terminal (it once printed ~130 lines of sqlite lock tracebacks)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(studio.root / ".prefect-home")  # its own fresh database
+    result = subprocess.run(
+        [sys.executable, "-m", "charloop_cli.main", "approve", MODEL, "2", "--approver", "ana",
+         "-p", str(studio.params_file)],
+        capture_output=True, text=True, env=env, cwd=studio.root, timeout=300,
+    )  # fmt: skip
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode == 2, output
+    assert "Traceback" not in output and "database is locked" not in output, output
+    assert "no promotion of version 2 is waiting" in output
+    assert len(output.splitlines()) <= 3, output
