@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: help setup run test test-full lint format bench lock clean
+.PHONY: help setup run test test-full lint format bench lock clean docs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -46,3 +46,6 @@ lock: $(STAMP)  ## pin the current environment's versions into constraints.txt
 
 clean:  ## remove loop outputs and local stores (keeps .venv)
 	rm -rf runs data .charloop
+
+docs: $(STAMP)  ## build the documentation site into site/ (strict: warnings fail)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site

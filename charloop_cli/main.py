@@ -61,6 +61,25 @@ def options(
         os.environ[DEBUG_ENV] = "1"
 
 
+@app.command("params-reference")
+def params_reference(
+    out: Annotated[
+        Path | None, typer.Option(help="Write the page here (default: print it).")
+    ] = None,
+) -> None:
+    """The params.yaml reference (every field, type, default, meaning), generated from the
+    schema; `--out docs/params.md` refreshes the documentation page."""
+    from charloop.core.atomic import write_text
+    from charloop.params.reference import reference_markdown
+
+    text = reference_markdown()
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    write_text(out, text)
+    say(f"wrote {out}")
+
+
 @app.command()
 def validate(
     params: Annotated[Path, typer.Argument(help="params.yaml to check.")] = Path("params.yaml"),

@@ -85,10 +85,15 @@ class HeldOutContext(StrictModel):
     """One evaluation context; unset axes are left out of the prompt."""
 
     style: str = ""
+    """Style words in the prompt ('sketch style'); '' leaves the axis out."""
     setting: str = ""
+    """Where the scene is ('in a library'); '' leaves the axis out."""
     attire: str = ""
+    """What the character wears; '' leaves the axis out."""
     expression: str = ""
+    """Facial expression ('surprised'); '' leaves the axis out."""
     pose: str = ""
+    """Body pose ('sitting'); '' leaves the axis out."""
 
 
 class EvaluateParams(StrictModel):
