@@ -29,6 +29,86 @@ def staged(tmp_path_factory):
     return _reviewable(tmp_path_factory.mktemp("desk"))
 
 
+def _world_reviewable(folder: Path, **review: object):
+    """Iteration 1 of the shipped world loop (kira on world-sd15, her references), small:
+    a real character on the desk, so the screenshot shows what a reviewer sees."""
+    import yaml
+
+    from charloop.params.project import load_project
+    from charloop.stages.filter.stage import run_filter
+    from charloop.stages.generate.stage import run_generate
+    from tests.conftest import REPO, write_params
+
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    data["character"]["references"] = str(REPO / "references" / "kira")
+    data["base_model"]["path"] = str(REPO / "models" / "world-sd15")
+    for section in ("filter", "evaluate"):
+        data[section]["embedder"]["path"] = str(REPO / "models" / "world-embedder")
+    data["generate"] |= {"images_per_prompt": 2, "max_prompts": 6}
+    data["filter"] |= {
+        "min_kept": 2,
+        "discriminators": [
+            {"type": "duplicates"},
+            {"type": "identity", "max_outlier_z": None, "keep_best": 0.5},
+        ],
+    }
+    data["review"] = dict(review)
+    project = load_project(write_params(folder, data))
+    paths = IterationPaths.of(project.workdir, 1)
+    generated = run_generate(project, 1, None, paths.generated)
+    return project, generated, run_filter(project, generated, paths.filtered)
+
+
+@pytest.fixture(scope="module")
+def world_staged(tmp_path_factory):
+    return _world_reviewable(tmp_path_factory.mktemp("world-desk"))
+
+
+def test_the_character_is_pinned_beside_the_grid_with_each_nearest_reference(world_staged):
+    project, _, filtered = world_staged
+    client = _client(project)
+    page = client.get("/iteration/1").text
+    refs = sorted(p.name for p in Path(project.params.character.references).glob("*.png"))
+    assert len(refs) == 8 and "id='references'" in page
+    for name in refs:
+        assert f"/reference/{name}'" in page
+    for trait in project.params.character.traits:
+        assert f"<li>{trait}</li>" in page
+    rows = atomic.read_jsonl(Path(filtered.path) / "report.jsonl")
+    assert rows and all(r["nearest_reference"] in refs for r in rows)
+    assert page.count("nearest: ") == len(rows)
+    image = client.get(f"/reference/{refs[0]}")
+    assert image.status_code == 200 and image.content[:4] == b"\x89PNG"
+    for bad in ("ref_000.txt", "identity.json", "..%2F..%2Fparams.yaml", "nope.png"):
+        assert client.get(f"/reference/{bad}").status_code == 404, bad
+    assert client.get("/evaluation/1").status_code == 404  # not evaluated yet
+
+
+def test_the_previous_evaluation_sheet_is_served_at_full_size(world_staged):
+    from dataclasses import replace
+
+    from charloop.stages.review import desk
+    from charloop_cli.desk import pages
+
+    project, _, _ = world_staged
+    evaluation = IterationPaths.of(project.workdir, 1).evaluation
+    evaluation.mkdir(parents=True, exist_ok=True)
+    shutil.copy(_any_png(project), evaluation / "contact_sheet.png")
+    try:
+        response = _client(project).get("/evaluation/1")
+        assert response.status_code == 200 and response.content[:4] == b"\x89PNG"
+        view = desk.view(project.workdir, 1)
+        html = pages.iteration_page(replace(view, iteration=2, evaluation_sheet=evaluation),
+                                    "kira", "", "", None)  # fmt: skip
+        assert "id='evaluation'" in html and "src='/evaluation/1'" in html
+    finally:
+        shutil.rmtree(evaluation)
+
+
+def _any_png(project) -> Path:
+    return next(Path(project.params.character.references).glob("*.png"))
+
+
 def _client(project, token=None):
     from fastapi.testclient import TestClient
 
@@ -125,7 +205,7 @@ def test_a_person_rejects_two_images_with_the_keyboard_and_the_loop_resumes(
     from charloop.stages.results import Generated
     from charloop.stages.review.stage import run_review  # noqa: F401  (the gate runs it)
 
-    project, generated, filtered = _reviewable(
+    project, generated, filtered = _world_reviewable(
         tmp_path, enabled=True, timeout_s=300, poll_interval_s=1
     )
     result: dict[str, object] = {}
@@ -153,6 +233,17 @@ def test_a_person_rejects_two_images_with_the_keyboard_and_the_loop_resumes(
         body.send_keys("x")  # and the second
         changed = browser.find_elements(By.CSS_SELECTOR, ".card.reject.changed")
         assert len(changed) == 2
+        panel = browser.find_element(By.ID, "references")  # the character, beside the grid
+        shown = panel.find_elements(By.CSS_SELECTOR, "img")
+        assert len(shown) == 8 and all(
+            browser.execute_script("return arguments[0].naturalWidth", img) > 0 for img in shown
+        )
+        cards = browser.find_elements(By.CSS_SELECTOR, ".card")
+        ids = [c.get_attribute("id").removeprefix("card-") for c in cards]
+        cards[3].find_element(By.CSS_SELECTOR, ".cmp").click()  # compare two candidates:
+        body.send_keys("c")  # the fourth by its button, the current (third) by the key
+        compared = browser.find_elements(By.CSS_SELECTOR, "#compare.open figure.compared")
+        assert sorted(f.text.split(":")[0] for f in compared) == sorted(ids[2:4])
         browser.save_screenshot(str(tmp_path / "review-desk.png"))
         browser.find_element(By.ID, "reviewer").send_keys("ana")
         browser.find_element(By.ID, "comment").send_keys("off model", Keys.ENTER)

@@ -29,6 +29,10 @@ def create_app(project: Project, token: str | None = None) -> Any:
     app = FastAPI(title="charloop review desk", docs_url=None, redoc_url=None)
     workdir = project.workdir
     subject = project.params.subject
+    members = project.params.members
+    # the character the candidates should match (a cast's desk pins its first member)
+    references = project.resolve(members[0].references) if members[0].references else None
+    traits = list(members[0].traits)
 
     @app.middleware("http")
     async def check_token(request: Request, call_next: Any) -> Any:
@@ -57,8 +61,22 @@ def create_app(project: Project, token: str | None = None) -> Any:
         iteration: int, decision: str = "", context: str = "", message: str = ""
     ) -> str:
         known(iteration)
-        view = desk.view(workdir, iteration)
+        view = desk.view(workdir, iteration, references, traits)
         return pages.iteration_page(view, subject, decision, context, token, message)
+
+    @app.get("/reference/{name}")
+    def reference(name: str) -> Any:
+        path = desk.reference_path(references, name)
+        if path is None:
+            raise HTTPException(404, "no such reference image")
+        return FileResponse(path)
+
+    @app.get("/evaluation/{iteration}")
+    def evaluation(iteration: int) -> Any:
+        path = desk.evaluation_sheet(workdir, iteration)
+        if path is None:
+            raise HTTPException(404, f"iteration {iteration} has no evaluation contact sheet")
+        return FileResponse(path, media_type="image/png")
 
     @app.get("/image/{iteration}/{name}")
     def image(iteration: int, name: str) -> Any:

@@ -23,7 +23,15 @@ a{color:#8cf} h1,h2{font-weight:600} .bar{display:flex;gap:1rem;align-items:cent
 .card.current{outline:3px solid #fc3} .changed .verdict{font-weight:700;color:#fc3}
 .side{display:flex;gap:1rem;align-items:flex-start;flex-wrap:wrap} table{border-collapse:collapse}
 td,th{padding:.15rem .5rem;border-bottom:1px solid #333;text-align:left} .muted{color:#999}
-.sheet{max-width:420px}
+.sheet{max-width:420px} .layout{display:flex;gap:1rem;align-items:flex-start}
+.character{position:sticky;top:.5rem;width:230px;flex:none;background:#1b1b1b;padding:.5rem;
+ border-radius:8px;font-size:.8rem;max-height:96vh;overflow:auto}
+.character img{width:100px;image-rendering:pixelated;border-radius:4px}
+.refs{display:flex;flex-wrap:wrap;gap:.3rem} .main{flex:1;min-width:0}
+.nearest{display:flex;gap:.3rem;align-items:center} .nearest img{width:40px}
+#compare{display:none;gap:1rem;background:#1b1b1b;padding:.5rem;border-radius:8px;margin:.5rem 0}
+#compare.open{display:flex} #compare figure{margin:0} #compare img{width:256px;
+ image-rendering:pixelated} .full{max-width:100%;image-rendering:pixelated}
 """
 
 KEYS = """
@@ -41,6 +49,19 @@ document.addEventListener('keydown',e=>{if(e.target.tagName==='INPUT'||e.target.
  else if(k==='x'||k==='r'){mark(cards[at],'reject');show(at+1);}
  else if(k==='arrowright'||k==='j'||k==='n'){show(at+1);}
  else if(k==='arrowleft'||k==='p'){show(at-1);} else return; e.preventDefault();});
+const slots=[];
+function compare(card){const i=slots.indexOf(card);if(i>=0)slots.splice(i,1);else{
+ slots.push(card);if(slots.length>2)slots.shift();}
+ const box=document.getElementById('compare');box.innerHTML='';
+ slots.forEach(c=>{const f=document.createElement('figure');f.className='compared';
+  const img=document.createElement('img');img.src=c.querySelector('img').src;
+  const cap=document.createElement('figcaption');cap.textContent=c.dataset.summary;
+  f.append(img,cap);box.append(f);});
+ box.classList.toggle('open',slots.length>0);}
+document.querySelectorAll('.cmp').forEach(b=>b.addEventListener('click',e=>{
+ e.stopPropagation();compare(b.closest('.card'));}));
+document.addEventListener('keydown',e=>{if(e.key.toLowerCase()==='c'&&
+ e.target.tagName!=='INPUT'){compare(cards[at]);e.preventDefault();}});
 show(0);
 """
 
@@ -100,19 +121,47 @@ def _num(value: Any) -> str:
 
 
 def card_html(card: Card, iteration: int, token: str | None) -> str:
-    scores = "".join(f"<div>{escape(k)}: {v}</div>" for k, v in scores_of(card).items())
+    scored = scores_of(card)
+    scores = "".join(f"<div>{escape(k)}: {v}</div>" for k, v in scored.items())
     reasons = escape("; ".join(card.reasons)) or "-"
     src = link(f"/image/{iteration}/{card.file}", token)
+    summary = f"{card.id}: {card.decision}; " + ", ".join(f"{k} {v}" for k, v in scored.items())
+    nearest = ""
+    if card.nearest_reference:
+        ref = link(f"/reference/{card.nearest_reference}", token)
+        nearest = (
+            f"<div class='nearest' title='the reference the filter found closest'>"
+            f"<img src='{ref}' alt='nearest reference'><span class='muted'>nearest: "
+            f"{escape(card.nearest_reference)}</span></div>"
+        )
     return (
         f"<div class='card {card.decision}' data-auto='{card.decision}' "
-        f"id='card-{escape(card.id)}'>"
+        f"data-summary='{escape(summary)}' id='card-{escape(card.id)}'>"
         f"<img src='{src}' alt='{escape(card.id)}'>"
-        f"<div><b>{escape(card.id)}</b> <span class='verdict'>{card.decision}</span></div>"
-        f"<div class='muted'>filter: {card.decision}; {reasons}</div>{scores}"
+        f"<div><b>{escape(card.id)}</b> <span class='verdict'>{card.decision}</span> "
+        "<button type='button' class='cmp' title='compare (c)'>compare</button></div>"
+        f"<div class='muted'>filter: {card.decision}; {reasons}</div>{scores}{nearest}"
         f"<div class='muted'>{escape(card.context_label)}</div>"
         f"<div class='muted' title='{escape(card.prompt)}'>{escape(card.prompt[:90])}</div>"
         f"<input class='v' type='hidden' name='verdict:{escape(card.id)}' value='{card.decision}'>"
         "</div>"
+    )
+
+
+def character_panel(view: IterationView, token: str | None) -> str:
+    """The character the candidates must match, pinned beside the grid: its declared
+    traits and its reference images."""
+    traits = "".join(f"<li>{escape(t)}</li>" for t in view.traits) or "<li>none declared</li>"
+    refs = "".join(
+        f"<img src='{link(f'/reference/{name}', token)}' alt='{escape(name)}' "
+        f"title='{escape(name)}'>"
+        for name in view.references
+    )
+    body = refs or "<p class='muted'>No reference images (character.references).</p>"
+    return (
+        f"<aside class='character' id='references'><h3>The character</h3><b>Traits</b>"
+        f"<ul>{traits}</ul><b>References ({len(view.references)})</b>"
+        f"<div class='refs'>{body}</div></aside>"
     )
 
 
@@ -144,20 +193,28 @@ def iteration_page(view: IterationView, subject: str, decision: str, context: st
         rows = "".join(f"<tr><td>{escape(k)}</td><td>{v:.4f}</td></tr>"
                        for k, v in sorted(view.previous_metrics.items()))  # fmt: skip
         side += f"<div><h3>Iteration {n - 1} evaluation</h3><table>{rows}</table></div>"
+    if view.evaluation_sheet is not None:
+        sheet = link(f"/evaluation/{n - 1}", token)
+        side += (
+            f"<details id='evaluation'><summary>Iteration {n - 1}'s evaluation contact sheet "
+            f"(the LoRA these candidates came from, held-out contexts), full size</summary>"
+            f"<img class='full' src='{sheet}' alt='evaluation contact sheet'></details>"
+        )
     grid = "".join(card_html(c, n, token) for c in shown)
     body = (
         f"<div class='bar'><a href='{link('/', token)}'>desk</a><h1>{escape(subject)}: "
         f"iteration {n}</h1><span class='muted'>filter kept {kept} of {len(view.cards)}; "
         f"{status}</span></div>"
         + (f"<p id='message'>{escape(message)}</p>" if message else "")
-        + f"{filters}<p class='muted'>Keys: k keep, x or r reject, arrows or j/n move. "
-        "Images you leave alone keep the filter's decision.</p>"
-        f"<div class='side'>{side}</div>"
+        + f"{filters}<p class='muted'>Keys: k keep, x or r reject, arrows or j/n move, c "
+        "compare (two at a time). Images you leave alone keep the filter's decision.</p>"
+        f"<div class='side'>{side}</div><div id='compare'></div>"
+        f"<div class='layout'>{character_panel(view, token)}<div class='main'>"
         f"<form method='post' id='review' action='{link(f'/iteration/{n}/review', token)}'>"
         f"<div class='grid'>{grid}</div><p class='bar'>"
         "<input name='reviewer' id='reviewer' placeholder='your name (recorded)' required> "
         "<input name='comment' id='comment' placeholder='comment'> "
-        "<button id='submit'>submit review</button></p></form>"
+        "<button id='submit'>submit review</button></p></form></div></div>"
         f"<script>{KEYS}</script>"
     )
     return page(f"{subject} iteration {n}", body)

@@ -22,19 +22,24 @@ class Decision:
     file: str
     scores: dict[str, float] = field(default_factory=dict)
     reasons: list[str] = field(default_factory=list)
+    nearest_reference: str | None = None
+    """File name of the reference image this one is closest to (the review desk shows it)."""
 
     @property
     def kept(self) -> bool:
         return not self.reasons
 
     def as_row(self) -> dict[str, Any]:
-        return {
+        row = {
             "id": self.id,
             "file": self.file,
             "decision": "keep" if self.kept else "reject",
             "reasons": self.reasons,
             "scores": self.scores,
         }
+        return row | (
+            {"nearest_reference": self.nearest_reference} if self.nearest_reference else {}
+        )
 
 
 def check_quality(decision: Decision, image: Image.Image, rule: QualityCheck) -> None:
@@ -122,6 +127,11 @@ def anchor_similarity(
     if rule.score == "centroid" or references is None or not len(references):
         return embeddings @ anchor
     return nearest_reference_match(embeddings, references, rule.nearest)
+
+
+def nearest_references(embeddings: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """Index of each image's most similar reference (cosine of unit embeddings)."""
+    return np.asarray(np.argmax(embeddings @ references.T, axis=1))
 
 
 def identity_scores(

@@ -30,6 +30,7 @@ from charloop.stages.filter.discriminators import (
     check_duplicates,
     check_quality,
     identity_scores,
+    nearest_references,
 )
 from charloop.stages.results import Filtered, Generated
 
@@ -47,6 +48,7 @@ def judge(
     references: np.ndarray | dict[str, np.ndarray | None] | None = None,
     texts: list[str] | None = None,
     laid_out: bool = False,
+    reference_files: list[str] | None = None,
 ) -> tuple[list[Decision], dict[str, Any], dict[str, Image.Image]]:
     """Score and decide every manifest row, running the discriminators in configured order.
 
@@ -59,6 +61,8 @@ def judge(
             cast, a dict of them per character (rows then name their ``characters``).
         texts: Per-row prompts without the trigger (prompt adherence).
         laid_out: A cast's joint scenes were generated side by side.
+        reference_files: File names of ``references`` (one character): each decision
+            records its nearest one.
 
     Returns:
         The decisions (manifest order), facts about the run (identity anchor...), and the
@@ -107,6 +111,10 @@ def judge(
                 assert not isinstance(references, dict)
                 scores, facts["identity"] = identity_scores(embeddings, references, rule)
                 apply_threshold(readable, scores, "identity", rule)
+                if references is not None and len(references) and reference_files:
+                    nearest = nearest_references(embeddings, references)
+                    for decision, index in zip(readable, nearest, strict=True):
+                        decision.nearest_reference = reference_files[int(index)]
             else:
                 by_id = dict(zip([r["id"] for r in rows], texts or [], strict=False))
                 text_emb = embedder.embed_texts([by_id[d.id] for d in readable])
@@ -175,8 +183,9 @@ def run_filter(project: Project, generated: Generated, out_dir: str | Path) -> F
         texts = [scene_text(params, row) for row in rows]
         anchors = ref_emb if params.cast else ref_emb[params.subject]
         laid_out = params.cast is not None and params.cast.joint.layout == "side_by_side"
+        files = None if params.cast else refs[params.subject].files
         decisions, facts, images = judge(
-            rows, Path(generated.path), rules, embedder, anchors, texts, laid_out
+            rows, Path(generated.path), rules, embedder, anchors, texts, laid_out, files
         )
         kept_ids = {d.id for d in decisions if d.kept}
         with atomic.staged_dir(out_dir) as staging:

@@ -23,6 +23,7 @@ from charloop.stages.review.stage import (
 
 ITERATION_DIR = re.compile(r"^iter-(\d{3})$")
 IMAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*\.png$")
+REFERENCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+ -]*\.(png|jpe?g|webp)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class Card:
     scores: dict[str, float]
     prompt: str
     context: dict[str, str]
+    nearest_reference: str | None = None
+    """The reference image the filter found closest (None: no references, or a cast)."""
 
     @property
     def context_label(self) -> str:
@@ -52,6 +55,13 @@ class IterationView:
     reviewed_by: str | None
     previous_metrics: dict[str, float] = field(default_factory=dict)
     contact_sheet: Path | None = None
+    evaluation_sheet: Path | None = None
+    """The previous iteration's evaluation contact sheet (the LoRA these candidates came
+    from, on the held-out contexts), when there is one."""
+    references: list[str] = field(default_factory=list)
+    """File names of the character's reference images."""
+    traits: list[str] = field(default_factory=list)
+    """The character's declared traits."""
 
 
 def iterations(workdir: Path) -> list[int]:
@@ -85,6 +95,7 @@ def cards(workdir: Path, iteration: int) -> list[Card]:
                 scores,
                 made.get("prompt", ""),
                 dict(made.get("context", {})),
+                row.get("nearest_reference"),
             )
         )
     return out
@@ -96,8 +107,34 @@ def reviewed_by(workdir: Path, iteration: int) -> str | None:
     return decisions.reviewer if decisions is not None else None
 
 
-def view(workdir: Path, iteration: int) -> IterationView:
-    """Everything the desk page of ``iteration`` shows."""
+def reference_files(folder: Path | None) -> list[str]:
+    """Image file names in a references folder (what the desk may serve from it)."""
+    if folder is None or not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and REFERENCE_NAME.match(p.name))
+
+
+def reference_path(folder: Path | None, name: str) -> Path | None:
+    """A reference image by file name; None for anything else (traversal, other files)."""
+    if folder is None or name not in reference_files(folder):
+        return None
+    return folder / name
+
+
+def evaluation_sheet(workdir: Path, iteration: int) -> Path | None:
+    """``iteration``'s evaluation contact sheet, when it was evaluated."""
+    sheet = IterationPaths.of(workdir, iteration).evaluation / "contact_sheet.png"
+    return sheet if iteration >= 1 and sheet.is_file() else None
+
+
+def view(
+    workdir: Path,
+    iteration: int,
+    references: Path | None = None,
+    traits: list[str] | None = None,
+) -> IterationView:
+    """Everything the desk page of ``iteration`` shows (``references``: the character's
+    reference folder, pinned beside the grid with its ``traits``)."""
     paths = IterationPaths.of(workdir, iteration)
     previous = IterationPaths.of(workdir, iteration - 1).evaluation / "metrics.json"
     metrics: dict[str, float] = {}
@@ -111,6 +148,9 @@ def view(workdir: Path, iteration: int) -> IterationView:
         reviewed_by(workdir, iteration),
         metrics,
         sheet if sheet.is_file() else None,
+        evaluation_sheet(workdir, iteration - 1),
+        reference_files(references),
+        list(traits or []),
     )
 
 
