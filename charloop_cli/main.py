@@ -70,7 +70,7 @@ def params_reference(
     """The params.yaml reference (every field, type, default, meaning), generated from the
     schema; `--out docs/params.md` refreshes the documentation page."""
     from charloop.core.atomic import write_text
-    from charloop.params.reference import reference_markdown
+    from charloop_cli.params_reference import reference_markdown
 
     text = reference_markdown()
     if out is None:

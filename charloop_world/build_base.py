@@ -227,7 +227,7 @@ def write_card(out: Path, stats: dict[str, Any], quality: str = "") -> None:
 
 {arch.description} Trained from scratch on the procedural character world of
 `charloop_world`. Rebuild: `charloop world build base --family {arch.family}` (see the
-README's world section for the GPU command).
+GPU command in docs/world.md).
 
 ## Data
 {stats["images"]} renders of {stats["characters"]} random characters in random contexts

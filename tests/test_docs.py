@@ -9,8 +9,8 @@ from tests.conftest import REPO
 
 
 def test_params_reference_page_is_the_schema():
-    from charloop.params.reference import field_docs, reference_markdown
     from charloop.params.schema import Params
+    from charloop_cli.params_reference import field_docs, reference_markdown
 
     page = (REPO / "docs" / "params.md").read_text()
     assert page == reference_markdown(), "run `charloop params-reference --out docs/params.md`"
@@ -24,8 +24,8 @@ def test_params_reference_page_is_the_schema():
 
 def test_every_nested_field_is_documented():
     """A field added without a docstring shows up here, not as an empty cell."""
-    from charloop.params.reference import field_docs
     from charloop.params.schema import Params
+    from charloop_cli.params_reference import field_docs
 
     tags = ("type", "policy")
     missing = [d.path for d in field_docs(Params) if not d.description and

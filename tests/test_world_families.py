@@ -136,3 +136,30 @@ def test_unknown_family_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match="sd15, sdxl, flux"):
         get_arch("sd3")
     assert ARCH_FAMILIES == ("sd15", "sdxl", "flux")
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_a_world_model_of_another_family_than_the_params_is_refused(family, tmp_path):
+    """validate: the world model's own model_index.json against base_model.family."""
+    import yaml
+
+    from charloop_cli.main import app
+
+    model = REPO / "models" / f"world-{family}"
+    assert (model / "model_index.json").is_file(), f"models/world-{family} is not built"
+    data = yaml.safe_load((REPO / "examples" / f"world-{family}.yaml").read_text())
+    other = "flux" if family == "sdxl" else "sdxl"
+    data["base_model"]["family"] = other
+    data["base_model"]["path"] = str(model)
+    data["character"]["references"] = str(REPO / "references" / "kira")
+    for section in ("filter", "evaluate"):
+        data[section]["embedder"]["path"] = str(REPO / "models" / "world-embedder")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(app, ["validate", str(params)])
+    assert result.exit_code == 2, result.output
+    assert "base_model.family" in result.output and other in result.output
+    data["base_model"]["family"] = family  # the example as shipped validates
+    params.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(app, ["validate", str(params)])
+    assert result.exit_code == 0, result.output
