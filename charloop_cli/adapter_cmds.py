@@ -54,6 +54,10 @@ def check_adapter(
     else:
         for report in reports:
             _print_table(report)
+        if any(not r["loads"] and r["base_from"] != "--base" for r in reports):
+            typer.echo("checked against the family's reference layout (its released base "
+                       "model); for a LoRA of another checkpoint pass --base <its diffusers "
+                       "folder>")  # fmt: skip
     if not all(r["loads"] for r in reports):
         raise typer.Exit(EXIT_REFUSED)
 
