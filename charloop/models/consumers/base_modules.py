@@ -10,6 +10,8 @@ models, a fine-tuned base). Nothing is downloaded or allocated.
 
 from __future__ import annotations
 
+import functools
+
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,8 +131,9 @@ def flux_reference() -> BaseModules:
     return _build("flux", FLUX_TRANSFORMER, [_CLIP_L])
 
 
+@functools.cache
 def reference(family: str) -> BaseModules:
-    """The reference layout of ``family``."""
+    """The reference layout of ``family`` (built once per process on the meta device)."""
     return {"sd15": sd15_reference, "sdxl": sdxl_reference, "flux": flux_reference}[family]()
 
 
