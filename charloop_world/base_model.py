@@ -20,23 +20,27 @@ logger = logging.getLogger(__name__)
 TEXT_HIDDEN = 128
 
 
-def build_text_encoder(vocab_size: int) -> Any:
-    """A small ``CLIPTextModel`` (hidden 128, 3 layers)."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+def build_text_encoder(
+    vocab_size: int, hidden: int = TEXT_HIDDEN, with_projection: bool = False
+) -> Any:
+    """A small CLIP text encoder (3 layers, 4 heads, MLP twice as wide): ``CLIPTextModel``
+    (SD1.5's, FLUX's pooled one, SDXL's first) or ``CLIPTextModelWithProjection`` (SDXL's
+    second)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(
         vocab_size=vocab_size,
-        hidden_size=TEXT_HIDDEN,
-        intermediate_size=256,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
         num_hidden_layers=3,
         num_attention_heads=4,
         max_position_embeddings=MODEL_MAX_LENGTH,
-        projection_dim=TEXT_HIDDEN,
+        projection_dim=hidden,
         bos_token_id=vocab_size - 2,
         eos_token_id=vocab_size - 1,
         pad_token_id=vocab_size - 1,
     )
-    return CLIPTextModel(config)
+    return CLIPTextModelWithProjection(config) if with_projection else CLIPTextModel(config)
 
 
 def build_vae(latent_channels: int = 4, quant_conv: bool = True) -> Any:

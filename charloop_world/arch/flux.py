@@ -29,6 +29,7 @@ from charloop.models.tiny import PROMPT_WORDS
 from charloop.models.tiny_flux import build_t5_tokenizer
 from charloop_world.arch.base import Batch, Components, WorldArch
 from charloop_world.attributes import WORLD_WORDS
+from charloop_world.base_model import build_text_encoder
 from charloop_world.tokenizer import MODEL_MAX_LENGTH, build_world_tokenizer
 from charloop_world.train_base import autocast
 
@@ -36,25 +37,6 @@ CLIP_WIDTH = 64
 T5_WIDTH = 64
 SHIFT = 3.0
 OBJECTIVE = FlowMatchingObjective(predict=partial(predict, guidance=1.0), shift=SHIFT)
-
-
-def _clip(vocab: int) -> Any:
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    return CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=vocab,
-            hidden_size=CLIP_WIDTH,
-            intermediate_size=2 * CLIP_WIDTH,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            max_position_embeddings=MODEL_MAX_LENGTH,
-            projection_dim=CLIP_WIDTH,
-            bos_token_id=vocab - 2,
-            eos_token_id=vocab - 1,
-            pad_token_id=vocab - 1,
-        )
-    )
 
 
 def _t5(vocab: int) -> Any:
@@ -120,7 +102,7 @@ class Flux(WorldArch):
         )
         return {
             "vae": self.build_vae(),
-            "text_encoder": _clip(len(clip_tokenizer)),
+            "text_encoder": build_text_encoder(len(clip_tokenizer), CLIP_WIDTH),
             "tokenizer": clip_tokenizer,
             "text_encoder_2": _t5(len(t5_tokenizer)),
             "tokenizer_2": t5_tokenizer,

@@ -22,7 +22,7 @@ from charloop.families.sdxl import encode_pair
 from charloop_world import base_model
 from charloop_world.arch.base import Batch, Components, WorldArch
 from charloop_world.arch.ddpm import epsilon_loss
-from charloop_world.tokenizer import MODEL_MAX_LENGTH, build_world_tokenizer
+from charloop_world.tokenizer import build_world_tokenizer
 from charloop_world.train_base import autocast
 
 TEXT_WIDTH = 64
@@ -33,24 +33,6 @@ LATENT = 16
 CROP_SHAPES = ((16, 16), (12, 16), (16, 12))
 """Latent (height, width) a batch trains at: the square, 48x64 landscape, 64x48 portrait."""
 CROP_WEIGHTS = (0.6, 0.2, 0.2)
-
-
-def _text_encoder(vocab: int, with_projection: bool) -> Any:
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    config = CLIPTextConfig(
-        vocab_size=vocab,
-        hidden_size=TEXT_WIDTH,
-        intermediate_size=2 * TEXT_WIDTH,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        max_position_embeddings=MODEL_MAX_LENGTH,
-        projection_dim=TEXT_WIDTH,
-        bos_token_id=vocab - 2,
-        eos_token_id=vocab - 1,
-        pad_token_id=vocab - 1,
-    )
-    return CLIPTextModelWithProjection(config) if with_projection else CLIPTextModel(config)
 
 
 def build_unet() -> Any:
@@ -95,8 +77,8 @@ class SDXL(WorldArch):
         tokenizer = build_world_tokenizer()
         return {
             "vae": self.build_vae(),
-            "text_encoder": _text_encoder(len(tokenizer), with_projection=False),
-            "text_encoder_2": _text_encoder(len(tokenizer), with_projection=True),
+            "text_encoder": base_model.build_text_encoder(len(tokenizer), TEXT_WIDTH),
+            "text_encoder_2": base_model.build_text_encoder(len(tokenizer), TEXT_WIDTH, True),
             "tokenizer": tokenizer,
             "tokenizer_2": build_world_tokenizer(),
             "unet": build_unet(),
