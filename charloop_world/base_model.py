@@ -98,22 +98,6 @@ def build_scheduler() -> Any:
     )
 
 
-def assemble_pipeline(vae: Any, text_encoder: Any, tokenizer: Any, unet: Any) -> Any:
-    """A ``StableDiffusionPipeline`` from trained parts (no safety checker)."""
-    from diffusers import StableDiffusionPipeline
-
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=build_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-
-
 def save_pipeline(pipe: Any, out_dir: str | Path, fp16: bool = True) -> Path:
     """Save in diffusers layout with safetensors (fp16 weights by default)."""
     out = Path(out_dir)

@@ -48,6 +48,8 @@ class WorldArch(ABC):
     tokenizers: ClassVar[tuple[str, ...]] = ("tokenizer",)
     """Component names of the tokenizers, one per text encoder."""
     latent_channels: ClassVar[int] = 4
+    quant_conv: ClassVar[bool] = True
+    """Whether the VAE has SD's quant convolutions (FLUX's has none)."""
     latent_shift: ClassVar[bool] = False
     """Whether latents are shifted by their mean (FLUX's ``shift_factor``) before scaling."""
     description: ClassVar[str]
@@ -69,9 +71,11 @@ class WorldArch(ABC):
     def new_components(self, seed: int) -> Components:
         """Freshly initialised components (VAE, text encoders, tokenizers, denoiser)."""
 
-    @abstractmethod
     def build_vae(self) -> Any:
         """A fresh ``AutoencoderKL`` (also used to load a VAE checkpoint)."""
+        from charloop_world.base_model import build_vae
+
+        return build_vae(self.latent_channels, self.quant_conv)
 
     @abstractmethod
     def loss(
@@ -80,12 +84,24 @@ class WorldArch(ABC):
         """``(loss to optimise, unweighted mean squared error)`` of one batch."""
 
     @abstractmethod
+    def scheduler(self) -> Any:
+        """The sampling scheduler the saved pipeline ships with."""
+
+    def pipeline_options(self) -> dict[str, Any]:
+        """Pipeline constructor arguments besides the components and the scheduler."""
+        return {}
+
     def assemble(self, components: Components) -> Any:
         """The family's text-to-image pipeline from trained components."""
+        return self.pipeline_type()(
+            scheduler=self.scheduler(), **components, **self.pipeline_options()
+        )
 
-    @abstractmethod
     def pipeline_type(self) -> Any:
-        """The diffusers pipeline class (for loading the saved folder)."""
+        """The diffusers pipeline class (charloop's family says which)."""
+        from charloop.families import get_family
+
+        return get_family(self.family).pipeline_type()
 
     def batch_geometry(
         self, latents: torch.Tensor, rng: np.random.Generator

@@ -82,6 +82,7 @@ class Flux(WorldArch):
     text_encoders: ClassVar[tuple[str, ...]] = ("text_encoder", "text_encoder_2")
     tokenizers: ClassVar[tuple[str, ...]] = ("tokenizer", "tokenizer_2")
     latent_channels: ClassVar[int] = 16
+    quant_conv: ClassVar[bool] = False
     latent_shift: ClassVar[bool] = True
     objective_text: ClassVar[str] = "rectified flow (logit-normal sigmas shifted by 3)"
     target_text: ClassVar[str] = "velocity MSE"
@@ -109,11 +110,6 @@ class Flux(WorldArch):
             "transformer": build_transformer(),
         }
 
-    def build_vae(self) -> Any:
-        from charloop_world.base_model import build_vae
-
-        return build_vae(latent_channels=16, quant_conv=False)
-
     def loss(
         self, components: Components, batch: Batch, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,18 +124,10 @@ class Flux(WorldArch):
             loss = OBJECTIVE.loss(components["transformer"], latents, cond, noise, timesteps, None)
         return loss, loss.detach()
 
-    def assemble(self, components: Components) -> Any:
-        from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+    def scheduler(self) -> Any:
+        from diffusers import FlowMatchEulerDiscreteScheduler
 
-        parts = {k: components[k] for k in ("vae", "transformer", *self.text_encoders)}
-        parts |= {k: components[k] for k in self.tokenizers}
-        scheduler = FlowMatchEulerDiscreteScheduler(shift=SHIFT, use_dynamic_shifting=False)
-        return FluxPipeline(scheduler=scheduler, **parts)
-
-    def pipeline_type(self) -> Any:
-        from diffusers import FluxPipeline
-
-        return FluxPipeline
+        return FlowMatchEulerDiscreteScheduler(shift=SHIFT, use_dynamic_shifting=False)
 
 
 ARCH = Flux()

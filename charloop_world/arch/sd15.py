@@ -26,9 +26,6 @@ class SD15(WorldArch):
         vae, text_encoder, tokenizer, unet = base_model.new_components(seed)
         return {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "unet": unet}
 
-    def build_vae(self) -> Any:
-        return base_model.build_vae()
-
     def loss(
         self, components: Components, batch: Batch, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,14 +33,11 @@ class SD15(WorldArch):
             hidden = components["text_encoder"](batch.ids[0])[0]
         return epsilon_loss(components["unet"], batch.latents, {"encoder_hidden_states": hidden})
 
-    def assemble(self, components: Components) -> Any:
-        c = components
-        return base_model.assemble_pipeline(c["vae"], c["text_encoder"], c["tokenizer"], c["unet"])
+    def scheduler(self) -> Any:
+        return base_model.build_scheduler()
 
-    def pipeline_type(self) -> Any:
-        from diffusers import StableDiffusionPipeline
-
-        return StableDiffusionPipeline
+    def pipeline_options(self) -> dict[str, Any]:
+        return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 
 
 ARCH = SD15()

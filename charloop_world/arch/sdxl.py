@@ -84,9 +84,6 @@ class SDXL(WorldArch):
             "unet": build_unet(),
         }
 
-    def build_vae(self) -> Any:
-        return base_model.build_vae()
-
     def batch_geometry(
         self, latents: torch.Tensor, rng: np.random.Generator
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -111,18 +108,12 @@ class SDXL(WorldArch):
         }
         return epsilon_loss(components["unet"], batch.latents, cond)
 
-    def assemble(self, components: Components) -> Any:
-        from diffusers import StableDiffusionXLPipeline
+    def scheduler(self) -> Any:
+        return base_model.build_scheduler()
 
-        parts = {k: components[k] for k in ("vae", "unet", *self.text_encoders, *self.tokenizers)}
-        return StableDiffusionXLPipeline(
-            scheduler=base_model.build_scheduler(), force_zeros_for_empty_prompt=False, **parts
-        )
-
-    def pipeline_type(self) -> Any:
-        from diffusers import StableDiffusionXLPipeline
-
-        return StableDiffusionXLPipeline
+    def pipeline_options(self) -> dict[str, Any]:
+        # the empty negative prompt is encoded, as the empty captions were in training
+        return {"force_zeros_for_empty_prompt": False}
 
 
 ARCH = SDXL()

@@ -11,7 +11,6 @@ models, a fine-tuned base). Nothing is downloaded or allocated.
 from __future__ import annotations
 
 import functools
-
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
