@@ -114,6 +114,18 @@ def validate(
             fail_with(exc, "base model does not match the params")
     else:
         family = "auto"
+    if project.params.traits is not None:
+        from charloop.scenes.traits import TraitError, check_traits
+
+        try:
+            resolved = check_traits(project)
+        except TraitError as exc:
+            fail_with(exc, "traits cannot be checked")
+        for name, traits in resolved.items():
+            typer.echo(
+                f"traits of {name}: declared {', '.join(traits.declared) or 'none'}; "
+                f"discovered on the references: {', '.join(traits.discovered) or 'none'}"
+            )
     kind = "cast" if project.params.cast else "character"
     typer.echo(f"OK: {params} ({kind} '{project.params.subject}', {family} base)")
 

@@ -9,8 +9,13 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-TARGETS = ("oracle", "embedder", "base")
-FOLDERS = {"base": "world-sd15", "embedder": "world-embedder", "oracle": "world-oracle"}
+TARGETS = ("oracle", "embedder", "base", "tagger")
+FOLDERS = {
+    "base": "world-sd15",
+    "embedder": "world-embedder",
+    "oracle": "world-oracle",
+    "tagger": "world-tagger",
+}
 
 
 def build(
@@ -26,9 +31,10 @@ def build(
     """Build one model (or ``all``) under ``out``; returns the written folders.
 
     Args:
-        target: ``base``, ``embedder``, ``oracle``, ``oracle-adapt`` (fine-tune the oracle on
-            VAE reconstructions), ``quality`` (measure the base model with the oracle and
-            update its model card) or ``all`` (all of them in that order).
+        target: ``base``, ``embedder``, ``oracle``, ``tagger`` (the loop's trait scorer),
+            ``oracle-adapt`` (fine-tune the oracle on VAE reconstructions), ``quality``
+            (measure the base model with the oracle and update its model card) or ``all``
+            (all of them in that order).
         out: Models folder.
         cache: Where rendered datasets and training checkpoints are kept.
         minutes: Training budget override (for the base model: the UNet budget).
@@ -70,6 +76,11 @@ def build(
             written.append(
                 _build_base(base_folder, cache, minutes, seed, vae_minutes, base_options, family)
             )
+        elif name == "tagger":
+            from charloop_world.tagger import build_tagger
+
+            kwargs = {} if minutes is None else {"minutes": minutes}
+            written.append(build_tagger(folder, cache, seed=seed, models=out, **kwargs))
         elif name == "embedder":
             from charloop_world.embedder import build_embedder
 

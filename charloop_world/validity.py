@@ -40,6 +40,7 @@ from charloop.scenes.render import ImageJob, render
 from charloop.stages.layout import ADAPTER_WEIGHTS, IterationPaths
 from charloop_world.attributes import character_from_dict
 from charloop_world.captions import character_phrases
+from charloop_world.validity_traits import data_reads, markdown_lines
 from charloop_world.variety import (
     KEPT_ENOUGH,
     context_fidelity,
@@ -170,10 +171,12 @@ def run_validity(
     described = validity_jobs(project, seeds, truth)
     pipe = load_pipeline(project.model_ref(params.base_model.path), params.base_model)
     models: dict[str, Path | None] = {"base model": None, DESCRIBED: None}
+    roots: dict[str, Path] = {}
     for root in sorted(project.workdir.glob("iter-*")):  # every round's iterations
         folder = IterationPaths(root).adapter
         if (folder / ADAPTER_WEIGHTS).is_file():
-            models[f"iteration {int(root.name.removeprefix('iter-'))}"] = folder
+            name = f"iteration {int(root.name.removeprefix('iter-'))}"
+            models[name], roots[name] = folder, root
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
@@ -192,6 +195,7 @@ def run_validity(
         free_reads = oracle.read(free_images)
         results[name] |= variety(free_reads, free_images, loose, oracle.net.attributes)
         results[name]["context_fidelity"] = context_fidelity(reads, jobs)
+        results[name] |= data_reads(project, oracle, truth, images, roots.get(name))
         sheet = contact_sheet({name: images}, columns=len(seeds), row_labels=labels)
         sheet.save(out / f"{name.replace(', ', '-').replace(' ', '-')}.png")
         logger.info("validity: %s consistency %.1f%%", name, results[name]["consistency"])
@@ -277,6 +281,7 @@ def validity_markdown(report: dict[str, Any]) -> str:
         "contexts):",
         "",
         *variety_lines(models, DESCRIBED),
+        *markdown_lines(models),
     ]
     if world := report.get("world_layout_variety"):
         lines += [

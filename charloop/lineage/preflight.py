@@ -28,7 +28,9 @@ from charloop.params.filter import ClipEmbedder, Dinov2Embedder, WorldEmbedder
 from charloop.params.generate import ControlNetParams, IPAdapterParams
 from charloop.params.project import Project
 from charloop.params.schema import BaseModelSpec
+from charloop.params.traits import ClipTraitScorer, WorldTraitScorer
 from charloop.scenes.references import load_references
+from charloop.scenes.traits import check_traits
 from charloop.stages.caption.heldout import check_held_out
 
 logger = logging.getLogger(__name__)
@@ -38,6 +40,8 @@ _MODEL_FIELDS: dict[type, str] = {
     ClipEmbedder: "path",
     Dinov2Embedder: "path",
     WorldEmbedder: "path",
+    WorldTraitScorer: "path",
+    ClipTraitScorer: "path",
     VlmCaptioner: "path",
     ControlNetParams: "model",
     IPAdapterParams: "model",
@@ -185,6 +189,8 @@ def preflight(project: Project) -> None:
         if member.references:
             load_references(project.resolve(member.references))
     check_held_out(project)  # evaluation contexts never reach the training captions
+    if params.traits is not None:  # parseable, loadable, not contradicted by the references
+        check_traits(project)
     if params.dvc.enabled and params.dvc.remote and "://" not in params.dvc.remote:
         check_writable(Path(versioning.remote_url(project.root, params.dvc.remote)), "dvc.remote")
     check_registry(project)

@@ -110,6 +110,12 @@ def _publish(
         ),
         "git_commit": versioning.git_commit(project.root),
     }
+    for name, facts in (results.filtered.traits or {}).items():
+        # Which traits this version was filtered for, and whether its data showed them.
+        prefix = "traits" if not params.cast else f"traits.{name}"
+        tags[f"{prefix}_declared"] = ", ".join(facts["declared"])
+        tags[f"{prefix}_discovered"] = ", ".join(facts["discovered"])
+        tags[f"{prefix}_kept_all"] = f"{facts['kept']['all']:.3f}"
     if remote := dvc_remote(project):
         tags["dvc_remote"] = project.portable(remote)  # checkout fetches from there
     if review := results.reviewed:

@@ -72,6 +72,10 @@ class ScoreThreshold(StrictModel):
     keep_best: float | None = Field(default=None, gt=0, le=1)
     """Keep only this fraction of the batch, best scores first (The Chosen One's selection
     of the most cohesive subset), or null. Ties at the cut are kept."""
+    rank_among: Literal["all", "passing"] = "all"
+    """What ``keep_best`` and the outlier z-score are taken over: every candidate, or only
+    those no earlier discriminator rejected (after a traits check: the best of the
+    images that show every trait)."""
 
 
 class IdentityCheck(ScoreThreshold):
@@ -98,8 +102,18 @@ class PromptAdherenceCheck(ScoreThreshold):
     type: Literal["prompt_adherence"] = "prompt_adherence"
 
 
+class TraitsCheck(StrictModel):
+    """Every trait (declared and discovered, see the ``traits`` section) scored on every
+    image; an image missing more than ``max_missed`` of them is rejected, and its report
+    names each trait it missed."""
+
+    type: Literal["traits"] = "traits"
+    max_missed: int = Field(default=0, ge=0)
+    """How many traits an image may miss and still pass (0: it must show every one)."""
+
+
 Discriminator = Annotated[
-    DuplicatesCheck | QualityCheck | IdentityCheck | PromptAdherenceCheck,
+    DuplicatesCheck | QualityCheck | IdentityCheck | PromptAdherenceCheck | TraitsCheck,
     Field(discriminator="type"),
 ]
 

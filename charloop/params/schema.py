@@ -30,6 +30,7 @@ from charloop.params.promote import PromoteParams
 from charloop.params.scale import ScaleParams
 from charloop.params.schedule import ScheduleParams
 from charloop.params.train import TrainParams
+from charloop.params.traits import TraitsParams
 
 __all__ = [
     "AXES",
@@ -51,6 +52,7 @@ __all__ = [
     "StrictModel",
     "TemplateCaptioner",
     "TrainParams",
+    "TraitsParams",
     "VlmCaptioner",
     "WorldEmbedder",
 ]
@@ -153,6 +155,9 @@ class Params(StrictModel):
     contexts: Contexts
     base_model: BaseModelSpec = BaseModelSpec()
     generate: GenerateParams = GenerateParams()
+    traits: TraitsParams | None = None
+    """Traits as checks (declared and discovered from the references), scored on every
+    candidate, evaluation image and kept set; null: no trait checks."""
     filter: FilterParams = FilterParams()
     review: ReviewParams = ReviewParams()
     caption: CaptionParams = CaptionParams()
@@ -185,6 +190,16 @@ class Params(StrictModel):
             raise ValueError(
                 "loop.metric: reference_match compares the renders with character.references: "
                 "set the references folder, or use loop.metric: auto or identity_consistency"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _traits_check_has_scorer(self) -> Params:
+        if self.filter.check("traits") is not None and self.traits is None:
+            raise ValueError(
+                "the traits discriminator needs a trait scorer: add a 'traits:' section "
+                "(e.g. traits: {scorer: {type: world, path: models/world-tagger}}) or remove "
+                "{type: traits} from filter.discriminators"
             )
         return self
 

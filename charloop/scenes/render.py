@@ -30,6 +30,8 @@ class ImageJob:
     context: dict[str, str]
     characters: tuple[str, ...] = ()
     """Names of the characters in the scene, in prompt order (left to right when laid out)."""
+    aim: dict[str, Any] | None = None
+    """The traits an aimed prompt names and why (:mod:`charloop.scenes.aim`)."""
 
 
 def render(

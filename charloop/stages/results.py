@@ -67,6 +67,9 @@ class Filtered(StageResult):
     references_skipped: dict[str, str] = field(default_factory=dict)
     identity: dict[str, Any] | None = None
     """How the identity discriminator anchored (references or a cohesive cluster)."""
+    traits: dict[str, Any] | None = None
+    """Per character: declared and discovered traits, and their pass rates by the trait
+    scorer on the candidates and on the kept set (the dataset's own consistency)."""
 
 
 @dataclass(frozen=True)

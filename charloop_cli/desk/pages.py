@@ -29,6 +29,8 @@ td,th{padding:.15rem .5rem;border-bottom:1px solid #333;text-align:left} .muted{
 .character img{width:100px;image-rendering:pixelated;border-radius:4px}
 .refs{display:flex;flex-wrap:wrap;gap:.3rem} .main{flex:1;min-width:0}
 .nearest{display:flex;gap:.3rem;align-items:center} .nearest img{width:40px}
+.traits{list-style:none;padding:0;margin:.2rem 0;font-size:.8rem} .traits .missed{color:#b00}
+.traits .shown{color:#070} .character-traits .discovered{font-style:italic}
 #compare{display:none;gap:1rem;background:#1b1b1b;padding:.5rem;border-radius:8px;margin:.5rem 0}
 #compare.open{display:flex} #compare figure{margin:0} #compare img{width:256px;
  image-rendering:pixelated} .full{max-width:100%;image-rendering:pixelated}
@@ -134,13 +136,24 @@ def card_html(card: Card, iteration: int, token: str | None) -> str:
             f"<img src='{ref}' alt='nearest reference'><span class='muted'>nearest: "
             f"{escape(card.nearest_reference)}</span></div>"
         )
+    verdicts = ""
+    if card.traits:
+        verdicts = (
+            "<ul class='traits' title='traits as the trait scorer read them'>"
+            + "".join(
+                f"<li class='{'shown' if ok else 'missed'}'>{'&#10003;' if ok else '&#10007;'} "
+                f"{escape(trait)}</li>"
+                for trait, ok in card.traits.items()
+            )
+            + "</ul>"
+        )
     return (
         f"<div class='card {card.decision}' data-auto='{card.decision}' "
         f"data-summary='{escape(summary)}' id='card-{escape(card.id)}'>"
         f"<img src='{src}' alt='{escape(card.id)}'>"
         f"<div><b>{escape(card.id)}</b> <span class='verdict'>{card.decision}</span> "
         "<button type='button' class='cmp' title='compare (c)'>compare</button></div>"
-        f"<div class='muted'>filter: {card.decision}; {reasons}</div>{scores}{nearest}"
+        f"<div class='muted'>filter: {card.decision}; {reasons}</div>{scores}{verdicts}{nearest}"
         f"<div class='muted'>{escape(card.context_label)}</div>"
         f"<div class='muted' title='{escape(card.prompt)}'>{escape(card.prompt[:90])}</div>"
         f"<input class='v' type='hidden' name='verdict:{escape(card.id)}' value='{card.decision}'>"
@@ -151,7 +164,14 @@ def card_html(card: Card, iteration: int, token: str | None) -> str:
 def character_panel(view: IterationView, token: str | None) -> str:
     """The character the candidates must match, pinned beside the grid: its declared
     traits and its reference images."""
-    traits = "".join(f"<li>{escape(t)}</li>" for t in view.traits) or "<li>none declared</li>"
+
+    def item(trait: str, kind: str) -> str:
+        rate = view.kept_traits.get(trait)
+        kept = f" <span class='muted'>kept set {rate:.0%}</span>" if rate is not None else ""
+        return f"<li class='{kind}'>{escape(trait)}{kept}</li>"
+
+    traits = "".join(item(t, "declared") for t in view.traits) or "<li>none declared</li>"
+    traits += "".join(item(t, "discovered") for t in view.discovered)
     refs = "".join(
         f"<img src='{link(f'/reference/{name}', token)}' alt='{escape(name)}' "
         f"title='{escape(name)}'>"
@@ -159,8 +179,13 @@ def character_panel(view: IterationView, token: str | None) -> str:
     )
     body = refs or "<p class='muted'>No reference images (character.references).</p>"
     return (
-        f"<aside class='character' id='references'><h3>The character</h3><b>Traits</b>"
-        f"<ul>{traits}</ul><b>References ({len(view.references)})</b>"
+        "<aside class='character' id='references'><h3>The character</h3><b>Traits</b>"
+        + (
+            "<span class='muted'> (declared; discovered on the references)</span>"
+            if view.discovered
+            else ""
+        )  # fmt: skip
+        + f"<ul class='character-traits'>{traits}</ul><b>References ({len(view.references)})</b>"
         f"<div class='refs'>{body}</div></aside>"
     )
 

@@ -26,6 +26,7 @@ from charloop.scenes.heldout import held_out_axes
 from charloop.scenes.prompts import context_id, scene_prompt
 from charloop.scenes.references import load_references, open_image
 from charloop.scenes.render import ImageJob, png_bytes, render
+from charloop.scenes.traits import evaluation_traits, traits_identity
 from charloop.stages.contract import StageIdentity, identity
 from charloop.stages.evaluate.metrics import consistency_metrics, headline, validation_loss
 from charloop.stages.evaluate.scores import ScoredImages
@@ -90,6 +91,7 @@ def evaluate_identity(
         embedder=project.portable_ref(params.evaluate.embedder.path),
         adapter=adapter.digest,
         dataset=dataset.digest,
+        traits=traits_identity(project),
         references={
             name: tree_digest(folder) if folder and folder.is_dir() else None
             for name, folder in _references_dirs(project).items()
@@ -154,6 +156,12 @@ def run_evaluate(
         {name: load_references(folder) for name, folder in _references_dirs(project).items()},
     )
     metrics = scored.metrics(params)
+    names = [job.characters for job in jobs]
+    if traits := evaluation_traits(project, names, lora_images, base_images):
+        metrics["traits"] = traits
+        metrics["trait_pass"] = traits["mean"]
+        metrics["traits_all"] = traits["all"]
+        metrics["traits_all_base"] = traits["all_base"]
     if (loss := validation_loss(adapter.path)) is not None:
         metrics["validation_loss"] = loss
     metrics.update(

@@ -9,7 +9,13 @@ import numpy as np
 from PIL import Image
 
 from charloop.models.embedder import nearest_reference_match
-from charloop.params.filter import DuplicatesCheck, IdentityCheck, QualityCheck, ScoreThreshold
+from charloop.params.filter import (
+    DuplicatesCheck,
+    IdentityCheck,
+    QualityCheck,
+    ScoreThreshold,
+    TraitsCheck,
+)
 from charloop.stages.filter.clustering import cohesive_anchor
 from charloop.stages.filter.imagestats import dhash, hamming, quality_scores
 
@@ -24,19 +30,23 @@ class Decision:
     reasons: list[str] = field(default_factory=list)
     nearest_reference: str | None = None
     """File name of the reference image this one is closest to (the review desk shows it)."""
+    traits: dict[str, bool] | None = None
+    """Trait -> shown, by the trait scorer (when the params have a ``traits`` section)."""
 
     @property
     def kept(self) -> bool:
         return not self.reasons
 
     def as_row(self) -> dict[str, Any]:
-        row = {
+        row: dict[str, Any] = {
             "id": self.id,
             "file": self.file,
             "decision": "keep" if self.kept else "reject",
             "reasons": self.reasons,
             "scores": self.scores,
         }
+        if self.traits is not None:
+            row["traits"] = self.traits
         return row | (
             {"nearest_reference": self.nearest_reference} if self.nearest_reference else {}
         )
@@ -73,6 +83,28 @@ def check_duplicates(
             decision.reasons.append(f"near duplicate of {other} (dHash distance {distance})")
         elif decision.kept:
             survivors.append((decision.id, phash))
+
+
+def record_traits(
+    decisions: list[Decision], scores: np.ndarray, traits: list[str], min_score: float
+) -> None:
+    """Record each trait's score (``trait: <name>``) and verdict on each decision."""
+    for decision, row in zip(decisions, scores, strict=True):
+        decision.traits = {}
+        for trait, score in zip(traits, row, strict=True):
+            decision.scores[f"trait: {trait}"] = float(score)
+            decision.traits[trait] = bool(score >= min_score)
+
+
+def check_traits(decisions: list[Decision], rule: TraitsCheck, min_score: float) -> None:
+    """Reject an image missing more than ``rule.max_missed`` traits; name each one missed."""
+    for decision in decisions:
+        missed = [t for t, shown in (decision.traits or {}).items() if not shown]
+        if len(missed) > rule.max_missed:
+            decision.reasons += [
+                f"missed trait {t!r} ({decision.scores[f'trait: {t}']:.2f} < {min_score})"
+                for t in missed
+            ]
 
 
 def apply_threshold(

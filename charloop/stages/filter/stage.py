@@ -22,6 +22,7 @@ from charloop.params.filter import FilterParams
 from charloop.params.project import Project
 from charloop.scenes.prompts import scene_text
 from charloop.scenes.references import load_references, open_image
+from charloop.scenes.traits import resolve_traits, traits_identity
 from charloop.stages.contract import NotEnoughImages, StageIdentity, identity
 from charloop.stages.filter.cast_identity import cast_identity
 from charloop.stages.filter.discriminators import (
@@ -29,9 +30,11 @@ from charloop.stages.filter.discriminators import (
     apply_threshold,
     check_duplicates,
     check_quality,
+    check_traits,
     identity_scores,
     nearest_references,
 )
+from charloop.stages.filter.traits import TraitReader, trait_facts, trait_reader
 from charloop.stages.results import Filtered, Generated
 
 logger = logging.getLogger(__name__)
@@ -49,6 +52,7 @@ def judge(
     texts: list[str] | None = None,
     laid_out: bool = False,
     reference_files: list[str] | None = None,
+    trait_reader: TraitReader | None = None,
 ) -> tuple[list[Decision], dict[str, Any], dict[str, Image.Image]]:
     """Score and decide every manifest row, running the discriminators in configured order.
 
@@ -63,6 +67,8 @@ def judge(
         laid_out: A cast's joint scenes were generated side by side.
         reference_files: File names of ``references`` (one character): each decision
             records its nearest one.
+        trait_reader: Scores every solo image's traits (recorded whatever the rules; the
+            ``traits`` discriminator rejects on them).
 
     Returns:
         The decisions (manifest order), facts about the run (identity anchor...), and the
@@ -83,8 +89,13 @@ def judge(
     readable = [d for d in decisions if d.id in images]
     facts: dict[str, Any] = {}
     embeddings: np.ndarray | None = None
+    if trait_reader is not None:
+        trait_reader.read(rows, readable, images)
     for rule in rules.discriminators:
-        if rule.type == "quality":
+        if rule.type == "traits":
+            assert trait_reader is not None  # validated: the traits check needs a scorer
+            check_traits(readable, rule, trait_reader.min_score)
+        elif rule.type == "quality":
             for decision in readable:
                 check_quality(decision, images[decision.id], rule)
         elif rule.type == "duplicates":
@@ -110,7 +121,9 @@ def judge(
             elif rule.type == "identity":
                 assert not isinstance(references, dict)
                 scores, facts["identity"] = identity_scores(embeddings, references, rule)
-                apply_threshold(readable, scores, "identity", rule)
+                pick = _ranked(readable, rule.rank_among)
+                ranked = [d for d, p in zip(readable, pick, strict=True) if p]
+                apply_threshold(ranked, scores[pick], "identity", rule)
                 if references is not None and len(references) and reference_files:
                     nearest = nearest_references(embeddings, references)
                     for decision, index in zip(readable, nearest, strict=True):
@@ -119,8 +132,16 @@ def judge(
                 by_id = dict(zip([r["id"] for r in rows], texts or [], strict=False))
                 text_emb = embedder.embed_texts([by_id[d.id] for d in readable])
                 assert text_emb is not None  # validated: prompt adherence needs CLIP
-                apply_threshold(readable, np.sum(embeddings * text_emb, 1), "prompt", rule)
+                pick = _ranked(readable, rule.rank_among)
+                ranked = [d for d, p in zip(readable, pick, strict=True) if p]
+                prompt_scores = np.sum(embeddings * text_emb, 1)[pick]
+                apply_threshold(ranked, prompt_scores, "prompt", rule)
     return decisions, facts, images
+
+
+def _ranked(decisions: list[Decision], among: str) -> np.ndarray:
+    """Mask of the decisions a score threshold ranks: all, or those not rejected so far."""
+    return np.array([among == "all" or d.kept for d in decisions], dtype=bool)
 
 
 def _references_dirs(project: Project) -> dict[str, Path | None]:
@@ -154,6 +175,7 @@ def filter_identity(
         },
         characters=[m.model_dump() for m in params.members],
         cast=params.cast.model_dump() if params.cast else None,
+        traits=traits_identity(project),
     )
 
 
@@ -184,9 +206,16 @@ def run_filter(project: Project, generated: Generated, out_dir: str | Path) -> F
         anchors = ref_emb if params.cast else ref_emb[params.subject]
         laid_out = params.cast is not None and params.cast.joint.layout == "side_by_side"
         files = None if params.cast else refs[params.subject].files
+        reader = trait_reader(project)
         decisions, facts, images = judge(
-            rows, Path(generated.path), rules, embedder, anchors, texts, laid_out, files
+            rows, Path(generated.path), rules, embedder, anchors, texts, laid_out, files, reader
         )
+        if reader is not None:
+            resolved = resolve_traits(project)
+            facts["traits"] = {
+                name: resolved[name].as_dict() | rates
+                for name, rates in trait_facts(reader, decisions).items()
+            }
         kept_ids = {d.id for d in decisions if d.kept}
         with atomic.staged_dir(out_dir) as staging:
             atomic.write_jsonl(staging / "report.jsonl", [d.as_row() for d in decisions])
@@ -199,6 +228,7 @@ def run_filter(project: Project, generated: Generated, out_dir: str | Path) -> F
                 references_used=sum(len(r.files) for r in refs.values()),
                 references_skipped={k: v for r in refs.values() for k, v in r.skipped.items()},
                 identity=facts.get("identity"),
+                traits=facts.get("traits"),
             )
         logger.info("filter: kept %d of %d images", len(kept_ids), len(rows))
     if output.kept < rules.min_kept:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from charloop.core import atomic
 from charloop.params.project import Project
+from charloop.scenes.aim import plan_aim
 from charloop.stages.contract import StageIdentity, identity
 from charloop.stages.generate.stage import generate_identity, plan_jobs, render_jobs
 from charloop.stages.layout import shard_dir
@@ -49,7 +50,8 @@ def run_generate_shard(
     stage = shard_identity(project, iteration, adapter, out_dir, shard, shards)
     if done := stage.done():
         return done
-    jobs = plan_jobs(project, iteration)[shard::shards]
+    aim = plan_aim(project, adapter.path if adapter else None)
+    jobs = plan_jobs(project, iteration, aim)[shard::shards]
     with atomic.staged_dir(stage.out_dir) as staging:
         rows = render_jobs(project, iteration, adapter, jobs, staging)
         atomic.write_jsonl(staging / "manifest.jsonl", rows)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,14 @@ from charloop.families.single_file import base_model_ref
 from charloop.models.pipeline import load_pipeline, lora_applied
 from charloop.params.project import Project
 from charloop.params.schema import Character, Params
-from charloop.scenes.prompts import context_id, context_matrix, derive_seed, scene_prompt
+from charloop.scenes.aim import Aim, plan_aim
+from charloop.scenes.prompts import (
+    context_id,
+    context_matrix,
+    derive_seed,
+    render_prompt,
+    scene_prompt,
+)
 from charloop.scenes.references import load_references
 from charloop.scenes.render import ImageJob, png_bytes, render
 from charloop.stages.contract import StageIdentity, identity
@@ -24,15 +31,20 @@ from charloop.stages.results import AdapterRef, Generated
 logger = logging.getLogger(__name__)
 
 
-def plan_jobs(project: Project, iteration: int) -> list[ImageJob]:
+def plan_jobs(project: Project, iteration: int, aim: Aim | None = None) -> list[ImageJob]:
     """Image jobs for one iteration: each context combination times ``images_per_prompt``,
-    for every character alone and, in a cast, for every pair of the joint scenes."""
+    for every character alone and, in a cast, for every pair of the joint scenes.
+
+    With an ``aim``, the first ``aim.count`` images of each solo prompt name the aimed
+    traits too (same ids and seeds: only the prompt changes).
+    """
     params = project.params
     gen = params.generate
     contexts = context_matrix(params.contexts, gen.max_prompts, gen.seed)
     jobs = []
     for member in params.members:
-        jobs += scene_jobs(params, [member], contexts, gen.images_per_prompt, iteration)
+        solo = scene_jobs(params, [member], contexts, gen.images_per_prompt, iteration)
+        jobs += aimed(params, member, solo, aim) if aim else solo
     if params.cast is not None:
         joint = params.cast.joint
         pair_contexts = context_matrix(
@@ -78,6 +90,26 @@ def scene_jobs(
     return jobs
 
 
+def aimed(params: Params, member: Character, jobs: list[ImageJob], aim: Aim) -> list[ImageJob]:
+    """``jobs`` (one solo character's, ``images_per_prompt`` per context in order) with the
+    first ``aim.count`` of each context's images prompted with the aimed traits."""
+    traits = aim.traits.get(member.name, [])
+    count = aim.count(params.generate.images_per_prompt)
+    if not traits or not count:
+        return jobs
+    template = params.generate.prompt_template
+    if "{traits}" not in template:  # the aimed traits follow the trigger
+        template = template.replace("{trigger}", "{trigger}, {traits}", 1)
+    named = member.model_copy(update={"traits": [*member.traits, *traits]})
+    out = []
+    for index, job in enumerate(jobs):
+        if index % params.generate.images_per_prompt < count:
+            prompt = render_prompt(template, named, job.context, trigger=aim.trigger)
+            job = replace(job, prompt=prompt, aim=aim.record(member.name))
+        out.append(job)
+    return out
+
+
 def generate_identity(
     project: Project, iteration: int, adapter: AdapterRef | None, out_dir: str | Path
 ) -> StageIdentity[Generated]:
@@ -104,6 +136,7 @@ def generate_identity(
         generate=params.generate.model_dump(),
         iteration=iteration,
         adapter=adapter.sha256 if adapter else None,
+        aim=asdict(aim) if (aim := plan_aim(project, adapter.path if adapter else None)) else None,
     )
 
 
@@ -193,7 +226,7 @@ def run_generate(
     if done := stage.done():
         logger.info("generate: reusing %s", out_dir)
         return done
-    jobs = plan_jobs(project, iteration)
+    jobs = plan_jobs(project, iteration, plan_aim(project, adapter.path if adapter else None))
     with atomic.staged_dir(Path(out_dir)) as staging:
         rows = render_jobs(project, iteration, adapter, jobs, staging)
         atomic.write_jsonl(staging / "manifest.jsonl", rows)

@@ -11,8 +11,10 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from charloop.core import atomic
+from charloop.stages.contract import MARKER
 from charloop.stages.layout import IterationPaths
 from charloop.stages.review.stage import (
     HumanDecisions,
@@ -39,6 +41,8 @@ class Card:
     context: dict[str, str]
     nearest_reference: str | None = None
     """The reference image the filter found closest (None: no references, or a cast)."""
+    traits: dict[str, bool] | None = None
+    """Trait -> shown, as the trait scorer read this image (None: no trait checks)."""
 
     @property
     def context_label(self) -> str:
@@ -62,6 +66,10 @@ class IterationView:
     """File names of the character's reference images."""
     traits: list[str] = field(default_factory=list)
     """The character's declared traits."""
+    discovered: list[str] = field(default_factory=list)
+    """Traits the filter discovered on the references (the tags they agree on)."""
+    kept_traits: dict[str, float] = field(default_factory=dict)
+    """Each trait's pass rate in the kept set (the dataset's own consistency)."""
 
 
 def iterations(workdir: Path) -> list[int]:
@@ -96,6 +104,7 @@ def cards(workdir: Path, iteration: int) -> list[Card]:
                 made.get("prompt", ""),
                 dict(made.get("context", {})),
                 row.get("nearest_reference"),
+                row.get("traits"),
             )
         )
     return out
@@ -142,6 +151,7 @@ def view(
         data = json.loads(previous.read_text())
         metrics = {k: float(v) for k, v in data.items() if isinstance(v, int | float)}
     sheet = paths.filtered / "contact_sheet.png"
+    found = filter_traits(paths.filtered)
     return IterationView(
         iteration,
         cards(workdir, iteration),
@@ -151,7 +161,18 @@ def view(
         evaluation_sheet(workdir, iteration - 1),
         reference_files(references),
         list(traits or []),
+        list(found.get("discovered", [])),
+        dict(found.get("kept", {}).get("traits", {})),
     )
+
+
+def filter_traits(folder: Path) -> dict[str, Any]:
+    """The first character's trait facts recorded by the filter stage (empty without)."""
+    marker = folder / MARKER
+    if not marker.is_file():
+        return {}
+    traits = json.loads(marker.read_text()).get("traits") or {}
+    return dict(next(iter(traits.values()), {}))
 
 
 def image_path(workdir: Path, iteration: int, name: str) -> Path | None:

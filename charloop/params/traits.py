@@ -1,0 +1,86 @@
+"""Trait settings of params.yaml: which scorer reads traits, discovery and aimed generation."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+
+from charloop.params.base import StrictModel
+
+DEFAULT_VOCABULARY: list[str] = [
+    *(f"{c} hair" for c in ("black", "brown", "blonde", "red", "white", "blue", "pink", "teal")),
+    *("short hair", "long hair", "ponytail", "twintails", "braid", "bangs"),
+    *(f"{c} eyes" for c in ("blue", "green", "brown", "red", "amber", "purple")),
+    *("glasses", "hat", "scarf", "earrings", "hair ribbon", "freckles", "beard"),
+    *("jacket", "dress", "robe", "armor", "hoodie", "school uniform", "cape"),
+]
+"""Tags the CLIP scorer proposes for the references when no ``vocabulary`` is given."""
+
+
+class WorldTraitScorer(StrictModel):
+    """The world tagger (``charloop world build tagger``): one head per world attribute;
+    traits are its tag phrases ('teal hair', 'wearing a hat', 'pink jacket')."""
+
+    type: Literal["world"] = "world"
+    path: str = "models/world-tagger"
+    """Folder of the tagger (relative to the params file)."""
+
+
+class ClipTraitScorer(StrictModel):
+    """Zero-shot CLIP (``transformers``): a trait's score is how much closer the image is
+    to 'a picture of a character with <trait>' than to the neutral prompt, as a
+    probability (softmax of the two cosines at CLIP's logit scale)."""
+
+    type: Literal["clip"] = "clip"
+    path: str = "models/tiny-clip"
+    """CLIP model folder or hub id, e.g. 'openai/clip-vit-large-patch14'."""
+    template: str = "a picture of a character with {trait}"
+    """Prompt a trait is scored with; must contain '{trait}'."""
+    neutral: str = "a picture of a character"
+    """The prompt each trait prompt is compared against."""
+    vocabulary: list[str] = Field(default_factory=lambda: list(DEFAULT_VOCABULARY))
+    """Candidate tags that reference tagging (``discover``) proposes."""
+
+    @field_validator("template")
+    @classmethod
+    def _has_slot(cls, value: str) -> str:
+        if "{trait}" not in value:
+            raise ValueError(f"the template must contain '{{trait}}' (got {value!r})")
+        return value
+
+
+TraitScorer = Annotated[WorldTraitScorer | ClipTraitScorer, Field(discriminator="type")]
+
+
+class AimParams(StrictModel):
+    """Generation aimed at what failed: each round reads the previous evaluation's
+    per-trait failure rates and names the failing traits in part of its prompts (the
+    captions do not name them, so training binds them to the trigger)."""
+
+    share: float = Field(default=0.75, ge=0, le=1)
+    """Share of each prompt's images whose prompt names the failing traits (0: off)."""
+    min_failure: float = Field(default=0.1, ge=0, le=1)
+    """A trait is aimed at when it failed on at least this share of the evaluation's
+    images with the LoRA. Before the first evaluation every trait the prompt does not
+    already name is aimed at."""
+
+
+class TraitsParams(StrictModel):
+    """Traits as first-class checks: the declared ``character.traits`` plus the tags every
+    reference shows, scored on every candidate (the ``traits`` discriminator), on every
+    evaluation image and on the kept set; aimed generation names the failing ones."""
+
+    scorer: TraitScorer = WorldTraitScorer()
+    """What reads traits from a picture: the world tagger or zero-shot CLIP."""
+    discover: bool = True
+    """Tag the references and add the tags they agree on (``agree``) to the traits."""
+    agree: float = Field(default=0.75, gt=0, le=1)
+    """Share of the references that must show a tag for it to become a trait: 1 asks
+    every one; the default tolerates a tagger's misreads on a quarter of them."""
+    min_score: float = Field(default=0.5, gt=0, lt=1)
+    """A trait passes on an image when the scorer gives it at least this probability."""
+    ignore: list[str] = []
+    """Discovered tags to leave out (declared traits are always kept)."""
+    aim: AimParams = AimParams()
+    """Aimed generation."""
