@@ -11,8 +11,8 @@ from charloop_cli.common import EXIT_INVALID, fail, load_or_exit, say, setup_log
 
 world_app = typer.Typer(help="Procedural character world: build its models, render references.")
 
-TARGETS = ("base", "embedder", "oracle", "oracle-adapt", "quality", "all")
-TARGET_HELP = "base, embedder, oracle, oracle-adapt, quality or all."
+TARGETS = ("base", "embedder", "oracle", "tagger", "oracle-adapt", "quality", "all")
+TARGET_HELP = "base, embedder, oracle, tagger, oracle-adapt, quality or all."
 
 
 @world_app.command()

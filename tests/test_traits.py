@@ -168,6 +168,8 @@ def test_aim_names_failing_traits_in_a_share_of_each_prompt(tmp_path: Path) -> N
     aimed = [j for j in jobs if j.aim]
     assert len(aimed) == len(jobs) // per_prompt * first.count(per_prompt) == len(jobs) * 3 // 4
     assert all(t in aimed[0].prompt for t in discovered)
+    assert "zxq kira" not in aimed[0].prompt  # described: no trigger, no LoRA
+    assert aimed[0].aim is not None and aimed[0].aim["lora"] is False
     assert not any(t in plain[0].prompt for t in discovered)
     # After an evaluation: only what failed on at least min_failure of its images.
     folder = tmp_path / "runs" / "iter-001"
@@ -180,6 +182,7 @@ def test_aim_names_failing_traits_in_a_share_of_each_prompt(tmp_path: Path) -> N
     (folder / "06_evaluation" / "metrics.json").write_text(json.dumps(metrics))
     aim = plan_aim(project, str(folder / "05_adapter"))
     assert aim is not None and aim.traits["kira"] == [discovered[0]]
+    assert aim.described["kira"] == ["teal hair", "ponytail", *discovered]
     assert aim.record("kira")["failure_rates"] == {discovered[0]: 0.5}
     assert "iter-001" in aim.source
     shutil.rmtree(folder)

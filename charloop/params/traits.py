@@ -54,16 +54,17 @@ TraitScorer = Annotated[WorldTraitScorer | ClipTraitScorer, Field(discriminator=
 
 
 class AimParams(StrictModel):
-    """Generation aimed at what failed: each round reads the previous evaluation's
-    per-trait failure rates and names the failing traits in part of its prompts (the
-    captions do not name them, so training binds them to the trigger)."""
+    """Generation aimed at what failed: while the LoRA a round renders with fails a trait,
+    part of each prompt's images describe the character in words instead (every trait,
+    no trigger, the base model alone); captions do not name the discovered traits, so
+    training binds them to the trigger. See docs/traits.md for why and the measurements."""
 
     share: float = Field(default=0.75, ge=0, le=1)
-    """Share of each prompt's images whose prompt names the failing traits (0: off)."""
+    """Share of each prompt's images that are described (0: off)."""
     min_failure: float = Field(default=0.1, ge=0, le=1)
-    """A trait is aimed at when it failed on at least this share of the evaluation's
-    images with the LoRA. Before the first evaluation every trait the prompt does not
-    already name is aimed at."""
+    """A trait fails when it is missing from at least this share of the evaluation's
+    images with the LoRA; a round with no failing trait renders every image with the LoRA.
+    Before the first evaluation, every discovered trait counts as failing."""
 
 
 class TraitsParams(StrictModel):

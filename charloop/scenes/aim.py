@@ -27,18 +27,15 @@ class Aim:
     """What a round aims at, per character, and why."""
 
     traits: dict[str, list[str]]
-    """Character -> the traits named in aimed prompts."""
+    """Character -> the traits aimed at (failing, or discovered before an evaluation)."""
+    described: dict[str, list[str]]
+    """Character -> every trait, declared first: what a described prompt names."""
     failure: dict[str, dict[str, float]]
     """Character -> trait -> failure rate in the evaluation read (empty before one)."""
     source: str
     """Where the failure rates come from."""
     share: float
     """Share of each prompt's images that are aimed."""
-    trigger: bool = True
-    """Whether aimed prompts name the trigger: only once a LoRA renders. To the base
-    model alone the trigger is an unknown word that pulls the picture off the traits
-    (on the world, kira's hair is right in 33 % of images with it, 100 % without), so
-    before the first LoRA an aimed prompt describes the character in words only."""
 
     def count(self, images_per_prompt: int) -> int:
         """How many of a prompt's images are aimed."""
@@ -51,7 +48,8 @@ class Aim:
             "traits": self.traits[name],
             "failure_rates": {t: round(rates[t], 3) for t in self.traits[name] if t in rates},
             "source": self.source,
-            "trigger": self.trigger,
+            "described": self.described[name],
+            "lora": False,
         }
 
 
@@ -69,15 +67,16 @@ def plan_aim(project: Project, adapter_path: str | None) -> Aim | None:
     if settings is None or settings.aim.share == 0:
         return None
     resolved = resolve_traits(project)
+    described = {name: t.all for name, t in resolved.items()}
     metrics = evaluation_of(adapter_path)
     read = json.loads(metrics.read_text()).get("traits") if metrics else None
     if not read:
         return Aim(
             {name: list(t.discovered) for name, t in resolved.items()},
+            described,
             {},
             "no evaluation yet: every discovered trait",
             settings.aim.share,
-            trigger=adapter_path is not None,
         )
     traits: dict[str, list[str]] = {}
     failure: dict[str, dict[str, float]] = {}
@@ -85,9 +84,7 @@ def plan_aim(project: Project, adapter_path: str | None) -> Aim | None:
         rates = read["characters"].get(name, {}).get("lora", {}).get("traits", {})
         failure[name] = {t: 1.0 - float(rates[t]) for t in member.all if t in rates}
         traits[name] = [
-            t
-            for t in member.all
-            if t not in member.declared and failure[name].get(t, 1.0) >= settings.aim.min_failure
+            t for t in member.all if failure[name].get(t, 1.0) >= settings.aim.min_failure
         ]
     source = f"evaluation {Path(metrics).parent.parent.name}" if metrics else ""
-    return Aim(traits, failure, source, settings.aim.share, trigger=True)
+    return Aim(traits, described, failure, source, settings.aim.share)

@@ -92,19 +92,19 @@ def scene_jobs(
 
 def aimed(params: Params, member: Character, jobs: list[ImageJob], aim: Aim) -> list[ImageJob]:
     """``jobs`` (one solo character's, ``images_per_prompt`` per context in order) with the
-    first ``aim.count`` of each context's images prompted with the aimed traits."""
-    traits = aim.traits.get(member.name, [])
+    first ``aim.count`` of each context's images described in words: every trait named,
+    no trigger, rendered by the base model alone (see :mod:`charloop.scenes.aim`)."""
     count = aim.count(params.generate.images_per_prompt)
-    if not traits or not count:
+    if not aim.traits.get(member.name) or not count:
         return jobs
     template = params.generate.prompt_template
-    if "{traits}" not in template:  # the aimed traits follow the trigger
+    if "{traits}" not in template:  # the traits follow the (empty) trigger slot
         template = template.replace("{trigger}", "{trigger}, {traits}", 1)
-    named = member.model_copy(update={"traits": [*member.traits, *traits]})
+    named = member.model_copy(update={"traits": aim.described[member.name]})
     out = []
     for index, job in enumerate(jobs):
         if index % params.generate.images_per_prompt < count:
-            prompt = render_prompt(template, named, job.context, trigger=aim.trigger)
+            prompt = render_prompt(template, named, job.context, trigger=False)
             job = replace(job, prompt=prompt, aim=aim.record(member.name))
         out.append(job)
     return out
@@ -176,11 +176,19 @@ def render_jobs(
     renderer = controlnet_pipeline(pipe, project.model_ref(cn.model)) if cn else pipe
     controls = [m.image for m in chosen] if chosen else None
     anchors = load_references(refs_dir).images if refs_dir else []
-    with (
-        lora_applied(pipe, adapter.path if adapter else None, params.generate.lora_scale),
-        ip_adapter_applied(pipe, ip, project.model_ref(ip.model) if ip else None, anchors) as cond,
-    ):
-        images = render(renderer, jobs, params.generate, controls, cond)
+    # Described (aimed) jobs render with the base model alone, the rest with the LoRA.
+    plain = [i for i, job in enumerate(jobs) if not job.aim]
+    described = [i for i, job in enumerate(jobs) if job.aim]
+    images: list[Any] = [None] * len(jobs)
+    with ip_adapter_applied(pipe, ip, project.model_ref(ip.model) if ip else None, anchors) as cond:
+        for group, lora in ((plain, adapter.path if adapter else None), (described, None)):
+            if not group:
+                continue
+            with lora_applied(pipe, lora, params.generate.lora_scale):
+                subset = [controls[i] for i in group] if controls else None
+                drawn = render(renderer, [jobs[i] for i in group], params.generate, subset, cond)
+            for i, image in zip(group, drawn, strict=True):
+                images[i] = image
     rows = []
     for index, (job, image) in enumerate(zip(jobs, images, strict=True)):
         data = png_bytes(image)
@@ -196,7 +204,7 @@ def render_jobs(
                 "adapter": {"path": project.portable(adapter.path), "sha256": adapter.sha256}
                 if adapter
                 else None,
-                "lora_scale": params.generate.lora_scale if adapter else 0.0,
+                "lora_scale": params.generate.lora_scale if adapter and not job.aim else 0.0,
                 "steps": params.generate.num_inference_steps,
                 "guidance_scale": params.generate.guidance_scale,
                 "resolution": params.generate.resolution,

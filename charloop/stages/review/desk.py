@@ -171,7 +171,7 @@ def filter_traits(folder: Path) -> dict[str, Any]:
     marker = folder / MARKER
     if not marker.is_file():
         return {}
-    traits = json.loads(marker.read_text()).get("traits") or {}
+    traits = json.loads(marker.read_text()).get("summary", {}).get("traits") or {}
     return dict(next(iter(traits.values()), {}))
 
 
