@@ -163,24 +163,41 @@ def check_memory(params: Params, ref: str, family: ModelFamily, device: torch.de
     )
 
 
-def render_offload(params: Params, ref: str, family: ModelFamily, device: torch.device) -> str:
-    """The offload of generation/evaluation pipelines: ``train.memory.pipeline_offload``,
-    'auto' resolved from the pipeline's weights and the limit; 'none' off CUDA."""
+def render_offload(params: Params, ref: str) -> str:
+    """The offload of the generation/evaluation pipeline: ``train.memory.pipeline_offload``,
+    'auto' resolved from the pipeline's weights (half precision) and the limit; 'none'
+    off CUDA (logged when something else was asked for)."""
+    from charloop.families.detect import resolve_base
+    from charloop.models.pipeline import resolve_device
+
     choice = params.train.memory.pipeline_offload
+    device = resolve_device(params.base_model.device)
     if device.type != "cuda":
         if choice not in ("auto", "none"):
             logger.info("pipeline offload '%s' is a no-op on %s", choice, device.type)
         return "none"
     if choice != "auto":
         return choice
+    family = resolve_base(params.base_model, ref).family
     limit, _ = limit_of(params.train, device)
     size = denoiser_size(family.name, local_config(ref, family.denoiser[0]))
     parts = [size.params] + [
         component_params(family.name, ref, c) for c in ("vae", *family.text_encoders)
     ]
-    dtype_bytes = 2  # pipelines run in half precision on CUDA
-    assert limit is not None
-    return pipeline_offload(sum(parts) * dtype_bytes, max(parts) * dtype_bytes, limit)
+    assert limit is not None  # a CUDA device always has one
+    return pipeline_offload(sum(parts) * 2, max(parts) * 2, limit)
+
+
+def training_params(
+    params: Params, ref: str, family: ModelFamily, device: torch.device
+) -> TrainParams:
+    """``train`` as the run trains: ``train.memory.auto`` resolved to its plan."""
+    tp = params.train
+    if not tp.memory.auto:
+        return tp
+    report = plan_report(params, ref, family, device)
+    logger.info("train: %s", report.line())
+    return effective_train_params(tp, report.estimate.plan)
 
 
 def effective_train_params(tp: TrainParams, plan: Plan) -> TrainParams:

@@ -16,6 +16,7 @@ from typing import Any
 from charloop.core import atomic
 from charloop.core.hashing import sha256_file
 from charloop.families.single_file import base_model_ref
+from charloop.models.memory_budget import render_offload
 from charloop.models.pipeline import load_pipeline, resolve_device
 from charloop.params.project import Project
 from charloop.params.train import TrainParams
@@ -98,7 +99,8 @@ def run_train(
     if done := stage.done():
         logger.info("train: reusing %s", out_dir)
         return done
-    pipe = load_pipeline(base_model_ref(project), params.base_model)
+    base_ref = base_model_ref(project)  # encoding may need the same offload as rendering
+    pipe = load_pipeline(base_ref, params.base_model, render_offload(params, base_ref))
     rows = read_rows(Path(dataset.path))
     accelerator = make_accelerator(tp, resolve_device(params.base_model.device))
     if params.cast is not None and params.cast.lora == "per_character":
