@@ -38,9 +38,11 @@ def quantization_config(weights: str, dtype: torch.dtype, device: torch.device) 
     return None
 
 
-def quantize_nf4(model: torch.nn.Module, dtype: torch.dtype) -> int:
-    """Swap every ``nn.Linear`` of ``model`` (on CPU) for an NF4 ``Linear4bit``; returns
-    how many were swapped."""
+def quantize_nf4(
+    model: torch.nn.Module, dtype: torch.dtype, device: torch.device | str = "cpu"
+) -> int:
+    """Swap every ``nn.Linear`` of ``model`` for an NF4 ``Linear4bit`` quantized on
+    ``device`` (where it then lives); returns how many were swapped."""
     import bitsandbytes as bnb
 
     swapped = 0
@@ -57,9 +59,9 @@ def quantize_nf4(model: torch.nn.Module, dtype: torch.dtype) -> int:
             )
             if child.bias is not None:
                 layer.bias = torch.nn.Parameter(child.bias.data.to(dtype), requires_grad=False)
-            setattr(parent, name, layer.to("cpu"))  # .to quantizes
+            setattr(parent, name, layer.to(device))  # .to quantizes
             swapped += 1
-    logger.info("nf4: %d Linear layers quantized on CPU", swapped)
+    logger.info("nf4: %d Linear layers quantized on %s", swapped, device)
     return swapped
 
 
