@@ -211,3 +211,9 @@ def test_nf4_loads_through_diffusers_bitsandbytes_on_cuda():
         str(REPO / "models" / "tiny-sd15"), None, torch.bfloat16, "nf4", CUDA
     )
     assert is_prequantized(model)
+
+
+def test_the_documented_estimate_table_is_the_planners():
+    from charloop.models.memory_plan import reference_table
+
+    assert reference_table() in (REPO / "docs" / "memory.md").read_text(encoding="utf-8")

@@ -203,3 +203,30 @@ def pipeline_offload(pipeline_bytes: int, largest_component: int, limit_gib: flo
     if pipeline_bytes <= room:
         return "none"
     return "model" if largest_component <= room else "sequential"
+
+
+TABLE_PLANS: tuple[Plan, ...] = (Plan("unquantized", "adamw", False), *LADDER[1:2],
+                                 Plan("unquantized", "adamw8bit", True),
+                                 Plan("fp8", "adamw", True), *LADDER[3:4],
+                                 Plan("nf4", "adamw", True), *LADDER[4:])  # fmt: skip
+"""The plans of the documented estimate table."""
+
+
+def reference_table() -> str:
+    """docs/memory.md's estimate table (GiB, CUDA, bf16; FLUX.1-dev and SDXL at 1024 px,
+    SD1.5 at 512, batch 1, rank 16, the family's default LoRA targets)."""
+    from charloop.families import get_family
+    from charloop.models.memory_sizes import denoiser_size
+
+    def name(plan: Plan) -> str:
+        return plan.label().replace("unquantized", "bf16")
+
+    rows = ["| plan | FLUX.1 1024 px | SDXL 1024 px | SD1.5 512 px |", "|---|---|---|---|"]
+    works = [
+        Workload(denoiser_size(f), res, 1, 16, get_family(f).default_targets)
+        for f, res in (("flux", 1024), ("sdxl", 1024), ("sd15", 512))
+    ]
+    for plan in TABLE_PLANS:
+        cells = [f"{estimate(work, plan).gib():.1f}" for work in works]
+        rows.append(f"| {name(plan)} | {' | '.join(cells)} |")
+    return "\n".join(rows) + "\n"
