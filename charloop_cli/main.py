@@ -23,6 +23,7 @@ from charloop_cli.common import (
     fail_with,
     load_or_exit,
     quiet_expected_tracebacks,
+    quiet_import_noise,
     say,
     setup_logging,
 )
@@ -221,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     the traceback shows.
     """
     argv = sys.argv[1:] if argv is None else argv
+    quiet_import_noise()
     if "--debug" not in argv and os.environ.get(DEBUG_ENV, "").lower() not in ("1", "true", "yes"):
         quiet_expected_tracebacks()
     try:
