@@ -217,3 +217,33 @@ def test_the_documented_estimate_table_is_the_planners():
     from charloop.models.memory_plan import reference_table
 
     assert reference_table() in (REPO / "docs" / "memory.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes is not installed (the lowmem extra)")
+def test_an_interrupted_nf4_adamw8bit_run_resumes_to_the_same_lora(tmp_path):
+    from accelerate import Accelerator
+    from peft.utils import get_peft_model_state_dict
+
+    from charloop.params.train import TrainParams
+    from charloop.stages.train.checkpoint import Checkpointer
+    from charloop.stages.train.data import EncodedDataset
+    from charloop.stages.train.loop import TrainingInterrupted, train_lora
+    from charloop.stages.train.models import build_models
+
+    memory = {"weights": "nf4", "optimizer": "adamw8bit"}
+    tp = TrainParams(max_train_steps=4, batch_size=2, checkpoint_every=2, memory=memory)
+    generator = torch.Generator().manual_seed(0)
+    latents, hidden = torch.randn(4, 4, 8, 8, generator=generator), torch.randn(4, 77, 32)
+    data = EncodedDataset(list("abcd"), latents, [torch.zeros(4, 77).long()], {"hidden": hidden})
+
+    def run(folder: Path, stop: int | None = None) -> dict[str, torch.Tensor]:
+        accelerator = Accelerator(cpu=True)
+        models = build_models(str(REPO / "models" / "tiny-sd15"), None, tp, accelerator)
+        train_lora(accelerator, models, data, tp, None, Checkpointer(folder, 2), stop)
+        return get_peft_model_state_dict(accelerator.unwrap_model(models.denoiser))
+
+    straight = run(tmp_path / "a")
+    with pytest.raises(TrainingInterrupted):
+        run(tmp_path / "b", stop=2)
+    resumed = run(tmp_path / "b")  # the 8-bit states come back from the checkpoint
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)

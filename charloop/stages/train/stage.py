@@ -18,7 +18,7 @@ from charloop.core.hashing import sha256_file
 from charloop.families.single_file import base_model_ref
 from charloop.models.memory_budget import render_offload
 from charloop.models.pipeline import load_pipeline, resolve_device
-from charloop.params.project import Project
+from charloop.params.project import MEMORY_PLACEMENT_FIELDS, Project
 from charloop.params.train import TrainParams
 from charloop.stages.contract import StageIdentity, identity, read_output
 from charloop.stages.layout import TRAIN_LOG
@@ -55,6 +55,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+_PLACEMENT: dict[str, Any] = {
+    "cache_dir": True,
+    "checkpoint_every": True,
+    "memory": set(MEMORY_PLACEMENT_FIELDS),
+}
+"""Train fields that change where things go, not the LoRA (see ``params_hash``)."""
+
+
 def train_identity(
     project: Project, dataset: Dataset, out_dir: str | Path, provenance: dict[str, str]
 ) -> StageIdentity[Adapter]:
@@ -64,7 +72,7 @@ def train_identity(
         Adapter,
         out_dir,
         __name__,
-        train=params.train.model_dump(exclude={"cache_dir", "checkpoint_every"}),
+        train=params.train.model_dump(exclude=_PLACEMENT),
         base=project.portable_ref(params.base_model.path),
         resolution=params.generate.resolution,
         dataset=dataset.digest,
