@@ -140,7 +140,8 @@ def test_validate_prints_the_plan_and_refuses_one_over_the_budget(tmp_path, caps
     assert code == 0 and "memory plan unquantized/adamw" in text and "no limit" in text
     data = tiny_params(train={"memory": {"budget_gb": 0.001}})
     code, text = _cli(capsys, "validate", str(write_params(tmp_path / "bad", data)))
-    assert code == 2 and "train.memory" in text and "budget_gb allows 0.0 GiB" in text
+    assert code == 2 and "train.memory: the unquantized/adamw plan needs about 0.0" in text
+    assert "budget_gb allows 0.001 GiB; even the smallest plan does not fit" in text
 
 
 def test_run_refuses_before_anything_is_written(tmp_path, capsys):

@@ -60,9 +60,14 @@ class MemoryReport:
     """Whether ``train.memory.auto`` picked the plan."""
 
     def line(self) -> str:
-        limit = "no limit" if self.limit_gib is None else f"{self.limit_gib:.1f} GiB"
+        limit = "no limit" if self.limit_gib is None else f"{gib_text(self.limit_gib)} GiB"
         auto = " (picked by train.memory.auto)" if self.chosen else ""
         return f"memory plan {self.estimate.line()} vs {limit} [{self.limit_source}]{auto}"
+
+
+def gib_text(value: float) -> str:
+    """GiB with one decimal, or three significant digits below 1 (tiny models)."""
+    return f"{value:.1f}" if value >= 1 else f"{value:.3g}"
 
 
 def current_plan(tp: TrainParams) -> Plan:
@@ -83,12 +88,13 @@ def compute_bytes(mixed_precision: str, device: torch.device) -> int:
 
 
 def limit_of(tp: TrainParams, device: torch.device) -> tuple[float | None, str]:
-    """(GiB, where it comes from): the budget, else the CUDA device's free memory."""
+    """(GiB, where it comes from): the budget, else the CUDA device's free memory (what
+    other processes leave; this process's own cached blocks count as free)."""
     if tp.memory.budget_gb is not None:
         return tp.memory.budget_gb, "train.memory.budget_gb"
-    if device.type == "cuda":
+    if device.type == "cuda":  # free, plus what this process holds and could release
         free, _total = torch.cuda.mem_get_info(device)
-        return free / GIB, f"{device} free memory"
+        return (free + torch.cuda.memory_reserved(device)) / GIB, f"{device} free memory"
     return None, f"none ({device.type})"
 
 
@@ -153,13 +159,13 @@ def check_memory(params: Params, ref: str, family: ModelFamily, device: torch.de
     if better is not None:
         changes = [f"{k}: {str(v).lower()}" for k, v in better.plan.settings().items()
                    if v != plan.settings()[k]]  # fmt: skip
-        fix = f"{', '.join(changes)} would need {better.gib():.1f} GiB"
+        fix = f"{', '.join(changes)} would need {gib_text(better.gib())} GiB"
     else:
         fix = ("even the smallest plan does not fit: lower train.batch_size or "
                "generate.resolution, or raise train.memory.budget_gb")  # fmt: skip
     raise MemoryBudgetExceeded(
-        f"train.memory: the {plan.label()} plan needs about {need:.1f} GiB but "
-        f"{report.limit_source} allows {limit:.1f} GiB; {fix}"
+        f"train.memory: the {plan.label()} plan needs about {gib_text(need)} GiB but "
+        f"{report.limit_source} allows {gib_text(limit)} GiB; {fix}"
     )
 
 
