@@ -240,28 +240,21 @@ def main() -> None:
 
 def plan_loop(args: argparse.Namespace, layers: tuple[int, int]) -> None:
     """Each plan: charloop's step and the reference step, with the planner's estimate."""
-    rows = []
-    for name, plan in memory_plans.selected(args.plan).items():
-        for check in (charloop_check, reference_check):
-            try:
-                row = check(args.steps, args.batch, args.tiny, layers, plan)
-            except Exception as exc:  # an OOM is a result too
-                row = {"trainer": check.__name__, "plan": name, "error": str(exc)[:300]}
-            else:
-                config = (
-                    TINY
-                    if args.tiny
-                    else dict(FLUX_TRANSFORMER, num_layers=layers[0], num_single_layers=layers[1])
-                )
-                tokens = 64 if args.tiny else 512
-                memory_plans.beside_estimate(row, "flux", config, plan, row["resolution"], tokens)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    device = "cpu" if args.tiny else torch.cuda.get_device_name(0)
-    text = json.dumps({"device": device, "torch": torch.__version__, "flux_plans": rows}, indent=1)
-    if args.json:
-        args.json.write_text(text)
+    config = (
+        TINY
+        if args.tiny
+        else dict(FLUX_TRANSFORMER, num_layers=layers[0], num_single_layers=layers[1])
+    )
+
+    def run(trainer: str, plan: Plan) -> dict[str, Any]:
+        check = charloop_check if trainer == "charloop" else reference_check
+        return check(args.steps, args.batch, args.tiny, layers, plan)
+
+    def estimate(row: dict[str, Any], plan: Plan) -> dict[str, Any]:
+        tokens = 64 if args.tiny else 512
+        return memory_plans.beside_estimate(row, "flux", config, plan, row["resolution"], tokens)
+
+    memory_plans.run_plans(args.plan, run, estimate, "flux_plans", args.tiny, args.json)
 
 
 if __name__ == "__main__":

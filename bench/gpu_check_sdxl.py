@@ -291,25 +291,18 @@ def main() -> None:
 
 def plan_loop(args: argparse.Namespace) -> None:
     """Each plan: charloop's step and the reference step, with the planner's estimate."""
-    rows = []
-    for name, plan in memory_plans.selected(args.plan).items():
-        for check in (charloop_check, reference_check):
-            try:
-                row = check(args.steps, args.batch, True, args.tiny, plan)
-            except Exception as exc:  # an OOM is a result too
-                row = {"trainer": check.__name__, "plan": name, "error": str(exc)[:300]}
-            else:
-                config = TINY_UNET if args.tiny else SDXL_UNET
-                memory_plans.beside_estimate(
-                    row, "sdxl", config, plan, row["resolution"], targets=tuple(TARGETS)
-                )
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    device = "cpu" if args.tiny else torch.cuda.get_device_name(0)
-    text = json.dumps({"device": device, "torch": torch.__version__, "sdxl_plans": rows}, indent=1)
-    if args.json:
-        args.json.write_text(text)
+    config = TINY_UNET if args.tiny else SDXL_UNET
+
+    def run(trainer: str, plan: Plan) -> dict[str, Any]:
+        check = charloop_check if trainer == "charloop" else reference_check
+        return check(args.steps, args.batch, True, args.tiny, plan)
+
+    def estimate(row: dict[str, Any], plan: Plan) -> dict[str, Any]:
+        return memory_plans.beside_estimate(
+            row, "sdxl", config, plan, row["resolution"], targets=tuple(TARGETS)
+        )
+
+    memory_plans.run_plans(args.plan, run, estimate, "sdxl_plans", args.tiny, args.json)
 
 
 if __name__ == "__main__":

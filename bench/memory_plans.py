@@ -11,6 +11,9 @@ The planner's total includes the CUDA context and workspace, which
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -86,3 +89,30 @@ def beside_estimate(
         round(100 * (allocated - measured) / measured, 1) if measured else None
     )
     return row
+
+
+def run_plans(
+    names: list[str] | None,
+    run: Callable[[str, Plan], dict[str, Any]],
+    estimate_row: Callable[[dict[str, Any], Plan], dict[str, Any]],
+    key: str,
+    tiny: bool,
+    out: Path | None,
+) -> list[dict[str, Any]]:
+    """For each plan, ``run('charloop' | 'reference', plan)``; each row printed as it comes
+    (an OOM is a result too), with the planner's estimate; all of them to ``out``."""
+    rows = []
+    for name, plan in selected(names).items():
+        for trainer in ("charloop", "reference"):
+            try:
+                row = estimate_row(run(trainer, plan), plan)
+            except Exception as exc:
+                row = {"trainer": trainer, "plan": name, "error": str(exc)[:300]}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    device = "cpu" if tiny else torch.cuda.get_device_name(0)
+    if out is not None:
+        out.write_text(json.dumps({"device": device, "torch": torch.__version__, key: rows}))
+    return rows
