@@ -141,8 +141,11 @@ def estimate(work: Workload, plan: Plan) -> Estimate:
     )  # fmt: skip
     side = work.resolution // work.vae_downsample
     tokens = work.text_tokens or TEXT_TOKENS[work.size.family]
-    width = 4096 if work.size.family == "flux" else 2048
-    inputs = work.batch * 4 * (3 * 16 * side * side + tokens * width)  # latents, noise, prompts
+    config = work.size.config
+    flux = work.size.family == "flux"
+    width = int(config.get("joint_attention_dim" if flux else "cross_attention_dim") or 0)
+    channels = int(config["in_channels"]) // (4 if flux else 1)  # FLUX packs 2x2 patches
+    inputs = work.batch * 4 * (3 * channels * side * side + tokens * width)  # float32
     context = (CUDA_CONTEXT_GIB + CUDA_WORKSPACE_GIB) * GIB if work.cuda else 0
     encoders = (work.text_encoder_params + work.pipeline_params) * work.compute_bytes
     return Estimate(
@@ -160,11 +163,10 @@ def fits(value: Estimate, limit_gib: float, margin: float = 0.0) -> bool:
 
 
 def candidates(current: Plan, fixed: set[str]) -> list[Plan]:
-    """Ladder plans that keep the ``fixed`` settings of ``current`` ('weights',
-    'optimizer', 'checkpointing'), the current plan first when it is on no rung."""
+    """The ladder's plans with the ``fixed`` settings of ``current`` ('weights',
+    'optimizer', 'checkpointing') imposed, duplicates dropped, in ladder order."""
     plans = [replace(p, **{f: getattr(current, f) for f in fixed}) for p in LADDER]
-    unique = list(dict.fromkeys(plans))
-    return unique
+    return list(dict.fromkeys(plans))
 
 
 def choose(work: Workload, current: Plan, fixed: set[str], limit_gib: float) -> Estimate:
