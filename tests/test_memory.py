@@ -248,3 +248,19 @@ def test_an_interrupted_nf4_adamw8bit_run_resumes_to_the_same_lora(tmp_path):
         run(tmp_path / "b", stop=2)
     resumed = run(tmp_path / "b")  # the 8-bit states come back from the checkpoint
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_trained_text_encoders_and_a_resident_pipeline_are_counted(tmp_path):
+    def report(folder: str, memory: dict[str, object] | None = None, **train: object):
+        memory = {"budget_gb": 24, **(memory or {})}  # a budget: no CUDA device asked
+        data = tiny_params(base_model={"path": "stabilityai/sdxl", "family": "sdxl"},
+                           train={"rank": 16, "memory": memory, **train})  # fmt: skip
+        params = load_project(write_params(tmp_path / folder, data)).params
+        return plan_report(params, "stabilityai/sdxl", get_family("sdxl"), CUDA).estimate
+
+    plain, text = report("a"), report("b", train_text_encoder=True)
+    clip_l, big_g = 123_060_480, reference_component_params("sdxl", "text_encoder_2")
+    assert text.weights - plain.weights == 2 * (clip_l + big_g)  # bf16 copies, trained
+    assert text.lora - plain.lora == 8 * 4 * 16 * 2 * (768 * 12 + 1280 * 32)  # q/k/v/out LoRA
+    kept = report("c", memory={"offload_encoders": False})  # the base pipeline stays
+    assert kept.weights > plain.weights + 2 * denoiser_size("sdxl").params

@@ -33,6 +33,7 @@ from charloop.models.memory_sizes import (
     component_params,
     denoiser_size,
     local_config,
+    reference_text_config,
     vae_factor,
 )
 from charloop.params.schema import Params
@@ -106,7 +107,7 @@ def workload(params: Params, ref: str, family: ModelFamily, device: torch.device
     if tp.train_text_encoder:
         for name in family.trained_text_encoders():
             text_params += component_params(family.name, ref, name)
-            config = local_config(ref, name) or {"hidden_size": 1280, "num_hidden_layers": 32}
+            config = local_config(ref, name) or reference_text_config(family.name, name)
             width, layers = int(config["hidden_size"]), int(config["num_hidden_layers"])
             text_lora += 4 * tp.rank * 2 * width * layers  # q, k, v, out projections
     pipeline = 0

@@ -169,6 +169,11 @@ def reference_component_params(family: str, component: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def reference_text_config(family: str, component: str) -> dict[str, Any]:
+    """The reference config of a CLIP text encoder (SDXL's second one is OpenCLIP bigG)."""
+    return dict(_CLIP_BIG_G if (family, component) == ("sdxl", "text_encoder_2") else _CLIP_L)
+
+
 def component_params(family: str, ref: str | None, component: str) -> int:
     """Parameters of a pipeline's text encoder or VAE: the local files, else the reference."""
     if ref is not None and (counted := safetensors_params(Path(ref) / component)) is not None:
