@@ -10,8 +10,14 @@ short, and the report says how many were used).
    transformer, LoRA targets, batch and resolution, in the same run: the speed ratio and
    the memory the caches save (T5-XXL alone is 4.7 B parameters).
 
-Usage: ``python bench/gpu_check_flux.py [--steps 6] [--batch 1] [--layers 19 38]``;
-``--tiny`` runs small configs on the CPU to check the script itself.
+3. ``--plan [NAME ...]``: both, once per memory plan (bf16/fp8/nf4 frozen weights x
+   adamw/adamw8bit, gradient checkpointing; all six for a bare ``--plan``) at 1024 px,
+   batch 1, rank 16: peak memory and step rate beside the planner's estimate and its
+   error (see ``bench/memory_plans.py``).
+
+Usage: ``python bench/gpu_check_flux.py [--steps 6] [--batch 1] [--layers 19 38]
+[--plan [bf16/adamw nf4/adamw8bit ...]]``; ``--tiny`` runs small configs on the CPU to
+check the script itself.
 """
 
 from __future__ import annotations
@@ -28,8 +34,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import memory_plans  # noqa: E402
 from bench.gpu_check_sdxl import peak_gib, sync  # noqa: E402
 from charloop.models.consumers.base_modules import FLUX_TRANSFORMER  # noqa: E402
+from charloop.models.memory_plan import Plan  # noqa: E402
 
 TINY = dict(
     FLUX_TRANSFORMER,
@@ -43,7 +51,9 @@ TINY = dict(
 )
 
 
-def _transformer(tiny: bool, layers: tuple[int, int]) -> tuple[Any, torch.device, dict[str, Any]]:
+def _transformer(
+    tiny: bool, layers: tuple[int, int], plan: Plan | None = None
+) -> tuple[Any, torch.device, dict[str, Any]]:
     from diffusers import FluxTransformer2DModel
 
     from charloop.families import get_family
@@ -57,6 +67,8 @@ def _transformer(tiny: bool, layers: tuple[int, int]) -> tuple[Any, torch.device
     with dev:
         model = FluxTransformer2DModel.from_config(config).to(torch.bfloat16)
     model.requires_grad_(False)
+    if plan is not None:
+        memory_plans.quantize(model, plan.weights, dev)
     model.add_adapter(lora_config(16, 16.0, list(get_family("flux").default_targets)))
     for p in model.parameters():
         if p.requires_grad:
@@ -65,9 +77,12 @@ def _transformer(tiny: bool, layers: tuple[int, int]) -> tuple[Any, torch.device
     return model, dev, config
 
 
-def charloop_check(steps: int, batch: int, tiny: bool, layers: tuple[int, int]) -> dict[str, Any]:
+def charloop_check(
+    steps: int, batch: int, tiny: bool, layers: tuple[int, int], plan: Plan | None = None
+) -> dict[str, Any]:
     """charloop's trainer with the FLUX objective and cached conditioning."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     from charloop.families import get_family
     from charloop.params.train import TrainParams
@@ -75,15 +90,18 @@ def charloop_check(steps: int, batch: int, tiny: bool, layers: tuple[int, int]) 
     from charloop.stages.train.data import EncodedDataset
     from charloop.stages.train.loop import TrainModels, train_lora
 
-    model, _, config = _transformer(tiny, layers)
+    model, _, config = _transformer(tiny, layers, plan)
     family = get_family("flux")
+    memory = {"weights": plan.weights, "optimizer": plan.optimizer} if plan else {}
     tp = TrainParams(
         max_train_steps=steps,
         batch_size=batch,
         mixed_precision="bf16",
         gradient_checkpointing=True,
         learning_rate=1e-4,
+        memory=memory,
     )
+    AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(mixed_precision="bf16", cpu=tiny)
     n, side, tokens = batch * 4, 8 if tiny else 128, 64 if tiny else 512
     data = EncodedDataset(
@@ -108,6 +126,7 @@ def charloop_check(steps: int, batch: int, tiny: bool, layers: tuple[int, int]) 
     moved = sum(float((p.detach() - b).abs().sum()) for p, b in zip(trainable, before, strict=True))
     return {
         "trainer": "charloop",
+        "plan": plan.label() if plan else None,
         "layers": list(layers),
         "batch": batch,
         "resolution": side * 8,
@@ -118,14 +137,16 @@ def charloop_check(steps: int, batch: int, tiny: bool, layers: tuple[int, int]) 
     }
 
 
-def reference_check(steps: int, batch: int, tiny: bool, layers: tuple[int, int]) -> dict[str, Any]:
+def reference_check(
+    steps: int, batch: int, tiny: bool, layers: tuple[int, int], plan: Plan | None = None
+) -> dict[str, Any]:
     """diffusers' FLUX LoRA step without caches: VAE, CLIP and T5-XXL every step."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     from charloop.families.flux import predict
 
-    model, dev, _ = _transformer(tiny, layers)
+    model, dev, _ = _transformer(tiny, layers, plan)
     t5_cfg = (
         dict(d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4)
         if tiny
@@ -151,7 +172,8 @@ def reference_check(steps: int, batch: int, tiny: bool, layers: tuple[int, int])
         t5 = T5EncoderModel(T5Config(vocab_size=32128, feed_forward_proj="gated-gelu", **t5_cfg))
         clip = CLIPTextModel(CLIPTextConfig(vocab_size=49408, **clip_cfg))
         t5, clip = t5.to(torch.bfloat16), clip.to(torch.bfloat16)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = memory_plans.optimizer(trainable, plan or Plan(), 1e-4)
     side, tokens = (64, 64) if tiny else (1024, 512)
     pixels = torch.randn(batch, 3, side, side, device=dev, dtype=torch.bfloat16)
     t5_ids = torch.randint(0, 32128, (batch, tokens), device=dev)
@@ -182,6 +204,7 @@ def reference_check(steps: int, batch: int, tiny: bool, layers: tuple[int, int])
     seconds = sync() - start
     return {
         "trainer": "diffusers-script step, no caches",
+        "plan": plan.label() if plan else None,
         "layers": list(layers),
         "batch": batch,
         "resolution": side,
@@ -197,10 +220,13 @@ def main() -> None:
     parser.add_argument("--layers", type=int, nargs=2, default=[19, 38])
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--tiny", action="store_true", help="small models on the CPU")
+    parser.add_argument("--plan", nargs="*", default=None, help="memory plans to measure")
     args = parser.parse_args()
     if not args.tiny and not torch.cuda.is_available():
         sys.exit("gpu_check_flux needs a CUDA device (or --tiny)")
     layers = tuple(args.layers)
+    if args.plan is not None:
+        return plan_loop(args, layers)
     ours = charloop_check(args.steps, args.batch, args.tiny, layers)
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     ref = reference_check(args.steps, args.batch, args.tiny, layers)
@@ -210,6 +236,25 @@ def main() -> None:
     print(text)
     if args.json:
         args.json.write_text(text)
+
+
+def plan_loop(args: argparse.Namespace, layers: tuple[int, int]) -> None:
+    """Each plan: charloop's step and the reference step, with the planner's estimate."""
+    config = (
+        TINY
+        if args.tiny
+        else dict(FLUX_TRANSFORMER, num_layers=layers[0], num_single_layers=layers[1])
+    )
+
+    def run(trainer: str, plan: Plan) -> dict[str, Any]:
+        check = charloop_check if trainer == "charloop" else reference_check
+        return check(args.steps, args.batch, args.tiny, layers, plan)
+
+    def estimate(row: dict[str, Any], plan: Plan) -> dict[str, Any]:
+        tokens = 64 if args.tiny else 512
+        return memory_plans.beside_estimate(row, "flux", config, plan, row["resolution"], tokens)
+
+    memory_plans.run_plans(args.plan, run, estimate, "flux_plans", args.tiny, args.json)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,14 @@ No pretrained weights are reachable, so the UNet uses SDXL 1.0's configuration (
    same attention modules, bf16 autocast), same UNet, batch and resolution, in the same
    run, so the ratio is what the caches buy at SDXL size.
 
-Usage: ``python bench/gpu_check_sdxl.py [--steps 10] [--batch 2] [--json out.json]``;
-``--tiny`` runs small configs on the CPU to check the script itself.
+3. ``--plan [NAME ...]``: both, once per memory plan (bf16/fp8/nf4 frozen weights x
+   adamw/adamw8bit, gradient checkpointing; all six for a bare ``--plan``) at 1024 px,
+   batch 1 (``--batch``), rank 16: peak memory and step rate beside the planner's
+   estimate and its error (see ``bench/memory_plans.py``).
+
+Usage: ``python bench/gpu_check_sdxl.py [--steps 10] [--batch 2] [--json out.json]
+[--plan [bf16/adamw nf4/adamw8bit ...]]``; ``--tiny`` runs small configs on the CPU to
+check the script itself.
 """
 
 from __future__ import annotations
@@ -31,7 +37,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import memory_plans  # noqa: E402
 from charloop.models.consumers.base_modules import SDXL_UNET  # noqa: E402
+from charloop.models.memory_plan import Plan  # noqa: E402
 
 TINY_UNET = dict(
     SDXL_UNET,
@@ -47,7 +55,9 @@ TINY_UNET = dict(
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
-def _setup(tiny: bool, checkpointing: bool) -> tuple[Any, torch.device, dict[str, int]]:
+def _setup(
+    tiny: bool, checkpointing: bool, plan: Plan | None = None
+) -> tuple[Any, torch.device, dict[str, int]]:
     from diffusers import UNet2DConditionModel
 
     from charloop.stages.train.loop import lora_config
@@ -55,9 +65,15 @@ def _setup(tiny: bool, checkpointing: bool) -> tuple[Any, torch.device, dict[str
     dev = torch.device("cpu" if tiny else "cuda")
     config = TINY_UNET if tiny else SDXL_UNET
     torch.manual_seed(0)
+    # CPU autocast leaves bitsandbytes' matmul alone: its float32 output would meet bf16
+    # group norms, so the tiny nf4 check keeps the UNet in float32 (CUDA autocast runs
+    # group norms in float32 anyway).
+    dtype = torch.float32 if tiny and plan is not None and plan.weights == "nf4" else torch.bfloat16
     with dev:
-        unet = UNet2DConditionModel.from_config(config).to(torch.bfloat16)
+        unet = UNet2DConditionModel.from_config(config).to(dtype)
     unet.requires_grad_(False)
+    if plan is not None:
+        memory_plans.quantize(unet, plan.weights, dev)
     unet.add_adapter(lora_config(16, 16.0, TARGETS))
     for p in unet.parameters():
         if p.requires_grad:
@@ -82,7 +98,9 @@ def sync() -> float:
     return time.perf_counter()
 
 
-def charloop_check(steps: int, batch: int, checkpointing: bool, tiny: bool) -> dict[str, Any]:
+def charloop_check(
+    steps: int, batch: int, checkpointing: bool, tiny: bool, plan: Plan | None = None
+) -> dict[str, Any]:
     """charloop's trainer on the SDXL-sized UNet with the SDXL family's cached inputs."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -95,8 +113,10 @@ def charloop_check(steps: int, batch: int, checkpointing: bool, tiny: bool) -> d
     from charloop.stages.train.loop import TrainModels, train_lora
 
     AcceleratorState._reset_state(reset_partial_state=True)
-    unet, _, dims = _setup(tiny, checkpointing)
+    unet, _, dims = _setup(tiny, checkpointing, plan)
+    memory = {"weights": plan.weights, "optimizer": plan.optimizer} if plan else {}
     tp = TrainParams(
+        memory=memory,
         max_train_steps=steps,
         batch_size=batch,
         mixed_precision="bf16",
@@ -137,6 +157,7 @@ def charloop_check(steps: int, batch: int, checkpointing: bool, tiny: bool) -> d
     )
     return {
         "trainer": "charloop",
+        "plan": plan.label() if plan else None,
         "gradient_checkpointing": checkpointing,
         "batch": batch,
         "resolution": side * 8,
@@ -148,12 +169,14 @@ def charloop_check(steps: int, batch: int, checkpointing: bool, tiny: bool) -> d
     }
 
 
-def reference_check(steps: int, batch: int, checkpointing: bool, tiny: bool) -> dict[str, Any]:
+def reference_check(
+    steps: int, batch: int, checkpointing: bool, tiny: bool, plan: Plan | None = None
+) -> dict[str, Any]:
     """The step diffusers' SDXL LoRA script runs: encode images and captions every step."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    unet, dev, dims = _setup(tiny, checkpointing)
+    unet, dev, dims = _setup(tiny, checkpointing, plan)
     small = dict(
         hidden_size=32,
         intermediate_size=64,
@@ -194,7 +217,7 @@ def reference_check(steps: int, batch: int, checkpointing: bool, tiny: bool) -> 
             torch.bfloat16
         )
     params = [p for p in unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    optimizer = memory_plans.optimizer(params, plan or Plan(), 1e-4)
     side = dims["side"] * 8
     pixels = torch.randn(batch, 3, side, side, device=dev)
     ids = torch.randint(0, 49408, (batch, 77), device=dev)
@@ -231,6 +254,7 @@ def reference_check(steps: int, batch: int, checkpointing: bool, tiny: bool) -> 
     seconds = sync() - start
     return {
         "trainer": "diffusers-script step",
+        "plan": plan.label() if plan else None,
         "gradient_checkpointing": checkpointing,
         "batch": batch,
         "resolution": side,
@@ -246,9 +270,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--tiny", action="store_true", help="small models on the CPU")
+    parser.add_argument("--plan", nargs="*", default=None, help="memory plans to measure")
     args = parser.parse_args()
     if not args.tiny and not torch.cuda.is_available():
         sys.exit("gpu_check_sdxl needs a CUDA device (or --tiny)")
+    if args.plan is not None:
+        return plan_loop(args)
     rows = []
     for checkpointing in (False, True):
         rows.append(charloop_check(args.steps, args.batch, checkpointing, args.tiny))
@@ -260,6 +287,22 @@ def main() -> None:
     print(text)
     if args.json:
         args.json.write_text(text)
+
+
+def plan_loop(args: argparse.Namespace) -> None:
+    """Each plan: charloop's step and the reference step, with the planner's estimate."""
+    config = TINY_UNET if args.tiny else SDXL_UNET
+
+    def run(trainer: str, plan: Plan) -> dict[str, Any]:
+        check = charloop_check if trainer == "charloop" else reference_check
+        return check(args.steps, args.batch, True, args.tiny, plan)
+
+    def estimate(row: dict[str, Any], plan: Plan) -> dict[str, Any]:
+        return memory_plans.beside_estimate(
+            row, "sdxl", config, plan, row["resolution"], targets=tuple(TARGETS)
+        )
+
+    memory_plans.run_plans(args.plan, run, estimate, "sdxl_plans", args.tiny, args.json)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,21 @@ def quiet_expected_tracebacks() -> None:
         logging.getLogger(name).addFilter(_NoTracebackForExpectedErrors())
 
 
+IMPORT_NOISE = (
+    "torch.utils._pytree",  # torchao 0.18 registers Enums torch 2.14 no longer needs
+    "bitsandbytes.backends.cpu.ops",  # the optional 'kernels' package is not installed
+    "diffusers.quantizers.torchao.torchao_quantizer",  # pre-quantized torchao checkpoints
+)
+"""Loggers of the ``lowmem`` extra that warn on every import of diffusers about things
+charloop does not use; the CLI keeps them at ERROR."""
+
+
+def quiet_import_noise() -> None:
+    """Silence :data:`IMPORT_NOISE` (before diffusers is first imported)."""
+    for name in IMPORT_NOISE:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def setup_logging(verbose: bool) -> None:
     """Quiet by default: one line per task (Prefect's run loggers) and warnings. With
     ``verbose`` the library's own logs (what each stage reused, wrote, measured) too.

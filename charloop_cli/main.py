@@ -23,6 +23,7 @@ from charloop_cli.common import (
     fail_with,
     load_or_exit,
     quiet_expected_tracebacks,
+    quiet_import_noise,
     say,
     setup_logging,
 )
@@ -87,8 +88,12 @@ def validate(
         Path | None, typer.Option("--params", "-p", help="The same, as the other verbs take it.")
     ] = None,
 ) -> None:
-    """Check params.yaml against the schema: prints OK, or every error (exit code 2)."""
+    """Check params.yaml against the schema and price the training run's memory plan:
+    prints the plan and OK, or every error (exit code 2)."""
+    from charloop.core.errors import BadInput
     from charloop.families.detect import FamilyMismatch, resolve_base
+    from charloop.models.memory_budget import check_memory
+    from charloop.models.pipeline import resolve_device
     from charloop.scenes.heldout import HeldOutLeak
     from charloop.scenes.references import load_references
     from charloop.stages.caption.heldout import check_held_out
@@ -109,9 +114,15 @@ def validate(
     base_ref = project.model_ref(spec.path)
     if Path(base_ref).is_dir() or spec.family != "auto":  # no hub lookups for 'auto' here
         try:
-            family = resolve_base(spec, base_ref).family.name
+            resolved = resolve_base(spec, base_ref).family
         except FamilyMismatch as exc:
             fail_with(exc, "base model does not match the params")
+        family = resolved.name
+        try:
+            device = resolve_device(spec.device)
+            typer.echo(check_memory(project.params, base_ref, resolved, device).line())
+        except BadInput as exc:  # over the budget, or a missing lowmem package
+            fail_with(exc, "the training run's memory plan")
     else:
         family = "auto"
     if project.params.traits is not None:
@@ -144,7 +155,8 @@ def run(
     from charloop.lineage.preflight import preflight
     from charloop_cli.prefect_api import start_temporary_api
 
-    preflight(project)  # bad input fails before Prefect starts (exit 2, see main())
+    memory = preflight(project)  # bad input fails before Prefect starts (exit 2, see main())
+    say(memory.line())  # before any image is drawn
     api_ready = start_temporary_api()  # boots while the flow's modules import
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -222,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     the traceback shows.
     """
     argv = sys.argv[1:] if argv is None else argv
+    quiet_import_noise()
     if "--debug" not in argv and os.environ.get(DEBUG_ENV, "").lower() not in ("1", "true", "yes"):
         quiet_expected_tracebacks()
     try:

@@ -148,13 +148,31 @@ class ModelFamily(ABC):
             for cls, name in zip(self.text_encoder_classes(), names, strict=True)
         ]
 
-    def load_denoiser(self, ref: str, revision: str | None, dtype: torch.dtype) -> Any:
+    def load_denoiser(
+        self,
+        ref: str,
+        revision: str | None,
+        dtype: torch.dtype,
+        weights: str = "unquantized",
+        device: torch.device | None = None,
+    ) -> Any:
+        """The frozen denoiser in ``dtype``, its Linear weights in ``weights`` format
+        (``train.memory.weights``: see :mod:`charloop.families.quantize`)."""
         import diffusers
 
+        from charloop.families.quantize import quantization_config, quantize_nf4
+
         component, cls = self.denoiser
-        return getattr(diffusers, cls).from_pretrained(
-            ref, subfolder=component, revision=revision, torch_dtype=dtype
+        device = device or torch.device("cpu")
+        extra: dict[str, Any] = {}
+        if (config := quantization_config(weights, dtype, device)) is not None:
+            extra["quantization_config"] = config
+        model = getattr(diffusers, cls).from_pretrained(
+            ref, subfolder=component, revision=revision, torch_dtype=dtype, **extra
         )
+        if weights == "nf4" and not extra:  # diffusers' bitsandbytes loader needs a GPU
+            quantize_nf4(model, dtype)
+        return model
 
     def save_diffusers_lora(
         self,

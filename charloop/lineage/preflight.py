@@ -4,8 +4,9 @@ A loop that dies at publish, after every image was generated and the LoRA traine
 wasted the run; each check here would have failed there. They open the registry for
 writing, check the DVC remote and the work folder, resolve the base model and every other
 model the params name (local folder or hub id), check the declared family and prediction
-type against the base's config, read the reference folders and check
-that no evaluation context reaches a training caption. Each
+type against the base's config, price the training run's memory plan against the device or
+``train.memory.budget_gb`` (:mod:`charloop.models.memory_budget`), read the reference
+folders and check that no evaluation context reaches a training caption. Each
 failure is a :class:`~charloop.core.errors.BadInput` naming the field and the fix.
 (``filter.min_kept`` against what an iteration can produce is checked by the schema.)
 """
@@ -23,6 +24,8 @@ from charloop.core.errors import BadInput
 from charloop.families.detect import resolve_base
 from charloop.families.single_file import base_model_ref, is_single_file
 from charloop.lineage import versioning
+from charloop.models.memory_budget import MemoryReport, check_memory
+from charloop.models.pipeline import resolve_device
 from charloop.params.caption import VlmCaptioner
 from charloop.params.filter import ClipEmbedder, Dinov2Embedder, WorldEmbedder
 from charloop.params.generate import ControlNetParams, IPAdapterParams
@@ -166,24 +169,31 @@ def check_registry(project: Project) -> None:
         ) from None
 
 
-def preflight(project: Project) -> None:
+def preflight(project: Project) -> MemoryReport:
     """Run every check (see the module docstring); the first failure is raised.
 
+    Returns:
+        The training run's memory plan and estimate (logged; the CLI prints it).
+
     Raises:
-        ModelNotFound, NotWritable, NoUsableReferences, HeldOutLeak: each a BadInput
-            (exit 2).
+        ModelNotFound, NotWritable, NoUsableReferences, HeldOutLeak,
+            MemoryBudgetExceeded: each a BadInput (exit 2).
     """
     params = project.params
     for field, path in model_fields(params):
         revision = params.base_model.revision if field == "base_model.path" else None
         check_model(project, field, path, revision)
     # The declared family and prediction type against the base's own config files.
-    family = resolve_base(params.base_model, base_model_ref(project)).family
+    base_ref = base_model_ref(project)
+    family = resolve_base(params.base_model, base_ref).family
     if params.generate.ip_adapter is not None and not family.ip_adapter:
         raise ModelNotFound(
             f"generate.ip_adapter: no IP-Adapter of the h94 format serves a {family.name} "
             "base; remove generate.ip_adapter (use references and the identity filter)"
         )
+    device = resolve_device(params.base_model.device)
+    memory = check_memory(params, base_ref, family, device)  # before anything is written
+    logger.info("%s", memory.line())
     check_writable(project.character_dir, "loop.workdir")
     for member in params.members:
         if member.references:
@@ -194,3 +204,4 @@ def preflight(project: Project) -> None:
     if params.dvc.enabled and params.dvc.remote and "://" not in params.dvc.remote:
         check_writable(Path(versioning.remote_url(project.root, params.dvc.remote)), "dvc.remote")
     check_registry(project)
+    return memory

@@ -35,12 +35,14 @@ def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
     return getattr(torch, requested)
 
 
-def load_pipeline(model_ref: str, spec: BaseModelSpec) -> Any:
+def load_pipeline(model_ref: str, spec: BaseModelSpec, offload: str = "none") -> Any:
     """The family's text-to-image pipeline for ``model_ref``, loaded once per process.
 
     Args:
         model_ref: Hub id or local diffusers folder (already resolved to an absolute path).
         spec: Family, prediction, device, dtype and revision settings from params.
+        offload: 'none', 'model' (one component at a time on the GPU) or 'sequential'
+            (one layer at a time); CUDA only (``train.memory.pipeline_offload``).
 
     Raises:
         FamilyMismatch: the declared family or prediction type contradicts the folder.
@@ -49,8 +51,11 @@ def load_pipeline(model_ref: str, spec: BaseModelSpec) -> Any:
 
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
+    offload = offload if device.type == "cuda" else "none"
     key = (model_ref, str(device), str(dtype), spec.revision, spec.family, spec.prediction,
-           spec.zero_terminal_snr)  # fmt: skip
+           spec.zero_terminal_snr, offload)  # fmt: skip
+    if key in _PIPELINES and offload == "none" and _PIPELINES[key].device.type != device.type:
+        _PIPELINES[key].to(device)  # back from offload_pipeline
     if key not in _PIPELINES:
         if not Path(model_ref).exists() and model_ref.startswith((".", "/")):
             raise FileNotFoundError(f"base_model.path {model_ref} does not exist")
@@ -62,11 +67,39 @@ def load_pipeline(model_ref: str, spec: BaseModelSpec) -> Any:
         overrides = base.scheduler_overrides(pipe.scheduler.config)
         if overrides:  # a v-prediction base whose config does not say so
             pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **overrides)
-        pipe.to(device)
+        place(pipe, device, offload)
         pipe.set_progress_bar_config(disable=True)
         enable_memory_efficient_attention(pipe, device)
         _PIPELINES[key] = pipe
     return _PIPELINES[key]
+
+
+def place(pipe: Any, device: torch.device, offload: str) -> None:
+    """Put ``pipe`` on ``device``, or let diffusers move its parts there as they run."""
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    if offload != "none":
+        logger.info("pipeline offload: %s (diffusers CPU offload)", offload)
+
+
+def offload_pipeline(pipe: Any, enabled: bool = True) -> None:
+    """Move a pipeline that sits on a GPU to CPU memory and free the cache (the train
+    stage once latents and prompts are cached: ``train.memory.offload_encoders``); a
+    no-op on CPU and for pipelines diffusers already offloads."""
+    if enabled and getattr(pipe, "_all_hooks", None):  # diffusers' model offload
+        pipe.maybe_free_model_hooks()  # the last component used goes back to the CPU
+        return
+    device = pipe.device
+    if not enabled or device.type != "cuda":
+        logger.debug("offload after caching: nothing to do on %s", device.type)
+        return
+    pipe.to("cpu")
+    torch.cuda.empty_cache()
+    logger.info("train: base pipeline moved off %s after caching", device)
 
 
 def enable_memory_efficient_attention(pipe: Any, device: torch.device) -> None:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 from charloop.core.errors import BadInput
 from charloop.core.hashing import sha256_json
 from charloop.params.schema import Params
+from charloop.params.train import MemoryParams
 
 RESULT_SECTIONS = (
     "character",
@@ -38,6 +39,10 @@ stored, promotion gates, schedules and scale-out. Not in the lineage hash."""
 PRESENTATION_FIELDS = ("train.cache_dir", "train.checkpoint_every")
 """Fields inside result sections that change no result (where caches and checkpoints go):
 set to their defaults before hashing, so changing them keeps the branch."""
+
+MEMORY_PLACEMENT_FIELDS = ("offload_encoders", "pipeline_offload", "budget_gb")
+"""``train.memory`` fields that move tensors between devices or bound the plan without
+changing a number: left out of the lineage hash, like :data:`PRESENTATION_FIELDS`."""
 
 
 class ParamsError(BadInput):
@@ -129,6 +134,13 @@ def params_hash(params: Params) -> str:
     for name in PRESENTATION_FIELDS:
         section, field = name.split(".")
         data[section][field] = type(getattr(params, section)).model_fields[field].default
+    # train.memory counts only when it can change the LoRA (quantized weights, 8-bit
+    # states, auto), so projects written before it existed keep their branch.
+    memory = {k: v for k, v in data["train"].pop("memory").items()
+              if k not in MEMORY_PLACEMENT_FIELDS}  # fmt: skip
+    defaults = MemoryParams().model_dump(mode="json")
+    if any(memory[k] != defaults[k] for k in memory):
+        data["train"]["memory"] = memory
     return sha256_json({k: data[k] for k in RESULT_SECTIONS if data[k] is not None})[:16]
 
 

@@ -55,6 +55,41 @@ class FlowParams(StrictModel):
     ai-toolkit and sd-scripts recommend for LoRAs (diffusers' script uses 3.5)."""
 
 
+class MemoryParams(StrictModel):
+    """How a LoRA run fits a card's memory: the frozen denoiser's weight format, the
+    optimizer, offloading and a budget, planned and checked before the first image is drawn
+    (see docs/memory.md). Gradient checkpointing, part of every plan, stays
+    ``train.gradient_checkpointing``. The defaults keep today's behaviour."""
+
+    weights: Literal["unquantized", "fp8", "nf4"] = "unquantized"
+    """Format of the frozen denoiser's Linear weights (the LoRA stays float32):
+    'unquantized' keeps the mixed-precision dtype (bf16 on CUDA, float32 on CPU); 'fp8'
+    stores them as float8 with a scale per row (torchao's float8 weight-only, ~1 byte per
+    parameter, sd-scripts' ``--fp8_base``); 'nf4' as 4-bit NormalFloat in blocks of 64
+    (bitsandbytes, ~0.56 byte per parameter, the QLoRA recipe). fp8 and nf4 need the
+    ``lowmem`` extra."""
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
+    """'adamw': torch's AdamW (two float32 states, 8 bytes per LoRA parameter);
+    'adamw8bit': bitsandbytes' 8-bit AdamW (block-quantized states, ~2 bytes)."""
+    offload_encoders: bool = True
+    """Move the base pipeline (text encoders, VAE and its own denoiser copy) off the GPU
+    once the dataset's latents and prompts are cached, before the LoRA trains (a no-op
+    on CPU). Trained text encoders are separate copies and stay."""
+    pipeline_offload: Literal["auto", "none", "model", "sequential"] = "auto"
+    """Generation and evaluation pipelines on CUDA: 'model' keeps one component at a time
+    on the GPU (diffusers' ``enable_model_cpu_offload``), 'sequential' one layer at a time
+    (``enable_sequential_cpu_offload``, slowest); 'auto' picks from the plan ('none' when
+    the whole pipeline fits, else 'model', else 'sequential'). Ignored on CPU."""
+    budget_gb: float | None = Field(default=None, gt=0)
+    """GiB the training run may use at its peak; null: the CUDA device's free memory (on
+    CPU: no limit, the estimate is only printed). A plan estimated above it (plus a 10%
+    margin for the estimate's error) is refused before any image is drawn."""
+    auto: bool = False
+    """Pick ``weights``, ``optimizer`` and ``train.gradient_checkpointing`` from the
+    planner: the least-reduced plan that fits the budget or the CUDA device (on CPU
+    without a budget: today's defaults). Settings you write yourself are kept."""
+
+
 class TrainParams(StrictModel):
     """LoRA training (peft + accelerate)."""
 
@@ -88,7 +123,9 @@ class TrainParams(StrictModel):
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     """'auto' is bf16 on CUDA devices that support it (else fp16) and full precision on CPU."""
     gradient_checkpointing: bool = False
-    """Trade compute for memory in the UNet (and text encoder when trained)."""
+    """Trade compute for memory in the denoiser (and text encoder when trained): keep only
+    each block's input and recompute the rest in the backward pass (``memory.auto`` may
+    turn it on when you leave it unset)."""
     attention: Literal["auto", "sdpa", "xformers"] = "auto"
     """'auto' uses xformers on CUDA when installed, else PyTorch SDPA."""
     min_snr_gamma: float | None = Field(default=5.0, gt=0)
@@ -104,6 +141,8 @@ class TrainParams(StrictModel):
     """Held-out validation loss."""
     flow: FlowParams = FlowParams()
     """Flow-matching settings (FLUX only)."""
+    memory: MemoryParams = MemoryParams()
+    """Memory plan: quantized frozen weights, 8-bit optimizer, offloading, budget."""
     buckets: BucketParams = BucketParams()
     """Aspect-ratio buckets (original size and crop go to SDXL's size conditioning)."""
     seed: int = 0

@@ -19,6 +19,7 @@ from charloop.core.contact_sheet import contact_sheet
 from charloop.core.hashing import tree_digest
 from charloop.families.single_file import base_model_ref
 from charloop.models.embedder import load_embedder
+from charloop.models.memory_budget import render_offload
 from charloop.models.pipeline import load_pipeline, lora_applied
 from charloop.params.project import Project
 from charloop.params.schema import Params
@@ -111,7 +112,8 @@ def render_pairs(
 ) -> tuple[list[Image.Image], list[Image.Image]]:
     """Each job rendered with the LoRA and without it (same seed)."""
     params = project.params
-    pipe = load_pipeline(base_model_ref(project), params.base_model)
+    base_ref = base_model_ref(project)
+    pipe = load_pipeline(base_ref, params.base_model, render_offload(params, base_ref))
     with lora_applied(pipe, adapter.path):
         lora_images = render(pipe, jobs, params.generate)
     return lora_images, render(pipe, jobs, params.generate)

@@ -10,6 +10,7 @@ from typing import Any
 from charloop.core import atomic
 from charloop.core.hashing import sha256_bytes, tree_digest
 from charloop.families.single_file import base_model_ref
+from charloop.models.memory_budget import render_offload
 from charloop.models.pipeline import load_pipeline, lora_applied
 from charloop.params.project import Project
 from charloop.params.schema import Character, Params
@@ -158,7 +159,7 @@ def render_jobs(
     cn = params.generate.controlnet
     ip = params.generate.ip_adapter
     refs_dir = _references_dir(project)
-    pipe = load_pipeline(base_ref, params.base_model)
+    pipe = load_pipeline(base_ref, params.base_model, render_offload(params, base_ref))
     maps = (
         control_maps(
             project.resolve(cn.images),

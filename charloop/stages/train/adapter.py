@@ -18,6 +18,8 @@ from charloop.families import ModelFamily, family_of_pipe, get_family
 from charloop.families.detect import resolve_base
 from charloop.families.single_file import base_model_ref
 from charloop.models.encode_cache import EncodeCache
+from charloop.models.memory_budget import training_params
+from charloop.models.pipeline import offload_pipeline
 from charloop.params.project import Project
 from charloop.params.train import TrainParams
 from charloop.stages.layout import ADAPTER_WEIGHTS, PROVENANCE_FILE, PROVENANCE_PREFIX
@@ -57,11 +59,12 @@ def adapter_state(accelerator: Any, models: TrainModels) -> AdapterState:
     from peft.utils import get_peft_model_state_dict
 
     denoiser = accelerator.unwrap_model(models.denoiser)
+    config = {k: v for k, v in denoiser.config.items() if k != "quantization_config"}
     state = AdapterState(
         get_peft_model_state_dict(denoiser),
         denoiser.peft_config["default"].to_dict(),
         family=models.family.name,
-        denoiser_model_config=dict(denoiser.config),
+        denoiser_model_config=config,
     )
     for name, module in models.text_encoders.items():
         encoder = accelerator.unwrap_model(module)
@@ -162,6 +165,8 @@ def fit(
     data = encode_rows(pipe, dataset_dir, train_rows, params.generate.resolution, **encode)
     val = encode_rows(pipe, dataset_dir, val_rows, params.generate.resolution, **encode)
     logger.info("train: encode cache %d hits, %d misses", cache.hits, cache.misses)
+    offload_pipeline(pipe, tp.memory.offload_encoders)  # the cache holds what it gave
+    tp = training_params(params, base_ref, base.family, accelerator.device)
     models = build_models(base_ref, params.base_model.revision, tp, accelerator, base)
     log = train_lora(accelerator, models, data, tp, val, checkpoints, stop_after)
     return Fit(models, log, len(data), len(val))

@@ -88,6 +88,16 @@ def lora_config(rank: int, alpha: float, targets: list[str]):  # -> peft.LoraCon
     )
 
 
+def make_optimizer(groups: list[dict[str, Any]], tp: TrainParams) -> torch.optim.Optimizer:
+    """AdamW over the LoRA parameter groups: torch's, or bitsandbytes' 8-bit one
+    (``train.memory.optimizer``: block-quantized states, same defaults)."""
+    if tp.memory.optimizer == "adamw8bit":
+        from bitsandbytes.optim import AdamW8bit
+
+        return AdamW8bit(groups, lr=tp.learning_rate)
+    return torch.optim.AdamW(groups, lr=tp.learning_rate)
+
+
 def denoising_loss(
     models: TrainModels,
     latents: torch.Tensor,
@@ -163,7 +173,7 @@ def train_lora(
     te_lr = tp.text_encoder_learning_rate or tp.learning_rate
     for encoder in models.text_encoders.values():
         groups.append({"params": [p for p in encoder.parameters() if p.requires_grad], "lr": te_lr})
-    optimizer = torch.optim.AdamW(groups, lr=tp.learning_rate)
+    optimizer = make_optimizer(groups, tp)
     processes = accelerator.num_processes
     scheduler = get_scheduler(
         tp.lr_scheduler,

@@ -13,6 +13,7 @@ from charloop.families.detect import (
     check_prediction,
     resolve_family,
 )
+from charloop.families.quantize import is_prequantized
 from charloop.params.train import TrainParams
 from charloop.stages.train.loop import TEXT_ENCODER_TARGETS, TrainModels, lora_config
 
@@ -66,7 +67,7 @@ def build_models(
     base: ResolvedBase | None = None,
 ) -> TrainModels:
     """Fresh base weights with new LoRA layers (the frozen base in the mixed-precision dtype,
-    the LoRA parameters in float32).
+    its Linear weights in ``train.memory.weights`` format; the LoRA parameters in float32).
 
     Args:
         base_ref: The base model folder or hub id.
@@ -86,7 +87,10 @@ def build_models(
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         accelerator.mixed_precision, torch.float32
     )
-    denoiser = family.load_denoiser(base_ref, revision, dtype).to(device)
+    memory = tp.memory
+    denoiser = family.load_denoiser(base_ref, revision, dtype, memory.weights, device)
+    if not is_prequantized(denoiser):  # bitsandbytes already placed it on the GPU
+        denoiser = denoiser.to(device)
     denoiser.requires_grad_(False)
     attention = set_attention(denoiser, tp.attention, device)
     torch.manual_seed(tp.seed)  # LoRA init draws from the global generator
@@ -107,8 +111,8 @@ def build_models(
     if dtype != torch.float32:
         cast_training_params([denoiser, *text_encoders.values()], dtype=torch.float32)
     logger.info(
-        "train: %s, %s attention, mixed precision %s", family.name, attention,
-        accelerator.mixed_precision,
+        "train: %s, %s attention, mixed precision %s, %s weights, %s", family.name, attention,
+        accelerator.mixed_precision, memory.weights, memory.optimizer,
     )  # fmt: skip
     objective = family.objective(base_ref, revision, base, tp)
     scheduler = getattr(objective, "scheduler", None)

@@ -16,8 +16,9 @@ from typing import Any
 from charloop.core import atomic
 from charloop.core.hashing import sha256_file
 from charloop.families.single_file import base_model_ref
+from charloop.models.memory_budget import render_offload
 from charloop.models.pipeline import load_pipeline, resolve_device
-from charloop.params.project import Project
+from charloop.params.project import MEMORY_PLACEMENT_FIELDS, Project
 from charloop.params.train import TrainParams
 from charloop.stages.contract import StageIdentity, identity, read_output
 from charloop.stages.layout import TRAIN_LOG
@@ -54,6 +55,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+_PLACEMENT: dict[str, Any] = {
+    "cache_dir": True,
+    "checkpoint_every": True,
+    "memory": set(MEMORY_PLACEMENT_FIELDS),
+}
+"""Train fields that change where things go, not the LoRA (see ``params_hash``)."""
+
+
 def train_identity(
     project: Project, dataset: Dataset, out_dir: str | Path, provenance: dict[str, str]
 ) -> StageIdentity[Adapter]:
@@ -63,7 +72,7 @@ def train_identity(
         Adapter,
         out_dir,
         __name__,
-        train=params.train.model_dump(exclude={"cache_dir", "checkpoint_every"}),
+        train=params.train.model_dump(exclude=_PLACEMENT),
         base=project.portable_ref(params.base_model.path),
         resolution=params.generate.resolution,
         dataset=dataset.digest,
@@ -98,7 +107,8 @@ def run_train(
     if done := stage.done():
         logger.info("train: reusing %s", out_dir)
         return done
-    pipe = load_pipeline(base_model_ref(project), params.base_model)
+    base_ref = base_model_ref(project)  # encoding may need the same offload as rendering
+    pipe = load_pipeline(base_ref, params.base_model, render_offload(params, base_ref))
     rows = read_rows(Path(dataset.path))
     accelerator = make_accelerator(tp, resolve_device(params.base_model.device))
     if params.cast is not None and params.cast.lora == "per_character":
