@@ -129,10 +129,10 @@ def validate(
         from charloop.scenes.traits import TraitError, check_traits
 
         try:
-            resolved = check_traits(project)
+            trait_sets = check_traits(project)
         except TraitError as exc:
             fail_with(exc, "traits cannot be checked")
-        for name, traits in resolved.items():
+        for name, traits in trait_sets.items():
             typer.echo(
                 f"traits of {name}: declared {', '.join(traits.declared) or 'none'}; "
                 f"discovered on the references: {', '.join(traits.discovered) or 'none'}"

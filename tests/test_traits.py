@@ -17,8 +17,8 @@ from charloop.params.project import load_project
 from charloop.params.schema import Params
 from charloop.scenes.aim import plan_aim
 from charloop.scenes.traits import TraitError, check_traits, pass_rates, resolve_traits
-from charloop.stages.filter.discriminators import Decision, check_traits as reject_missing
-from charloop.stages.filter.discriminators import record_traits
+from charloop.stages.filter.discriminators import Decision, record_traits
+from charloop.stages.filter.discriminators import check_traits as reject_missing
 from charloop.stages.generate.stage import plan_jobs
 from tests.conftest import MODELS, REPO, tiny_params, write_params
 
@@ -115,7 +115,7 @@ def test_a_scorer_that_does_not_load_is_refused(tmp_path: Path) -> None:
     data = yaml.safe_load(project.params_file.read_text())
     (tmp_path / "empty").mkdir()
     data["traits"]["scorer"]["path"] = str(tmp_path / "empty")
-    with pytest.raises(BadInput, match="traits.scorer.path"):
+    with pytest.raises(BadInput, match=r"traits\.scorer\.path"):
         resolve_traits(load_project(write_params(tmp_path, data)))
 
 
@@ -125,7 +125,7 @@ def test_traits_check_needs_a_traits_section() -> None:
     with pytest.raises(ValueError, match="traits discriminator needs a trait scorer"):
         Params.model_validate(data)
     data["traits"] = {"scorer": {"type": "clip", "template": "no slot"}}
-    with pytest.raises(ValueError, match="must contain '{trait}'"):
+    with pytest.raises(ValueError, match=r"must contain '\{trait\}'"):
         Params.model_validate(data)
 
 

@@ -162,8 +162,8 @@ def card_html(card: Card, iteration: int, token: str | None) -> str:
 
 
 def character_panel(view: IterationView, token: str | None) -> str:
-    """The character the candidates must match, pinned beside the grid: its declared
-    traits and its reference images."""
+    """The character the candidates must match, pinned beside the grid: its declared and
+    discovered traits (with each one's pass rate in the kept set) and its references."""
 
     def item(trait: str, kind: str) -> str:
         rate = view.kept_traits.get(trait)
@@ -178,15 +178,11 @@ def character_panel(view: IterationView, token: str | None) -> str:
         for name in view.references
     )
     body = refs or "<p class='muted'>No reference images (character.references).</p>"
+    note = " <span class='muted'>(declared; discovered on the references)</span>"
     return (
         "<aside class='character' id='references'><h3>The character</h3><b>Traits</b>"
-        + (
-            "<span class='muted'> (declared; discovered on the references)</span>"
-            if view.discovered
-            else ""
-        )  # fmt: skip
-        + f"<ul class='character-traits'>{traits}</ul><b>References ({len(view.references)})</b>"
-        f"<div class='refs'>{body}</div></aside>"
+        f"{note if view.discovered else ''}<ul class='character-traits'>{traits}</ul>"
+        f"<b>References ({len(view.references)})</b><div class='refs'>{body}</div></aside>"
     )
 
 
