@@ -183,6 +183,7 @@ def summary_table(rows: list[dict[str, Any]]) -> Table:
         "ref. match",
         "layout variety",
         "prompt fid.",
+        "all traits: data / LoRA",
         "version",
         "decision",
     ):
@@ -201,10 +202,19 @@ def summary_table(rows: list[dict[str, Any]]) -> Table:
             _with_base(match, row.get("base_reference_match")),
             _with_base(variety, row.get("base_layout_diversity")),
             "-" if fidelity is None else f"{fidelity:.4f}",
+            _traits_cell(row.get("kept_traits_all"), row.get("traits_all")),
             f"{row['version']}{' candidate' if index == best else ''}",
             escape(str(row["decision"])),
         )
     return table
+
+
+def _traits_cell(data: float | None, lora: float | None) -> str:
+    """The share of the kept set and of the LoRA's evaluation renders showing every trait:
+    whether the data or the training limits a round."""
+    if data is None and lora is None:
+        return "-"
+    return " / ".join("-" if v is None else f"{v:.0%}" for v in (data, lora))
 
 
 def _with_base(value: float | None, base: float | None) -> str:

@@ -156,6 +156,7 @@ def _iterations(project: Project) -> list[dict[str, Any]]:
                 "generated": generated.images,
                 "kept": reviewed.kept,
                 "trained_on": dataset.images,
+                "kept_traits_all": filtered.kept_traits_all,
                 **evaluation.metrics,
                 "version": published["version"],
                 "best": best,

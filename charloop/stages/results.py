@@ -71,6 +71,14 @@ class Filtered(StageResult):
     """Per character: declared and discovered traits, and their pass rates by the trait
     scorer on the candidates and on the kept set (the dataset's own consistency)."""
 
+    @property
+    def kept_traits_all(self) -> float | None:
+        """Share of the kept images showing every trait (mean over characters); None
+        without trait checks."""
+        if not self.traits:
+            return None
+        return sum(t["kept"]["all"] for t in self.traits.values()) / len(self.traits)
+
 
 @dataclass(frozen=True)
 class Reviewed(StageResult):
