@@ -75,10 +75,11 @@ class TraitsParams(StrictModel):
     scorer: TraitScorer = WorldTraitScorer()
     """What reads traits from a picture: the world tagger or zero-shot CLIP."""
     discover: bool = True
-    """Tag the references and add the tags they agree on (``agree``) to the traits."""
-    agree: float = Field(default=0.75, gt=0, le=1)
-    """Share of the references that must show a tag for it to become a trait: 1 asks
-    every one; the default tolerates a tagger's misreads on a quarter of them."""
+    """Tag the references and add what they show (``discover_score``) to the traits."""
+    discover_score: float = Field(default=0.5, gt=0, lt=1)
+    """A tag becomes a trait when its mean score over the references is at least this: a
+    tagger that misreads a few references (small eyes, a dark style) does not hide a
+    trait the set shows."""
     min_score: float = Field(default=0.5, gt=0, lt=1)
     """A trait passes on an image when the scorer gives it at least this probability."""
     ignore: list[str] = []

@@ -1,8 +1,9 @@
 """Traits: what every picture of a character must show, declared or discovered.
 
 A character's traits are its declared ``character.traits`` plus the tags the trait scorer
-finds on (``traits.agree`` of) its references: artists list a few traits and let the
-references carry the rest. :func:`resolve_traits` computes them once per process (the
+finds on its references: artists list a few traits and let the references carry the rest
+(a tag is discovered when its mean score over the references reaches
+``traits.discover_score``). :func:`resolve_traits` computes them once per process (the
 scorer and the references are read again only when they change); :func:`check_traits`
 refuses, before any image is drawn, a trait the scorer cannot parse, a scorer that does
 not load, and a declared trait every reference fails.
@@ -144,8 +145,10 @@ def _member_traits(
         return TraitSet(list(member.traits))
     vocabulary = [t for t in scorer.vocabulary if scorer.parse(t) is not None]
     candidates = list(dict.fromkeys([*member.traits, *vocabulary]))
-    shown = (scorer.score(images, candidates) >= settings.min_score).mean(axis=0)
+    scores = scorer.score(images, candidates)
+    shown = (scores >= settings.min_score).mean(axis=0)
     share = dict(zip(candidates, (float(s) for s in shown), strict=True))
+    mean = dict(zip(candidates, (float(s) for s in scores.mean(axis=0)), strict=True))
     for trait in member.traits:
         if share[trait] == 0:
             raise TraitError(
@@ -160,7 +163,7 @@ def _member_traits(
         for tag in vocabulary:
             parts = scorer.parse(tag)
             if (
-                share[tag] + 1e-9 >= settings.agree
+                mean[tag] >= settings.discover_score
                 and tag not in ignored
                 and (tag not in member.traits and parts not in declared_parts)
             ):
