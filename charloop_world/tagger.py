@@ -132,6 +132,7 @@ def build_tagger(
     config = {
         "kind": "world-tagger",
         "attributes": net.attributes,
+        "order": list(CHARACTER_VALUES),  # the JSON keys are sorted: keep the prompt order
         "width": WIDTH,
         "features": FEATURES,
         "tags": tags,

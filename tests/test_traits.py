@@ -53,6 +53,9 @@ def test_tagger_parses_world_phrases_and_compounds() -> None:
     assert tagger.parse("ponytail") == [("hair_shape", "ponytail")]
     assert tagger.parse("purple unicorn") is None
     assert "wearing a hat" in tagger.vocabulary and "slim body" in tagger.vocabulary
+    assert tagger.vocabulary[0] == "red hair"  # caption order: hair colour first
+    assert tagger.merge(["green eyes", "pink clothes", "wearing a hat", "wearing a jacket"]) == [
+        "green eyes", "pink jacket", "wearing a hat"]  # fmt: skip
 
 
 @needs_tagger
@@ -75,15 +78,16 @@ def test_tagger_reads_fresh_renders() -> None:
 
 @needs_tagger
 def test_references_discover_what_kira_is(tmp_path: Path) -> None:
-    from charloop_world.attributes import CHARACTER_VALUES, phrase
+    from charloop_world.attributes import character_from_dict
+    from charloop_world.captions import character_phrases
 
     project = _world_project(tmp_path)
     traits = check_traits(project)["kira"]
     assert traits.declared == ["teal hair", "ponytail"]
-    true_tags = {phrase(n, KIRA_TRUTH[n]) for n in CHARACTER_VALUES}
+    true_tags = character_phrases(character_from_dict(KIRA_TRUTH))  # "pink jacket", ...
     assert traits.discovered, "nothing discovered on eight references of one character"
-    assert set(traits.discovered) <= true_tags, traits.discovered  # nothing kira is not
-    assert set(traits.discovered) == true_tags - {"teal hair", "ponytail"}, traits.discovered
+    assert set(traits.discovered) <= set(true_tags), traits.discovered  # nothing kira is not
+    assert traits.all == true_tags, traits.discovered  # all of her, in caption order
     assert all(traits.reference_scores[t] > 0.5 for t in traits.discovered)
 
 

@@ -50,9 +50,17 @@ class WorldTagger:
 
     kind = "world"
 
-    def __init__(self, net: TaggerNet, tags: dict[str, list[str]], compounds: dict[str, list]):
+    def __init__(
+        self,
+        net: TaggerNet,
+        tags: dict[str, list[str]],
+        compounds: dict[str, list],
+        order: list[str] | None = None,
+    ):
         self.net = net.eval()
         self.tags = tags
+        self.order = order or list(net.attributes)
+        """Attributes in the order the world's captions name them (tags are listed so)."""
         self.phrases: dict[str, list[Part]] = {
             tag: [(name, value)]
             for name, values in net.attributes.items()
@@ -62,8 +70,22 @@ class WorldTagger:
 
     @property
     def vocabulary(self) -> list[str]:
-        """Every single-value tag, in attribute order (what reference tagging proposes)."""
-        return [tag for name in self.net.attributes for tag in self.tags[name]]
+        """Every single-value tag, in caption order (what reference tagging proposes)."""
+        return [tag for name in self.order for tag in self.tags[name]]
+
+    def merge(self, traits: list[str]) -> list[str]:
+        """``traits`` with each pair of tags a compound names at once (``pink clothes`` and
+        ``wearing a jacket``) replaced by the compound (``pink jacket``), at the first's
+        place: the most specific tag, as the world's captions say it."""
+        out = list(traits)
+        for compound, parts in self.phrases.items():
+            if len(parts) < 2:
+                continue
+            singles = [t for t in out if (p := self.parse(t)) and len(p) == 1 and p[0] in parts]
+            if len(singles) == len(parts):
+                out[out.index(singles[0])] = compound
+                out = [t for t in out if t not in singles[1:]]
+        return out
 
     def parse(self, trait: str) -> list[Part] | None:
         """The (attribute, value) parts a trait phrase names; None when it names none."""
@@ -120,4 +142,4 @@ def load_world_tagger(path: str | Path) -> WorldTagger:
         raise ValueError(f"{path} is a {config.get('kind')!r} model, not a world-tagger")
     net = TaggerNet(config["attributes"], config["width"], config["features"])
     net.load_state_dict(state)
-    return WorldTagger(net, config["tags"], config.get("compounds", {}))
+    return WorldTagger(net, config["tags"], config.get("compounds", {}), config.get("order"))
