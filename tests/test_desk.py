@@ -44,6 +44,7 @@ def _world_reviewable(folder: Path, **review: object):
     data["base_model"]["path"] = str(REPO / "models" / "world-sd15")
     for section in ("filter", "evaluate"):
         data[section]["embedder"]["path"] = str(REPO / "models" / "world-embedder")
+    data["traits"]["scorer"]["path"] = str(REPO / "models" / "world-tagger")
     data["generate"] |= {"images_per_prompt": 2, "max_prompts": 6}
     data["filter"] |= {
         "min_kept": 2,
@@ -73,10 +74,12 @@ def test_the_character_is_pinned_beside_the_grid_with_each_nearest_reference(wor
     for name in refs:
         assert f"/reference/{name}'" in page
     for trait in project.params.character.traits:
-        assert f"<li>{trait}</li>" in page
+        assert f"<li class='declared'>{trait} " in page
+    assert "<li class='discovered'>green eyes " in page  # read off the references
     rows = atomic.read_jsonl(Path(filtered.path) / "report.jsonl")
     assert rows and all(r["nearest_reference"] in refs for r in rows)
     assert page.count("nearest: ") == len(rows)
+    assert page.count("<ul class='traits'") == len(rows)  # each card's trait verdicts
     image = client.get(f"/reference/{refs[0]}")
     assert image.status_code == 200 and image.content[:4] == b"\x89PNG"
     for bad in ("ref_000.txt", "identity.json", "..%2F..%2Fparams.yaml", "nope.png"):
