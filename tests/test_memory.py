@@ -127,6 +127,12 @@ def test_memory_fields_are_validated_and_defaults_keep_the_lineage_hash(tmp_path
     )
 
 
+@pytest.fixture(autouse=True)
+def _no_debug(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An earlier in-process ``--debug`` leaves CHARLOOP_DEBUG set (tracebacks re-raised)."""
+    monkeypatch.delenv("CHARLOOP_DEBUG", raising=False)
+
+
 def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     with pytest.raises(SystemExit) as stopped:
         main(list(args))

@@ -21,6 +21,7 @@ RESULT_SECTIONS = (
     "contexts",
     "base_model",
     "generate",
+    "traits",
     "filter",
     "caption",
     "train",
