@@ -67,6 +67,10 @@ def test_world_loop_raises_oracle_consistency(tmp_path):
     margin = chosen["consistency"] - models["base model"]["consistency"]
     assert margin >= 30.0 and margin > 3 * noise, report
     assert chosen["consistency"] >= best["consistency"] - max(noise, best["consistency_seed_std"])
+    # Traits: the loop read its own traits on the renders, and the data it trained on was
+    # more consistent than what the LoRA draws (data is not what limits a round).
+    assert chosen["loop_traits"] is not None and chosen["loop_traits"]["traits"]
+    assert chosen["kept_set"]["consistency"] >= chosen["consistency"]
     described = models["base model, described"]  # the base model told who to draw
     assert set(chosen["variety_kept"]) >= {"layout_variety"}
     expected = 100 * chosen["layout_variety"] / described["layout_variety"]
