@@ -194,13 +194,14 @@ def preflight(project: Project) -> MemoryReport:
     device = resolve_device(params.base_model.device)
     memory = check_memory(params, base_ref, family, device)  # before anything is written
     logger.info("%s", memory.line())
-    check_writable(project.character_dir, "loop.workdir")
+    # The checks that read input come before the first folder is created.
     for member in params.members:
         if member.references:
             load_references(project.resolve(member.references))
     check_held_out(project)  # evaluation contexts never reach the training captions
     if params.traits is not None:  # parseable, loadable, not contradicted by the references
         check_traits(project)
+    check_writable(project.character_dir, "loop.workdir")
     if params.dvc.enabled and params.dvc.remote and "://" not in params.dvc.remote:
         check_writable(Path(versioning.remote_url(project.root, params.dvc.remote)), "dvc.remote")
     check_registry(project)
