@@ -12,29 +12,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
 
+from charloop.models.world_tagger import TaggerNet
 from charloop_world.dataset import cached_dataset
-from charloop_world.nets import Backbone, augment, images_to_tensor, load_state, save_model
+from charloop_world.nets import augment, images_to_tensor, load_state, save_model
 
 logger = logging.getLogger(__name__)
 
 
-class OracleNet(nn.Module):
-    """Shared backbone with one linear head per attribute."""
+class OracleNet(TaggerNet):
+    """Shared backbone with one linear head per attribute: the tagger's network, wider."""
 
     def __init__(self, attributes: dict[str, list[str]], width: int = 32, features: int = 256):
-        super().__init__()
-        self.attributes = attributes
-        self.backbone = Backbone(width, features)
-        self.heads = nn.ModuleDict(
-            {name: nn.Linear(features, len(values)) for name, values in attributes.items()}
-        )
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Logits per attribute."""
-        h = self.backbone(x)
-        return {name: head(h) for name, head in self.heads.items()}
+        super().__init__(attributes, width, features)
 
 
 class WorldOracle:
@@ -43,15 +33,9 @@ class WorldOracle:
     def __init__(self, net: OracleNet):
         self.net = net.eval()
 
-    @torch.no_grad()
     def probabilities(self, images: list[Image.Image]) -> dict[str, np.ndarray]:
         """Attribute -> ``(n, n_values)`` softmax probabilities."""
-        out: dict[str, list[np.ndarray]] = {name: [] for name in self.net.attributes}
-        for i in range(0, len(images), 256):
-            logits = self.net(images_to_tensor(images[i : i + 256]))
-            for name, value in logits.items():
-                out[name].append(value.softmax(-1).numpy())
-        return {name: np.concatenate(parts) for name, parts in out.items()}
+        return self.net.probabilities(images)
 
     def read(self, images: list[Image.Image]) -> list[dict[str, str]]:
         """The most likely value of every attribute, per image."""

@@ -29,7 +29,8 @@ Part = tuple[str, str]
 
 
 class TaggerNet(nn.Module):
-    """Backbone with one linear head per attribute (logits over its values)."""
+    """Backbone with one linear head per attribute (logits over its values); the world
+    oracle (``charloop_world.oracle``) is the same network at another width."""
 
     def __init__(self, attributes: dict[str, list[str]], width: int = 24, features: int = 192):
         super().__init__()
@@ -43,6 +44,16 @@ class TaggerNet(nn.Module):
         """Logits per attribute."""
         h = self.backbone(x)
         return {name: head(h) for name, head in self.heads.items()}
+
+    @torch.no_grad()
+    def probabilities(self, images: list[Image.Image]) -> dict[str, np.ndarray]:
+        """Attribute -> ``(n, n_values)`` softmax probabilities (batches of 256)."""
+        out: dict[str, list[np.ndarray]] = {name: [] for name in self.attributes}
+        for i in range(0, len(images), 256):
+            logits = self(images_to_tensor(images[i : i + 256]))
+            for name, value in logits.items():
+                out[name].append(value.softmax(-1).numpy())
+        return {name: np.concatenate(parts) for name, parts in out.items()}
 
 
 class WorldTagger:
@@ -91,15 +102,9 @@ class WorldTagger:
         """The (attribute, value) parts a trait phrase names; None when it names none."""
         return self.phrases.get(" ".join(trait.lower().split()))
 
-    @torch.no_grad()
     def probabilities(self, images: list[Image.Image]) -> dict[str, np.ndarray]:
         """Attribute -> ``(n, n_values)`` softmax probabilities."""
-        out: dict[str, list[np.ndarray]] = {name: [] for name in self.net.attributes}
-        for i in range(0, len(images), 256):
-            logits = self.net(images_to_tensor(images[i : i + 256]))
-            for name, value in logits.items():
-                out[name].append(value.softmax(-1).numpy())
-        return {name: np.concatenate(parts) for name, parts in out.items()}
+        return self.net.probabilities(images)
 
     def score(self, images: list[Image.Image], traits: list[str]) -> np.ndarray:
         """``(n_images, n_traits)`` probability that each image shows each trait (a compound
