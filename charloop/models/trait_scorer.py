@@ -30,6 +30,8 @@ class TraitScorer(Protocol):
 
     def score(self, images: list[Image.Image], traits: list[str]) -> np.ndarray: ...
 
+    def merge(self, traits: list[str]) -> list[str]: ...
+
 
 class ClipTraitBackend:
     """Zero-shot CLIP: softmax over (trait prompt, neutral prompt) at CLIP's logit scale."""
@@ -51,6 +53,10 @@ class ClipTraitBackend:
         text = self.spec.template.format(trait=trait)
         ids = self.clip.processor.tokenizer(text)["input_ids"]
         return list(ids) if len(ids) <= self.max_tokens else None
+
+    def merge(self, traits: list[str]) -> list[str]:
+        """Free phrases have no parts to merge: ``traits`` unchanged."""
+        return traits
 
     @torch.no_grad()
     def score(self, images: list[Image.Image], traits: list[str]) -> np.ndarray:

@@ -168,10 +168,10 @@ def _member_traits(
                 and (tag not in member.traits and parts not in declared_parts)
             ):
                 discovered.append(tag)
-        if merge := getattr(scorer, "merge", None):  # the most specific tags the scorer has
-            discovered = merge(discovered)
-            share.update({t: float((scorer.score(images, [t]) >= settings.min_score).mean())
-                          for t in discovered if t not in share})  # fmt: skip
+        discovered = scorer.merge(discovered)  # the most specific tags the scorer has
+        if merged := [t for t in discovered if t not in share]:
+            rates = (scorer.score(images, merged) >= settings.min_score).mean(axis=0)
+            share.update(zip(merged, (float(r) for r in rates), strict=True))
     kept = [*member.traits, *discovered]
     return TraitSet(list(member.traits), discovered, {t: share[t] for t in kept})
 
