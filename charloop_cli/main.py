@@ -118,6 +118,15 @@ def validate(
         except FamilyMismatch as exc:
             fail_with(exc, "base model does not match the params")
         family = resolved.name
+        from charloop.models.trigger_embedding import EMBEDDING_KEYS
+
+        if project.params.train.trigger_embedding.enabled and family not in EMBEDDING_KEYS:
+            fail(
+                "train.trigger_embedding",
+                f"works with SD1.5 and SDXL bases; base_model.path is a {family} model: "
+                "set train.trigger_embedding.enabled: false",
+                EXIT_BAD_INPUT,
+            )
         try:
             device = resolve_device(spec.device)
             typer.echo(check_memory(project.params, base_ref, resolved, device).line())
@@ -137,6 +146,11 @@ def validate(
                 f"traits of {name}: declared {', '.join(traits.declared) or 'none'}; "
                 f"discovered on the references: {', '.join(traits.discovered) or 'none'}"
             )
+    if project.params.train.trigger_embedding.enabled:
+        from charloop.stages.train.trigger_embedding import starting_text
+
+        member = project.params.members[0]
+        typer.echo(f"trigger embedding: '{member.trigger}' starts as '{starting_text(project)}'")
     kind = "cast" if project.params.cast else "character"
     typer.echo(f"OK: {params} ({kind} '{project.params.subject}', {family} base)")
 

@@ -26,6 +26,7 @@ from charloop.families.single_file import base_model_ref, is_single_file
 from charloop.lineage import versioning
 from charloop.models.memory_budget import MemoryReport, check_memory
 from charloop.models.pipeline import resolve_device
+from charloop.models.trigger_embedding import EMBEDDING_KEYS
 from charloop.params.caption import VlmCaptioner
 from charloop.params.filter import ClipEmbedder, Dinov2Embedder, WorldEmbedder
 from charloop.params.generate import ControlNetParams, IPAdapterParams
@@ -35,6 +36,7 @@ from charloop.params.traits import ClipTraitScorer, WorldTraitScorer
 from charloop.scenes.references import load_references
 from charloop.scenes.traits import check_traits
 from charloop.stages.caption.heldout import check_held_out
+from charloop.stages.train.trigger_embedding import starting_text
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +193,11 @@ def preflight(project: Project) -> MemoryReport:
             f"generate.ip_adapter: no IP-Adapter of the h94 format serves a {family.name} "
             "base; remove generate.ip_adapter (use references and the identity filter)"
         )
+    if params.train.trigger_embedding.enabled and family.name not in EMBEDDING_KEYS:
+        raise ModelNotFound(
+            f"train.trigger_embedding works with SD1.5 and SDXL bases; base_model.path is a "
+            f"{family.name} model: set train.trigger_embedding.enabled: false"
+        )
     device = resolve_device(params.base_model.device)
     memory = check_memory(params, base_ref, family, device)  # before anything is written
     logger.info("%s", memory.line())
@@ -201,6 +208,9 @@ def preflight(project: Project) -> MemoryReport:
     check_held_out(project)  # evaluation contexts never reach the training captions
     if params.traits is not None:  # parseable, loadable, not contradicted by the references
         check_traits(project)
+    if params.train.trigger_embedding.enabled:
+        logger.info("trigger embedding: %r starts as %r", project.params.members[0].trigger,
+                    starting_text(project))  # fmt: skip
     check_writable(project.character_dir, "loop.workdir")
     if params.dvc.enabled and params.dvc.remote and "://" not in params.dvc.remote:
         check_writable(Path(versioning.remote_url(project.root, params.dvc.remote)), "dvc.remote")

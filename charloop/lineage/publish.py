@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from charloop.core.faults import failpoint
+from charloop.core.hashing import sha256_file
 from charloop.core.locking import store_lock
 from charloop.lineage import registry, reports, versioning
 from charloop.lineage.provenance import read_provenance
@@ -14,7 +16,7 @@ from charloop.models.encode_cache import component_identity
 from charloop.params.project import Project
 from charloop.stages.caption.stage import training_data_digest
 from charloop.stages.contract import CorruptSeal, verify
-from charloop.stages.layout import IterationPaths
+from charloop.stages.layout import TRIGGER_EMBEDDING, IterationPaths
 from charloop.stages.results import IterationResults
 
 logger = logging.getLogger(__name__)
@@ -110,6 +112,9 @@ def _publish(
         ),
         "git_commit": versioning.git_commit(project.root),
     }
+    embedding = Path(adapter.path) / TRIGGER_EMBEDDING
+    if embedding.is_file():  # pivotal tuning: the trigger's vectors ship with the LoRA
+        tags["trigger_embedding_sha256"] = sha256_file(embedding)
     for name, facts in (results.filtered.traits or {}).items():
         # Which traits this version was filtered for, and whether its data showed them.
         prefix = "traits" if not params.cast else f"traits.{name}"

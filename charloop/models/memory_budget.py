@@ -104,12 +104,15 @@ def workload(params: Params, ref: str, family: ModelFamily, device: torch.device
     tp = params.train
     size = denoiser_size(family.name, local_config(ref, family.denoiser[0]))
     text_params = text_lora = 0
-    if tp.train_text_encoder:
+    if tp.train_text_encoder or tp.trigger_embedding.enabled:  # encoders in the graph
         for name in family.trained_text_encoders():
             text_params += component_params(family.name, ref, name)
             config = local_config(ref, name) or reference_text_config(family.name, name)
             width, layers = int(config["hidden_size"]), int(config["num_hidden_layers"])
-            text_lora += 4 * tp.rank * 2 * width * layers  # q, k, v, out projections
+            if tp.train_text_encoder:
+                text_lora += 4 * tp.rank * 2 * width * layers  # q, k, v, out projections
+            if tp.trigger_embedding.enabled:
+                text_lora += tp.trigger_embedding.max_vectors * width
     pipeline = 0
     if not tp.memory.offload_encoders or device.type != "cuda":  # the base pipeline stays
         parts = ("vae", *family.text_encoders)

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from charloop.families import family_of_pipe
+from charloop.models.trigger_embedding import load_into_pipe, unload_from_pipe
 from charloop.params.schema import BaseModelSpec
 
 logger = logging.getLogger(__name__)
@@ -153,7 +155,11 @@ def lora_applied(
     with _quiet_diffusers():  # "No LoRA keys ... prefix='text_encoder'": a UNet-only LoRA
         pipe.load_lora_weights(str(adapter_dir), adapter_name=name, **extra)
     pipe.set_adapters([name], adapter_weights=[scale])
+    family = family_of_pipe(pipe)
+    embedded = load_into_pipe(pipe, family, Path(adapter_dir))  # pivotal tuning's tokens
     try:
         yield pipe
     finally:
         pipe.delete_adapters(name)
+        if embedded:
+            unload_from_pipe(pipe, family)

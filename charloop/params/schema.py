@@ -204,6 +204,15 @@ class Params(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _trigger_embedding_supported(self) -> Params:
+        why = "a cast has several triggers" if self.cast is not None else None
+        if self.base_model.family == "flux":
+            why = "it works with CLIP text encoders only (SD1.5, SDXL): FLUX's T5 reads text"
+        if self.train.trigger_embedding.enabled and why:
+            raise ValueError(f"train.trigger_embedding: {why}; set its enabled: false")
+        return self
+
+    @model_validator(mode="after")
     def _min_kept_reachable(self) -> Params:
         if self.filter.min_kept > (produced := self.images_per_iteration()):
             raise ValueError(

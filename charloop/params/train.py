@@ -90,6 +90,36 @@ class MemoryParams(StrictModel):
     without a budget: today's defaults). Settings you write yourself are kept."""
 
 
+class TriggerEmbeddingParams(StrictModel):
+    """Pivotal tuning: the trigger becomes new text-encoder tokens, trained with the LoRA.
+
+    A LoRA alone binds the character to the trigger in the styles it was trained in; in an
+    unseen style the words of that style win and traits drift. A trigger embedding carries
+    the character through the text encoder instead, where styles compose as words do. It
+    starts as the embedding of the character's traits in words (declared and discovered,
+    see ``traits``) and is trained on the same data as the LoRA. The adapter folder gets
+    ``trigger_embedding.safetensors`` (A1111/ComfyUI embedding format; charloop and
+    diffusers load it with the LoRA, bound to the trigger phrase). SD1.5 and SDXL only:
+    FLUX's T5 would read the new tokens as text."""
+
+    enabled: bool = False
+    """Train a trigger embedding with the LoRA."""
+    init: Literal["traits", "trigger"] = "traits"
+    """Starting point: 'traits' embeds every trait of the character in words (declared,
+    then discovered; the description when there are none), one vector per token;
+    'trigger' embeds the trigger phrase itself."""
+    learning_rate: float = Field(default=1e-3, gt=0)
+    """AdamW learning rate of the embedding vectors (no weight decay)."""
+    vectors: Literal["per_trait", "per_token"] = "per_trait"
+    """How the starting text becomes vectors: 'per_trait' gives each comma-separated phrase
+    one vector (the mean of its words' embeddings: a short trigger that leaves room for the
+    rest of the prompt); 'per_token' gives every token its own (the words exactly, so the
+    trigger starts as the whole description; on the world it drew more whole characters
+    but followed the prompt's expression less, see docs/traits.md)."""
+    max_vectors: int = Field(default=32, ge=1, le=64)
+    """At most this many vectors: a longer starting text is cut."""
+
+
 class TrainParams(StrictModel):
     """LoRA training (peft + accelerate)."""
 
@@ -106,6 +136,8 @@ class TrainParams(StrictModel):
     """Also train a LoRA on the text encoder's attention (q/k/v/out projections)."""
     text_encoder_learning_rate: float | None = Field(default=None, gt=0)
     """Learning rate of the text-encoder LoRA (default: ``learning_rate``)."""
+    trigger_embedding: TriggerEmbeddingParams = TriggerEmbeddingParams()
+    """Pivotal tuning: train the trigger as new text-encoder tokens beside the LoRA."""
     learning_rate: float = Field(default=1e-3, gt=0)
     """AdamW learning rate."""
     lr_scheduler: Literal[

@@ -6,13 +6,19 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from charloop.models.trigger_embedding import TRIGGER_EMBEDDING
+
 ADAPTER_WEIGHTS = "pytorch_lora_weights.safetensors"
 """The diffusers-format LoRA file in an adapter folder (what ``load_lora_weights`` reads)."""
 
 KOHYA_WEIGHTS = "lora_kohya.safetensors"
 """The same LoRA in kohya format (A1111/Forge, ComfyUI, InvokeAI, sd-scripts read it)."""
 
-ADAPTER_FILE_TAGS = {ADAPTER_WEIGHTS: "adapter_sha256", KOHYA_WEIGHTS: "kohya_sha256"}
+ADAPTER_FILE_TAGS = {
+    ADAPTER_WEIGHTS: "adapter_sha256",
+    KOHYA_WEIGHTS: "kohya_sha256",
+    TRIGGER_EMBEDDING: "trigger_embedding_sha256",
+}
 """Each shipped adapter file and the registry tag that holds its sha256."""
 
 PROVENANCE_FILE = "provenance.json"

@@ -31,6 +31,11 @@ from charloop.stages.train.kohya import KOHYA_WEIGHTS_NAME, save_kohya, to_kohya
 from charloop.stages.train.loop import TrainLog, TrainModels, train_lora
 from charloop.stages.train.models import build_models
 from charloop.stages.train.modelspec import BaseSpec, spec_keys
+from charloop.stages.train.trigger_embedding import (
+    save_trigger_embedding,
+    trigger_tokens,
+    vectors_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +57,10 @@ class AdapterState:
     text_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     family: str = "sd15"
     denoiser_model_config: dict[str, Any] = field(default_factory=dict)
+    trigger_vectors: list[Any] = field(default_factory=list)
+    """The trigger embedding's vectors per text encoder (empty: none trained)."""
+    trigger: str = ""
+    starting_text: str = ""
 
 
 def adapter_state(accelerator: Any, models: TrainModels) -> AdapterState:
@@ -68,8 +77,13 @@ def adapter_state(accelerator: Any, models: TrainModels) -> AdapterState:
     )
     for name, module in models.text_encoders.items():
         encoder = accelerator.unwrap_model(module)
-        state.text[name] = get_peft_model_state_dict(encoder)
-        state.text_configs[name] = encoder.peft_config["default"].to_dict()
+        if (found := vectors_of(encoder)) is not None:
+            state.trigger_vectors.append(found.vectors)
+        if hasattr(encoder, "peft_config"):  # trigger vectors alone add no LoRA layers
+            state.text[name] = get_peft_model_state_dict(encoder)
+            state.text_configs[name] = encoder.peft_config["default"].to_dict()
+    if state.trigger_vectors:
+        state.trigger, state.starting_text = models.trigger.trigger, models.trigger.text
     return state
 
 
@@ -99,6 +113,10 @@ def write_adapter(
     canonicalize(weights, provenance)
     tensors = to_kohya(state.denoiser, state.text, alpha, family, state.denoiser_model_config)
     save_kohya(out_dir / KOHYA_WEIGHTS_NAME, tensors, rank, alpha, provenance)
+    if state.trigger_vectors:
+        save_trigger_embedding(
+            out_dir, state.family, state.trigger_vectors, state.trigger, state.starting_text
+        )
     atomic.write_json(out_dir / PROVENANCE_FILE, metadata)
     return weights
 
@@ -156,18 +174,25 @@ def fit(
     cache = EncodeCache(project.resolve(tp.cache_dir))
     train_rows, val_rows = split_validation(rows, tp.validation.images, tp.seed)
     base = resolve_base(params.base_model, base_ref)
+    trigger = None
+    if tp.trigger_embedding.enabled:
+        trigger = trigger_tokens(project, pipe, base.family)
+        train_rows = [row | {"text": trigger.expand(row["text"])} for row in train_rows]
+        val_rows = [row | {"text": trigger.expand(row["text"])} for row in val_rows]
+    text_trained = tp.train_text_encoder or trigger is not None
     encode: dict[str, Any] = dict(
         identity=identity,
         cache=cache,
-        with_text_embeddings=not tp.train_text_encoder or base.family.caches_frozen_text,
+        with_text_embeddings=not text_trained or base.family.caches_frozen_text,
         buckets=training_buckets(tp, base.family, params.generate.resolution),
+        tokenizers=trigger.tokenizer_view() if trigger else None,
     )
     data = encode_rows(pipe, dataset_dir, train_rows, params.generate.resolution, **encode)
     val = encode_rows(pipe, dataset_dir, val_rows, params.generate.resolution, **encode)
     logger.info("train: encode cache %d hits, %d misses", cache.hits, cache.misses)
     offload_pipeline(pipe, tp.memory.offload_encoders)  # the cache holds what it gave
     tp = training_params(params, base_ref, base.family, accelerator.device)
-    models = build_models(base_ref, params.base_model.revision, tp, accelerator, base)
+    models = build_models(base_ref, params.base_model.revision, tp, accelerator, base, trigger)
     log = train_lora(accelerator, models, data, tp, val, checkpoints, stop_after)
     return Fit(models, log, len(data), len(val))
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from charloop.core import atomic
+from charloop.stages.train.trigger_embedding import vectors_of
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,12 @@ class Checkpointer:
             "te_lora": {
                 name: get_peft_model_state_dict(accelerator.unwrap_model(encoder))
                 for name, encoder in models.text_encoders.items()
+                if hasattr(accelerator.unwrap_model(encoder), "peft_config")
+            },
+            "trigger_vectors": {
+                name: found.vectors.detach().cpu().clone()
+                for name, encoder in models.text_encoders.items()
+                if (found := vectors_of(accelerator.unwrap_model(encoder))) is not None
             },
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
@@ -106,7 +113,12 @@ class Checkpointer:
 
         set_peft_model_state_dict(accelerator.unwrap_model(models.denoiser), state["unet_lora"])
         for name, encoder in models.text_encoders.items():
-            set_peft_model_state_dict(accelerator.unwrap_model(encoder), state["te_lora"][name])
+            module = accelerator.unwrap_model(encoder)
+            if name in state["te_lora"]:
+                set_peft_model_state_dict(module, state["te_lora"][name])
+            if (found := vectors_of(module)) is not None:
+                with torch.no_grad():
+                    found.vectors.copy_(state["trigger_vectors"][name])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if accelerator.scaler is not None and state["scaler"] is not None:

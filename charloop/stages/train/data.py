@@ -104,6 +104,7 @@ def encode_rows(
     cache: EncodeCache | None = None,
     with_text_embeddings: bool = True,
     buckets: list[Size] | None = None,
+    tokenizers: Any = None,
 ) -> EncodedDataset:
     """Encode dataset rows, serving what the cache already holds.
 
@@ -118,6 +119,8 @@ def encode_rows(
         with_text_embeddings: False when the text encoders are trained.
         buckets: Aspect-ratio bucket sizes (each image trains at its nearest), or None
             for centre-cropped squares.
+        tokenizers: An object with the family's tokenizer attributes to read token ids
+            with instead of ``pipe``'s (a trigger embedding's extended copies), or None.
     """
     family = family_of_pipe(pipe)
     files = [dataset_dir / row["file_name"] for row in rows]
@@ -147,7 +150,7 @@ def encode_rows(
     return EncodedDataset(
         [row["id"] for row in rows],
         latents,
-        family.token_ids(pipe, captions),
+        family.token_ids(tokenizers or pipe, captions),
         texts,
         None if set(repeats) <= {1} else repeats,
         sizes,

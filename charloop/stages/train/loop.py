@@ -56,13 +56,16 @@ class TrainModels:
     objective: Objective = None  # type: ignore[assignment]  # set in __post_init__
     """Noise, target and loss (default: DDPM training with ``noise_scheduler``)."""
     text_encoders: dict[str, Any] = field(default_factory=dict)
+    trigger: Any = None
+    """The trigger's new tokens (``TriggerTokens``) when a trigger embedding is trained."""
 
     def __post_init__(self) -> None:
         if self.objective is None:
             self.objective = DiffusionObjective(self.noise_scheduler)
 
     def trained(self) -> list[Any]:
-        """Every module with LoRA layers: the denoiser, then the trained text encoders."""
+        """Every trained module: the denoiser, then the trained text encoders (LoRA layers
+        and/or trigger vectors)."""
         return [self.denoiser, *self.text_encoders.values()]
 
 
@@ -86,6 +89,25 @@ def lora_config(rank: int, alpha: float, targets: list[str]):  # -> peft.LoraCon
         init_lora_weights="gaussian",
         target_modules=list(targets),
     )
+
+
+def text_encoder_groups(models: TrainModels, tp: TrainParams) -> list[dict[str, Any]]:
+    """Optimizer groups of the text encoders: LoRA layers at the text-encoder rate, trigger
+    vectors at their own rate without weight decay (it would pull them toward zero)."""
+    te_lr = tp.text_encoder_learning_rate or tp.learning_rate
+    lora: list[torch.nn.Parameter] = []
+    vectors: list[torch.nn.Parameter] = []
+    for encoder in models.text_encoders.values():
+        for name, param in encoder.named_parameters():
+            if param.requires_grad:
+                (vectors if name.endswith("vectors") else lora).append(param)
+    groups: list[dict[str, Any]] = []
+    if lora:
+        groups.append({"params": lora, "lr": te_lr})
+    if vectors:
+        rate = tp.trigger_embedding.learning_rate
+        groups.append({"params": vectors, "lr": rate, "weight_decay": 0.0})
+    return groups
 
 
 def make_optimizer(groups: list[dict[str, Any]], tp: TrainParams) -> torch.optim.Optimizer:
@@ -170,9 +192,7 @@ def train_lora(
 
     trainable = [p for p in models.denoiser.parameters() if p.requires_grad]
     groups: list[dict[str, Any]] = [{"params": trainable, "lr": tp.learning_rate}]
-    te_lr = tp.text_encoder_learning_rate or tp.learning_rate
-    for encoder in models.text_encoders.values():
-        groups.append({"params": [p for p in encoder.parameters() if p.requires_grad], "lr": te_lr})
+    groups += text_encoder_groups(models, tp)
     optimizer = make_optimizer(groups, tp)
     processes = accelerator.num_processes
     scheduler = get_scheduler(

@@ -16,6 +16,7 @@ from charloop.families.detect import (
 from charloop.families.quantize import is_prequantized
 from charloop.params.train import TrainParams
 from charloop.stages.train.loop import TEXT_ENCODER_TARGETS, TrainModels, lora_config
+from charloop.stages.train.trigger_embedding import TriggerTokens, attach_vectors
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ def build_models(
     tp: TrainParams,
     accelerator: Any,
     base: ResolvedBase | None = None,
+    trigger: TriggerTokens | None = None,
 ) -> TrainModels:
     """Fresh base weights with new LoRA layers (the frozen base in the mixed-precision dtype,
     its Linear weights in ``train.memory.weights`` format; the LoRA parameters in float32).
@@ -75,6 +77,8 @@ def build_models(
         tp: Train params.
         accelerator: The process's ``Accelerator``.
         base: Family and noise-schedule facts; None reads them from the model's config.
+        trigger: The trigger's new tokens (``train.trigger_embedding``): the text encoders
+            load with trainable vectors for them.
     """
     from diffusers.training_utils import cast_training_params
 
@@ -99,12 +103,16 @@ def build_models(
     if tp.gradient_checkpointing:
         denoiser.enable_gradient_checkpointing()
     text_encoders: dict[str, Any] = {}
-    if tp.train_text_encoder:
+    if tp.train_text_encoder or trigger is not None:
         loaded = family.load_text_encoders(base_ref, revision, dtype)
         for name, encoder in zip(family.trained_text_encoders(), loaded, strict=True):
             encoder = encoder.to(device)
             encoder.requires_grad_(False)
-            add_lora(encoder, lora_config(tp.rank, tp.alpha, TEXT_ENCODER_TARGETS))
+            if trigger is not None:  # before LoRA: the vectors are no LoRA target
+                tokenizer = family.tokenizers[family.text_encoders.index(name)]
+                attach_vectors(encoder, trigger, tokenizer)
+            if tp.train_text_encoder:
+                add_lora(encoder, lora_config(tp.rank, tp.alpha, TEXT_ENCODER_TARGETS))
             if tp.gradient_checkpointing:
                 encoder.gradient_checkpointing_enable()
             text_encoders[name] = encoder
@@ -122,6 +130,7 @@ def build_models(
         family=family,
         objective=objective,
         text_encoders=text_encoders,
+        trigger=trigger,
     )
 
 

@@ -40,6 +40,7 @@ from charloop.stages.train.kohya import KOHYA_WEIGHTS_NAME
 from charloop.stages.train.loop import TrainingDiverged, checkpoint_root
 from charloop.stages.train.models import build_models, make_accelerator
 from charloop.stages.train.modelspec import BaseSpec
+from charloop.stages.train.trigger_embedding import starting_text
 
 __all__ = [
     "WEIGHTS_NAME",
@@ -78,6 +79,8 @@ def train_identity(
         dataset=dataset.digest,
         provenance=provenance,
         cast=params.cast.model_dump(include={"lora", "adapter_weights"}) if params.cast else None,
+        # The trigger's vectors start from the traits, which the references can change.
+        trigger_start=starting_text(project) if params.train.trigger_embedding.enabled else None,
     )
 
 
