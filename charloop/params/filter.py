@@ -76,11 +76,6 @@ class ScoreThreshold(StrictModel):
     """What ``keep_best`` and the outlier z-score are taken over: every candidate, or only
     those no earlier discriminator rejected (after a traits check: the best of the
     images that show every trait)."""
-    rank_within: Literal["batch", "style", "context"] = "batch"
-    """Where ``keep_best`` and the z-score rank: across the whole batch, or separately
-    within each style (or each whole context). Embedders score some styles lower for the
-    same character, so one batch-wide cut can drop a style entirely and the LoRA then
-    learns the character in the surviving styles only."""
 
 
 class IdentityCheck(ScoreThreshold):

@@ -122,9 +122,8 @@ def judge(
                 assert not isinstance(references, dict)
                 scores, facts["identity"] = identity_scores(embeddings, references, rule)
                 pick = _ranked(readable, rule.rank_among)
-                contexts = {row["id"]: row.get("context") or {} for row in rows}
-                for group in _rank_groups(readable, pick, contexts, rule.rank_within):
-                    apply_threshold([readable[i] for i in group], scores[group], "identity", rule)
+                ranked = [d for d, p in zip(readable, pick, strict=True) if p]
+                apply_threshold(ranked, scores[pick], "identity", rule)
                 if references is not None and len(references) and reference_files:
                     nearest = nearest_references(embeddings, references)
                     for decision, index in zip(readable, nearest, strict=True):
@@ -134,38 +133,15 @@ def judge(
                 text_emb = embedder.embed_texts([by_id[d.id] for d in readable])
                 assert text_emb is not None  # validated: prompt adherence needs CLIP
                 pick = _ranked(readable, rule.rank_among)
-                contexts = {row["id"]: row.get("context") or {} for row in rows}
-                prompt_scores = np.sum(embeddings * text_emb, 1)
-                for group in _rank_groups(readable, pick, contexts, rule.rank_within):
-                    apply_threshold(
-                        [readable[i] for i in group], prompt_scores[group], "prompt", rule
-                    )
+                ranked = [d for d, p in zip(readable, pick, strict=True) if p]
+                prompt_scores = np.sum(embeddings * text_emb, 1)[pick]
+                apply_threshold(ranked, prompt_scores, "prompt", rule)
     return decisions, facts, images
 
 
 def _ranked(decisions: list[Decision], among: str) -> np.ndarray:
     """Mask of the decisions a score threshold ranks: all, or those not rejected so far."""
     return np.array([among == "all" or d.kept for d in decisions], dtype=bool)
-
-
-def _rank_groups(
-    decisions: list[Decision],
-    pick: np.ndarray,
-    contexts: dict[str, dict[str, Any]],
-    within: str,
-) -> list[list[int]]:
-    """Indices of the picked decisions, grouped as a threshold ranks them: one group for
-    the batch, or one per style / per whole context."""
-    groups: dict[str, list[int]] = {}
-    for index, decision in enumerate(decisions):
-        if not pick[index]:
-            continue
-        context = contexts.get(decision.id, {})
-        key = {"batch": "", "style": str(context.get("style"))}.get(
-            within, repr(sorted(context.items()))
-        )
-        groups.setdefault(key, []).append(index)
-    return list(groups.values())
 
 
 def _references_dirs(project: Project) -> dict[str, Path | None]:
