@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from charloop.models.trigger_embedding import TRIGGER_EMBEDDING
 from charloop_cli.common import EXIT_INVALID, EXIT_REFUSED, fail, fail_with
 
 REFERENCE_BASES = ("sd15", "sdxl", "flux")
@@ -42,6 +43,12 @@ def check_adapter(
     from charloop.models.consumers.reader import UnreadableAdapter, read_adapter_file
 
     files = _files_of(path)
+    embeddings = [f for f in files if f.name == TRIGGER_EMBEDDING]
+    files = [f for f in files if f.name != TRIGGER_EMBEDDING]
+    if embeddings and not files:
+        fail("not a LoRA file", f"{path} is a trigger embedding (textual inversion), which "
+             "tools load as an embedding, not a LoRA", EXIT_INVALID, "check its LoRA files "
+             "(the adapter folder), see docs/lineage.md for loading the embedding")  # fmt: skip
     adapters = []
     for file in files:
         try:
@@ -54,6 +61,9 @@ def check_adapter(
     else:
         for report in reports:
             _print_table(report)
+        for embedding in embeddings:  # loaded as an embedding: no LoRA rules apply
+            typer.echo(f"{embedding.name}: the trigger's embedding (textual inversion), "
+                       "loaded beside the LoRA as an embedding (docs/lineage.md)")  # fmt: skip
         if any(not r["loads"] and r["base_from"] != "--base" for r in reports):
             typer.echo("checked against the family's reference layout (its released base "
                        "model); for a LoRA of another checkpoint pass --base <its diffusers "

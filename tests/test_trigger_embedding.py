@@ -24,6 +24,7 @@ from charloop.stages.train.loop import TrainingInterrupted
 from charloop.stages.train.stage import run_train
 from charloop.stages.train.trigger_embedding import (
     TriggerVectors,
+    save_trigger_embedding,
     starting_text,
     token_names,
     trigger_tokens,
@@ -130,6 +131,19 @@ def test_the_embedding_trains_saves_and_loads_bound_to_the_trigger(dataset, fami
     with lora_applied(pipe, without):
         plain = render(pipe, job, gen)[0]
     assert embedded.tobytes() != plain.tobytes()
+
+
+def test_check_adapter_names_the_embedding_and_refuses_it_as_a_lora(tmp_path, capsys):
+    """The adapter folder's LoRA files are checked; the embedding is named, not misread."""
+    from charloop_cli.main import main
+
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    save_trigger_embedding(folder, "sd15", [torch.zeros(2, 8)], "zxq kira", "teal hair")
+    with pytest.raises(SystemExit) as stopped:
+        main(["check-adapter", str(folder / TRIGGER_EMBEDDING)])
+    assert stopped.value.code == 2
+    assert "trigger embedding (textual inversion)" in capsys.readouterr().err
 
 
 def test_training_with_the_embedding_resumes_to_the_same_files(dataset, family, tmp_path):
