@@ -85,6 +85,21 @@ def write_params(folder: Path, data: dict[str, Any]) -> Path:
     return path
 
 
+def captioned_dataset(folder: Path, family: str) -> Any:
+    """One tiny generate, filter, review and caption pass on ``family``'s embedded model:
+    a dataset to train on."""
+    from charloop.stages.caption.stage import run_caption
+    from charloop.stages.filter.stage import run_filter
+    from charloop.stages.generate.stage import run_generate
+    from charloop.stages.review.stage import run_review
+
+    project = load_project(write_params(folder, tiny_params(base_model=base_model(family))))
+    generated = run_generate(project, 1, None, folder / "gen")
+    filtered = run_filter(project, generated, folder / "filt")
+    reviewed = run_review(generated, filtered, None, folder / "rev")
+    return run_caption(project, generated, reviewed, folder / "data")
+
+
 @pytest.fixture
 def make_project(tmp_path: Path):
     """Factory: a validated Project in a fresh temp folder."""

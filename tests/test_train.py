@@ -15,10 +15,7 @@ from charloop.models.encode_cache import EncodeCache
 from charloop.models.pipeline import load_pipeline, lora_applied
 from charloop.params.project import load_project
 from charloop.scenes.render import render
-from charloop.stages.caption.stage import run_caption
-from charloop.stages.filter.stage import run_filter
-from charloop.stages.generate.stage import plan_jobs, run_generate
-from charloop.stages.review.stage import run_review
+from charloop.stages.generate.stage import plan_jobs
 from charloop.stages.train.data import ModelIdentity, encode_rows, read_rows, split_validation
 from charloop.stages.train.kohya import KOHYA_WEIGHTS_NAME, to_kohya
 from charloop.stages.train.loop import TrainingInterrupted, train_lora
@@ -29,7 +26,7 @@ from charloop.stages.train.stage import (
     run_train,
     save_adapter,
 )
-from tests.conftest import FAMILY_IDS, base_model, tiny_params, write_params
+from tests.conftest import FAMILY_IDS, base_model, captioned_dataset, tiny_params, write_params
 
 FAST_TRAIN = {"max_train_steps": 6, "batch_size": 2, "validation": {"images": 2, "every": 3}}
 
@@ -42,12 +39,7 @@ def family(request) -> str:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, family):
-    folder = tmp_path_factory.mktemp(f"train-{family}")
-    project = load_project(write_params(folder, tiny_params(base_model=base_model(family))))
-    generated = run_generate(project, 1, None, folder / "gen")
-    filtered = run_filter(project, generated, folder / "filt")
-    reviewed = run_review(generated, filtered, None, folder / "rev")
-    return run_caption(project, generated, reviewed, folder / "data")
+    return captioned_dataset(tmp_path_factory.mktemp(f"train-{family}"), family)
 
 
 def _project(folder: Path, family: str = "sd15", **train: object):

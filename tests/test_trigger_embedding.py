@@ -16,10 +16,6 @@ from charloop.models.trigger_embedding import TRIGGER_EMBEDDING, TRIGGER_KEY
 from charloop.params.project import load_project
 from charloop.params.schema import Params
 from charloop.scenes.render import ImageJob, render
-from charloop.stages.caption.stage import run_caption
-from charloop.stages.filter.stage import run_filter
-from charloop.stages.generate.stage import run_generate
-from charloop.stages.review.stage import run_review
 from charloop.stages.train.loop import TrainingInterrupted
 from charloop.stages.train.stage import run_train
 from charloop.stages.train.trigger_embedding import (
@@ -29,7 +25,7 @@ from charloop.stages.train.trigger_embedding import (
     token_names,
     trigger_tokens,
 )
-from tests.conftest import base_model, tiny_params, write_params
+from tests.conftest import base_model, captioned_dataset, tiny_params, write_params
 
 TRAIN = {
     "max_train_steps": 4,
@@ -58,12 +54,7 @@ def family(request) -> str:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, family):
-    folder = tmp_path_factory.mktemp(f"trigger-{family}")
-    project = load_project(write_params(folder, tiny_params(base_model=base_model(family))))
-    generated = run_generate(project, 1, None, folder / "gen")
-    filtered = run_filter(project, generated, folder / "filt")
-    reviewed = run_review(generated, filtered, None, folder / "rev")
-    return run_caption(project, generated, reviewed, folder / "data")
+    return captioned_dataset(tmp_path_factory.mktemp(f"trigger-{family}"), family)
 
 
 def test_only_the_trigger_rows_train():
