@@ -118,15 +118,13 @@ def validate(
         except FamilyMismatch as exc:
             fail_with(exc, "base model does not match the params")
         family = resolved.name
-        from charloop.models.trigger_embedding import EMBEDDING_KEYS
+        from charloop.models.trigger_embedding import EmbeddingUnsupported, check_family
 
-        if project.params.train.trigger_embedding.enabled and family not in EMBEDDING_KEYS:
-            fail(
-                "train.trigger_embedding",
-                f"works with SD1.5 and SDXL bases; base_model.path is a {family} model: "
-                "set train.trigger_embedding.enabled: false",
-                EXIT_BAD_INPUT,
-            )
+        if project.params.train.trigger_embedding.enabled:
+            try:
+                check_family(family)
+            except EmbeddingUnsupported as exc:
+                fail_with(exc, "the base cannot carry a trigger embedding")
         try:
             device = resolve_device(spec.device)
             typer.echo(check_memory(project.params, base_ref, resolved, device).line())

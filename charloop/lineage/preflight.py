@@ -26,7 +26,7 @@ from charloop.families.single_file import base_model_ref, is_single_file
 from charloop.lineage import versioning
 from charloop.models.memory_budget import MemoryReport, check_memory
 from charloop.models.pipeline import resolve_device
-from charloop.models.trigger_embedding import EMBEDDING_KEYS
+from charloop.models.trigger_embedding import check_family
 from charloop.params.caption import VlmCaptioner
 from charloop.params.filter import ClipEmbedder, Dinov2Embedder, WorldEmbedder
 from charloop.params.generate import ControlNetParams, IPAdapterParams
@@ -178,7 +178,7 @@ def preflight(project: Project) -> MemoryReport:
         The training run's memory plan and estimate (logged; the CLI prints it).
 
     Raises:
-        ModelNotFound, NotWritable, NoUsableReferences, HeldOutLeak,
+        ModelNotFound, EmbeddingUnsupported, NotWritable, NoUsableReferences, HeldOutLeak,
             MemoryBudgetExceeded: each a BadInput (exit 2).
     """
     params = project.params
@@ -193,11 +193,8 @@ def preflight(project: Project) -> MemoryReport:
             f"generate.ip_adapter: no IP-Adapter of the h94 format serves a {family.name} "
             "base; remove generate.ip_adapter (use references and the identity filter)"
         )
-    if params.train.trigger_embedding.enabled and family.name not in EMBEDDING_KEYS:
-        raise ModelNotFound(
-            f"train.trigger_embedding works with SD1.5 and SDXL bases; base_model.path is a "
-            f"{family.name} model: set train.trigger_embedding.enabled: false"
-        )
+    if params.train.trigger_embedding.enabled:
+        check_family(family.name)
     device = resolve_device(params.base_model.device)
     memory = check_memory(params, base_ref, family, device)  # before anything is written
     logger.info("%s", memory.line())

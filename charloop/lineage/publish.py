@@ -16,7 +16,7 @@ from charloop.models.encode_cache import component_identity
 from charloop.params.project import Project
 from charloop.stages.caption.stage import training_data_digest
 from charloop.stages.contract import CorruptSeal, verify
-from charloop.stages.layout import TRIGGER_EMBEDDING, IterationPaths
+from charloop.stages.layout import ADAPTER_FILE_TAGS, TRIGGER_EMBEDDING, IterationPaths
 from charloop.stages.results import IterationResults
 
 logger = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def _publish(
     }
     embedding = Path(adapter.path) / TRIGGER_EMBEDDING
     if embedding.is_file():  # pivotal tuning: the trigger's vectors ship with the LoRA
-        tags["trigger_embedding_sha256"] = sha256_file(embedding)
+        tags[ADAPTER_FILE_TAGS[TRIGGER_EMBEDDING]] = sha256_file(embedding)
     for name, facts in (results.filtered.traits or {}).items():
         # Which traits this version was filtered for, and whether its data showed them.
         prefix = "traits" if not params.cast else f"traits.{name}"

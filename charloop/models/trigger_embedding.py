@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from charloop.core.errors import BadInput
+
 TRIGGER_EMBEDDING = "trigger_embedding.safetensors"
 """An adapter folder's trigger embedding (present when ``train.trigger_embedding`` is on)."""
 
@@ -18,6 +20,24 @@ TRIGGER_KEY = "charloop.trigger"
 
 EMBEDDING_KEYS = {"sd15": ("emb_params",), "sdxl": ("clip_l", "clip_g")}
 """Per family, the file key of each text encoder's vectors (``text_encoders`` order)."""
+
+
+class EmbeddingUnsupported(BadInput):
+    """``train.trigger_embedding`` is on for a base whose family cannot carry it."""
+
+
+def check_family(family: str) -> None:
+    """Refuse a trigger embedding for a family without CLIP-only text encoders (FLUX: its
+    T5 would read the new tokens as text).
+
+    Raises:
+        EmbeddingUnsupported: naming the family and the fix.
+    """
+    if family not in EMBEDDING_KEYS:
+        raise EmbeddingUnsupported(
+            f"train.trigger_embedding works with SD1.5 and SDXL bases; this base is {family} "
+            "(base_model.path): set train.trigger_embedding.enabled: false"
+        )
 
 
 def load_into_pipe(pipe: Any, family: Any, adapter_dir: Path) -> bool:

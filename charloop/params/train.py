@@ -105,9 +105,9 @@ class TriggerEmbeddingParams(StrictModel):
     enabled: bool = False
     """Train a trigger embedding with the LoRA."""
     init: Literal["traits", "trigger"] = "traits"
-    """Starting point: 'traits' embeds every trait of the character in words (declared,
-    then discovered; the description when there are none), one vector per token;
-    'trigger' embeds the trigger phrase itself."""
+    """Starting point: 'traits' is every trait of the character in words (declared, then
+    discovered; the description when there are none); 'trigger' is the trigger phrase
+    itself (see ``vectors`` for how the text becomes vectors)."""
     learning_rate: float = Field(default=1e-3, gt=0)
     """AdamW learning rate of the embedding vectors (no weight decay)."""
     vectors: Literal["per_trait", "per_token"] = "per_trait"

@@ -77,18 +77,19 @@ class Checkpointer:
 
         if not accelerator.is_main_process:
             return
+        encoders = {n: accelerator.unwrap_model(e) for n, e in models.text_encoders.items()}
         state = {
             "step": step,
             "unet_lora": get_peft_model_state_dict(accelerator.unwrap_model(models.denoiser)),
             "te_lora": {
-                name: get_peft_model_state_dict(accelerator.unwrap_model(encoder))
-                for name, encoder in models.text_encoders.items()
-                if hasattr(accelerator.unwrap_model(encoder), "peft_config")
+                name: get_peft_model_state_dict(encoder)
+                for name, encoder in encoders.items()
+                if hasattr(encoder, "peft_config")  # trigger vectors alone add no LoRA
             },
             "trigger_vectors": {
                 name: found.vectors.detach().cpu().clone()
-                for name, encoder in models.text_encoders.items()
-                if (found := vectors_of(accelerator.unwrap_model(encoder))) is not None
+                for name, encoder in encoders.items()
+                if (found := vectors_of(encoder)) is not None
             },
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),

@@ -25,6 +25,7 @@ from charloop.params.train import TrainParams
 from charloop.stages.train.buckets import next_batch
 from charloop.stages.train.checkpoint import Checkpointer
 from charloop.stages.train.data import EncodedDataset
+from charloop.stages.train.trigger_embedding import vectors_of
 
 logger = logging.getLogger(__name__)
 
@@ -98,9 +99,11 @@ def text_encoder_groups(models: TrainModels, tp: TrainParams) -> list[dict[str, 
     lora: list[torch.nn.Parameter] = []
     vectors: list[torch.nn.Parameter] = []
     for encoder in models.text_encoders.values():
-        for name, param in encoder.named_parameters():
+        trigger = vectors_of(encoder)
+        mine = trigger.vectors if trigger is not None else None
+        for param in encoder.parameters():
             if param.requires_grad:
-                (vectors if name.endswith("vectors") else lora).append(param)
+                (vectors if param is mine else lora).append(param)
     groups: list[dict[str, Any]] = []
     if lora:
         groups.append({"params": lora, "lr": te_lr})

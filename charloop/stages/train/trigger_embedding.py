@@ -23,9 +23,13 @@ from typing import Any
 
 import torch
 
-from charloop.core.errors import BadInput
 from charloop.families import ModelFamily
-from charloop.models.trigger_embedding import EMBEDDING_KEYS, TRIGGER_EMBEDDING
+from charloop.models.trigger_embedding import (
+    EMBEDDING_KEYS,
+    TRIGGER_EMBEDDING,
+    TRIGGER_KEY,
+    check_family,
+)
 from charloop.params.project import Project
 from charloop.stages.layout import PROVENANCE_PREFIX
 
@@ -84,13 +88,9 @@ def trigger_tokens(project: Project, pipe: Any, family: ModelFamily) -> TriggerT
     """The trigger's tokens for ``pipe``'s tokenizers, starting from ``starting_text``.
 
     Raises:
-        BadInput: the family has no CLIP-only text encoders (FLUX).
+        EmbeddingUnsupported: the family has no CLIP-only text encoders (FLUX).
     """
-    if family.name not in EMBEDDING_KEYS:
-        raise BadInput(
-            f"train.trigger_embedding works with SD1.5 and SDXL bases; this base is "
-            f"{family.name}: set train.trigger_embedding.enabled: false"
-        )
+    check_family(family.name)
     settings = project.params.train.trigger_embedding
     trigger = project.params.members[0].trigger
     text = starting_text(project)
@@ -136,15 +136,12 @@ class TriggerVectors(torch.nn.Module):
         return torch.nn.functional.embedding(input_ids, self.weight)
 
 
-def attach_vectors(
-    encoder: Any, tokens: TriggerTokens, tokenizer_name: str, start: torch.Tensor | None = None
-) -> TriggerVectors:
-    """Give ``encoder`` trainable trigger rows (starting as ``start``, else as the
-    embeddings of ``tokens.init_ids``); the rest of its table stays frozen."""
+def attach_vectors(encoder: Any, tokens: TriggerTokens, tokenizer_name: str) -> TriggerVectors:
+    """Give ``encoder`` trainable trigger rows, each starting as the mean embedding of its
+    group in ``tokens.init_ids``; the rest of its table stays frozen."""
     table = encoder.get_input_embeddings()
-    if start is None:
-        weight = table.weight.detach().float()
-        start = torch.stack([weight[group].mean(0) for group in tokens.init_ids[tokenizer_name]])
+    weight = table.weight.detach().float()
+    start = torch.stack([weight[group].mean(0) for group in tokens.init_ids[tokenizer_name]])
     vectors = TriggerVectors(table, tokens.new_ids(tokenizer_name), start)
     encoder.set_input_embeddings(vectors)
     return vectors
@@ -170,7 +167,7 @@ def save_trigger_embedding(
         key: v.detach().float().cpu().contiguous() for key, v in zip(keys, vectors, strict=True)
     }
     metadata = {
-        PROVENANCE_PREFIX + "trigger": trigger,
+        TRIGGER_KEY: trigger,
         PROVENANCE_PREFIX + "starting_text": text,
         "vectors": str(len(vectors[0])),
     }
