@@ -144,9 +144,11 @@ def reference_check(
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
+    from charloop.families import get_family
     from charloop.families.flux import predict
 
     model, dev, _ = _transformer(tiny, layers, plan)
+    get_family("flux").prepare_training_device(dev)  # what charloop's trainer does too
     t5_cfg = (
         dict(d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4)
         if tiny

@@ -187,11 +187,13 @@ def train_diffusion(
         checkpoint: Where to checkpoint (and resume from).
         setup: Batch size, learning rate, caption dropout, device.
     """
+    from charloop.families import get_family
     from charloop_world.arch import Batch
     from charloop_world.batches import CaptionBatches, caption_batches
 
     cfg = setup or DiffusionSetup()
     device = torch.device(cfg.device)
+    get_family(arch.family).prepare_training_device(device)
     modules = arch.trainable(components)
     for module in modules.values():
         module.to(device)

@@ -131,3 +131,16 @@ def test_t5_is_never_loaded_for_training(tmp_path, monkeypatch):
     assert type(models.denoiser).__name__ == "FluxTransformer2DModel"
     assert get_family("flux").caches_frozen_text
     assert Path(FLUX, "text_encoder_2").is_dir()
+
+
+def test_flux_training_prefers_cublaslt_on_cuda_only(monkeypatch):
+    """The FLUX step's bf16 attention backward failed in cublasGemmEx on torch 2.11 + CUDA 13
+    (docs/memory.md); the family routes matrix products through cuBLASLt on CUDA, and
+    leaves every other device (and every other family) alone."""
+    calls: list[str] = []
+    monkeypatch.setattr(torch.backends.cuda, "preferred_blas_library", calls.append)
+    get_family("flux").prepare_training_device(torch.device("cpu"))
+    get_family("sdxl").prepare_training_device(torch.device("cuda"))
+    assert calls == []
+    get_family("flux").prepare_training_device(torch.device("cuda"))
+    assert calls == ["cublaslt"]

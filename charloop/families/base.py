@@ -98,6 +98,11 @@ class ModelFamily(ABC):
         other per-base sampling facts the family reads from the loaded pipeline)."""
         return {"guidance_scale": guidance}
 
+    def prepare_training_device(self, device: torch.device) -> None:
+        """Process-wide backend settings this family's training step needs on ``device``
+        (called once before the first step; nothing by default)."""
+        del device  # most families need no setting
+
     def load_kwargs(self) -> dict[str, Any]:
         """Extra ``from_pretrained`` arguments of the text-to-image pipeline."""
         return {}

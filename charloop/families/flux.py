@@ -107,6 +107,18 @@ class Flux(ModelFamily):
     caches_frozen_text: ClassVar[bool] = True
     ip_adapter: ClassVar[bool] = False  # FLUX IP-Adapters (XLabs) are another format
 
+    def prepare_training_device(self, device: torch.device) -> None:
+        """Route bf16 matrix products through cuBLASLt on CUDA.
+
+        With torch 2.11 (CUDA 13) on an H200, the backward pass of the double-stream
+        blocks' attention failed in ``cublasGemmEx`` (CUBLAS_STATUS_EXECUTION_FAILED, then an
+        illegal memory access) under bf16, for the world-size and the 12 B transformer
+        alike; with cuBLASLt preferred it passed, as did fp32 and the math attention kernel
+        (``bench/gpu_flux_debug.py`` runs each variant in its own process).
+        """
+        if device.type == "cuda":
+            torch.backends.cuda.preferred_blas_library("cublaslt")
+
     def sampling_kwargs(self, pipe: Any, guidance: float) -> dict[str, Any]:
         """Distilled bases (dev) take guidance as an input; a base without a guidance
         embedding (undistilled, trained with caption dropout) gets true classifier-free

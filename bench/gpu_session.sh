@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One device call that does every GPU check the project has, side by side on one GPU:
+# the SDXL and FLUX world builds (bench/gpu_world_build.sh, issue 30) in the background,
+# and the memory plans of bench/gpu_check_{flux,sdxl}.py (issue 32) meanwhile. Each part has
+# its own time limit so the call ends inside the device's 10 minutes; what finished is
+# under $OUT (at most 8 files come back).
+#
+# The device image has torch, transformers and accelerate but not these; fetch their
+# Python 3.12 wheels here into .whl (ignored by git) as bench/gpu_world_build.sh says:
+#   diffusers==0.42.1 importlib_metadata zipp pydantic pydantic_core annotated-types
+#   typing-inspection peft torchao bitsandbytes
+# bitsandbytes' wheel carries a library per CUDA version (43 MB); keeping only the one for
+# the image's CUDA (libbitsandbytes_cuda130.so) and the CPU one brings .whl to 17 MB, under
+# the 64 MiB a call can carry with the repo. Then (carry: [".whl"]):
+#   WORLD_MINUTES=4.5 PLAN_SECONDS=430 bash bench/gpu_session.sh
+# 2026-12-04: 484 s on an H200; world-sdxl v2 and the SDXL plans came back (docs/world.md,
+# docs/memory.md); FLUX failed in cuBLAS (bench/gpu_flux_debug.py, fixed since).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu-session-out}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+rm -rf .whl  # installed: gpu_world_build.sh must not install them again
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, diffusers, bitsandbytes, torchao; print(torch.__version__, diffusers.__version__, bitsandbytes.__version__, torchao.__version__)"
+(MINUTES=${WORLD_MINUTES:-4.5} VAE_MINUTES=${VAE_MINUTES:-1.0} WORKERS=${WORKERS:-5} \
+  timeout ${WORLD_SECONDS:-510} bash bench/gpu_world_build.sh >"$OUT/world.log" 2>&1; \
+  echo "world build exit $?" >>"$OUT/world.log") &
+deadline=$(( $(date +%s) + ${PLAN_SECONDS:-420} ))
+left() { echo $(( deadline - $(date +%s) )); }
+timeout "$(( $(left) * 3 / 5 ))" python3 bench/gpu_check_flux.py --steps 6 \
+  --plan bf16/adamw fp8/adamw8bit nf4/adamw8bit --json "$OUT/flux_plans.json" \
+  >"$OUT/plans.log" 2>&1; echo "flux plans exit $?" >>"$OUT/plans.log"
+timeout "$(left)" python3 bench/gpu_check_sdxl.py --steps 10 --batch 1 \
+  --plan bf16/adamw nf4/adamw8bit fp8/adamw8bit --json "$OUT/sdxl_plans.json" \
+  >>"$OUT/plans.log" 2>&1; echo "sdxl plans exit $?" >>"$OUT/plans.log"
+wait
+grep -v "should be kept in float32\|UserWarning\|return torch" "$OUT/plans.log" | tail -40
+tail -50 "$OUT/world.log"
+ls -la "$OUT"
