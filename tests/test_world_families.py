@@ -154,6 +154,9 @@ def test_a_world_model_of_another_family_than_the_params_is_refused(family, tmp_
     data["character"]["references"] = str(REPO / "references" / "kira")
     for section in ("filter", "evaluate"):
         data[section]["embedder"]["path"] = str(REPO / "models" / "world-embedder")
+    if "traits" in data:
+        data["traits"]["scorer"]["path"] = str(REPO / "models" / "world-tagger")
+    data["train"].pop("trigger_embedding", None)  # FLUX refuses it before the family check
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(data))
     result = CliRunner().invoke(app, ["validate", str(params)])
