@@ -221,10 +221,10 @@ def train_lora(
         log = TrainLog(**state["log"])
         log.resumed_from = start
         logger.info("train: resumed from step %d", start)
+    models.family.prepare_training_device(accelerator.device)
     if val is not None and len(val) and start == 0:
         log.validation_loss.append({"step": 0, "loss": _validate(models, val, tp)})
     device = accelerator.device
-    models.family.prepare_training_device(device)
     pool = data.epoch_pool()
     for step in progress_bar(range(start, tp.max_train_steps), "train", unit="step"):
         models.denoiser.train()
