@@ -109,8 +109,9 @@ def test_filter_refuses_an_empty_kept_set(project, outputs, family, tmp_path):
             params(family, filter={"discriminators": [{"type": "quality", "min_contrast": 0.99}]}),
         )
     )
-    with pytest.raises(NotEnoughImages, match="min_kept"):
+    with pytest.raises(NotEnoughImages, match="min_kept") as refused:
         run_filter(strict, outputs["generate"], tmp_path / "filt")
+    assert "most rejected for: contrast" in str(refused.value)  # the rule that starved it
 
 
 def test_caption_folder_is_kohya_style(outputs):

@@ -219,3 +219,27 @@ def test_desk_card_shows_each_trait_verdict() -> None:
                          kept_traits={"wearing a hat": 0.9})  # fmt: skip
     panel = character_panel(view, None)
     assert "<li class='discovered'>wearing a hat <span class='muted'>kept set 90%</span>" in panel
+
+
+def test_a_starved_filter_names_its_commonest_reasons(tmp_path):
+    """NotEnoughImages says which rule rejected most (numbers aside) and, for traits, how
+    to leave a trait the base model cannot draw to the references."""
+    from charloop.core import atomic
+    from charloop.stages.filter.stage import rejection_summary
+
+    report = tmp_path / "report.jsonl"
+    rows = [
+        {"id": "a", "reasons": ["missed trait 'amber eyes' (0.20 < 0.5)", "near duplicate of b"]},
+        {"id": "b", "reasons": ["missed trait 'amber eyes' (0.31 < 0.5)"]},
+        {"id": "c", "reasons": ["missed trait 'wearing a star badge' (0.10 < 0.5)"]},
+        {"id": "d", "reasons": []},
+    ]
+    atomic.write_jsonl(report, rows)
+    summary = rejection_summary(report, most=2)
+    assert summary.startswith("most rejected for: missed trait 'amber eyes' (2), ")
+    assert "max_missed" in summary and "traits.ignore" in summary
+    other = [{"id": i, "reasons": [f"contrast 0.{i} < 0.99"]} for i in ("1", "2")]
+    atomic.write_jsonl(report, other)
+    assert rejection_summary(report).startswith("most rejected for: contrast # < # (2); loosen")
+    atomic.write_jsonl(report, rows[3:])
+    assert rejection_summary(report) == ""

@@ -8,6 +8,8 @@ rejected.
 from __future__ import annotations
 
 import logging
+import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -232,12 +234,42 @@ def run_filter(project: Project, generated: Generated, out_dir: str | Path) -> F
             )
         logger.info("filter: kept %d of %d images", len(kept_ids), len(rows))
     if output.kept < rules.min_kept:
+        report = out_dir / "report.jsonl"
         raise NotEnoughImages(
             f"filter kept {output.kept} of {output.candidates} images, "
-            f"fewer than filter.min_kept={rules.min_kept}; see {out_dir / 'report.jsonl'} for "
-            "the reasons and loosen the thresholds or generate more images"
+            f"fewer than filter.min_kept={rules.min_kept}; {rejection_summary(report)}"
+            f"see {report} for every image's reasons"
         )
     return output
+
+
+def rejection_summary(report: Path, most: int = 3) -> str:
+    """The commonest rejection reasons in a filter report, with what would loosen them.
+
+    Reasons are grouped without their numbers ("missed trait 'amber eyes' (0.20 < 0.5)" and
+    "(0.31 < 0.5)" are one reason), so the user sees which rule starves the round.
+    """
+    counts: Counter[str] = Counter()
+    for row in atomic.read_jsonl(report):
+        counts.update({_reason_kind(reason) for reason in row.get("reasons", [])})
+    if not counts:
+        return ""
+    top = ", ".join(f"{reason} ({n})" for reason, n in counts.most_common(most))
+    hint = "loosen the thresholds or generate more images"
+    if any(reason.startswith("missed trait") for reason, _ in counts.most_common(most)):
+        hint = (
+            "a trait the base model rarely draws, even described, can be left to the "
+            "references: the traits discriminator's max_missed, or traits.ignore for a "
+            "discovered one; or generate more images"
+        )
+    return f"most rejected for: {top}; {hint}; "
+
+
+def _reason_kind(reason: str) -> str:
+    """A reason without its scores: "contrast 0.0123 < 0.99" -> "contrast # < #"."""
+    if reason.startswith("missed trait"):  # the trait's name is the kind
+        return re.sub(r" \(.*", "", reason)
+    return re.sub(r"\d+(\.\d+)?", "#", re.sub(r" \(.*", "", reason))
 
 
 def _sheet(
