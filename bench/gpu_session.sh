@@ -11,7 +11,12 @@
 #   typing-inspection peft torchao bitsandbytes
 # bitsandbytes' wheel carries a library per CUDA version (43 MB); keeping only the one for
 # the image's CUDA (libbitsandbytes_cuda130.so) and the CPU one brings .whl to 17 MB, under
-# the 64 MiB a call can carry with the repo. Then (carry: [".whl"]):
+# the 64 MiB a call can carry with the repo. The tracked files alone are 68.5 MB: for the
+# call, take what the GPU does not read out of the index and ignore it, then restore both:
+#   git rm -r -q --cached models/tiny-sd15 models/tiny-sdxl models/tiny-flux docs references
+#   printf '/models/tiny-sd15/\n/models/tiny-sdxl/\n/models/tiny-flux/\n/docs/\n/references/\n' \
+#     >> .git/info/exclude          # after the call: git reset -q, and drop those lines
+# (never put runs/ there: DVC refuses run folders git ignores). Then (carry: [".whl"]):
 #   WORLD_MINUTES=4.5 PLAN_SECONDS=430 bash bench/gpu_session.sh
 # 2026-12-04: 484 s on an H200; world-sdxl v2 and the SDXL plans came back (docs/world.md,
 # docs/memory.md); FLUX failed in cuBLAS (bench/gpu_flux_debug.py, fixed since).
