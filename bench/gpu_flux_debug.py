@@ -18,7 +18,6 @@ sys.path.insert(0, str(ROOT))
 
 VARIANTS = [
     "autocast",  # bf16 autocast over fp32 weights: what the world build does
-    "autocast_fp32_text",  # the text states in fp32
     "cublaslt",  # bf16, cuBLASLt preferred (the FLUX family's setting)
     "math_sdpa",  # bf16, flash / memory-efficient / cuDNN attention off
     "fp32",
@@ -57,8 +56,6 @@ def step(name: str) -> None:
     use_autocast = name not in ("fp32",)
     for _ in range(3):
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_autocast):
-            if name == "autocast_fp32_text":
-                cond["encoder_hidden_states"] = cond["encoder_hidden_states"].float()
             out = predict(model, noisy, sigmas, cond, 1.0)
             loss = out.float().pow(2).mean()
         loss.backward()

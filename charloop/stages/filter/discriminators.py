@@ -19,6 +19,9 @@ from charloop.params.filter import (
 from charloop.stages.filter.clustering import cohesive_anchor
 from charloop.stages.filter.imagestats import dhash, hamming, quality_scores
 
+MISSED_TRAIT = "missed trait"
+"""How a rejection for a trait the image does not show begins (``report.jsonl``)."""
+
 
 @dataclass
 class Decision:
@@ -102,7 +105,7 @@ def check_traits(decisions: list[Decision], rule: TraitsCheck, min_score: float)
         missed = [t for t, shown in (decision.traits or {}).items() if not shown]
         if len(missed) > rule.max_missed:
             decision.reasons += [
-                f"missed trait {t!r} ({decision.scores[f'trait: {t}']:.2f} < {min_score})"
+                f"{MISSED_TRAIT} {t!r} ({decision.scores[f'trait: {t}']:.2f} < {min_score})"
                 for t in missed
             ]
 

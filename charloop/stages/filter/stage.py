@@ -28,6 +28,7 @@ from charloop.scenes.traits import resolve_traits, traits_identity
 from charloop.stages.contract import NotEnoughImages, StageIdentity, identity
 from charloop.stages.filter.cast_identity import cast_identity
 from charloop.stages.filter.discriminators import (
+    MISSED_TRAIT,
     Decision,
     apply_threshold,
     check_duplicates,
@@ -252,11 +253,12 @@ def rejection_summary(report: Path, most: int = 3) -> str:
     counts: Counter[str] = Counter()
     for row in atomic.read_jsonl(report):
         counts.update({_reason_kind(reason) for reason in row.get("reasons", [])})
-    if not counts:
+    commonest = counts.most_common(most)
+    if not commonest:
         return ""
-    top = ", ".join(f"{reason} ({n})" for reason, n in counts.most_common(most))
+    top = ", ".join(f"{reason} ({n})" for reason, n in commonest)
     hint = "loosen the thresholds or generate more images"
-    if any(reason.startswith("missed trait") for reason, _ in counts.most_common(most)):
+    if any(reason.startswith(MISSED_TRAIT) for reason, _ in commonest):
         hint = (
             "a trait the base model rarely draws, even described, can be left to the "
             "references: the traits discriminator's max_missed, or traits.ignore for a "
@@ -266,10 +268,10 @@ def rejection_summary(report: Path, most: int = 3) -> str:
 
 
 def _reason_kind(reason: str) -> str:
-    """A reason without its scores: "contrast 0.0123 < 0.99" -> "contrast # < #"."""
-    if reason.startswith("missed trait"):  # the trait's name is the kind
-        return re.sub(r" \(.*", "", reason)
-    return re.sub(r"\d+(\.\d+)?", "#", re.sub(r" \(.*", "", reason))
+    """A reason without its scores: "contrast 0.0123 < 0.99" -> "contrast # < #"; a missed
+    trait keeps its name (the trait is the kind)."""
+    kind = re.sub(r" \(.*", "", reason)
+    return kind if kind.startswith(MISSED_TRAIT) else re.sub(r"\d+(\.\d+)?", "#", kind)
 
 
 def _sheet(
