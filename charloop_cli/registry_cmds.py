@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -188,18 +189,33 @@ def generate(
     seed: int = 0,
 ) -> None:
     """Generate with a registered adapter after verifying its hash against the registry."""
-    from charloop.families.detect import FamilyMismatch, resolve_base
-    from charloop.families.single_file import base_model_ref
-    from charloop.lineage.promotion import adapter_gate
-    from charloop.models.pipeline import load_pipeline, lora_applied
-    from charloop.scenes.render import ImageJob, png_bytes, render
+    from charloop.lineage.promotion import AdapterMismatch, verified_adapter
 
     project = load_or_exit(params)
     setup_logging(False)
     version = _resolve(project, model)
-    gate, folder = adapter_gate(_client(project), version, project.artifact_location)
-    if folder is None:
-        fail(f"refusing to use {model}", gate.detail, EXIT_REFUSED)
+    with ExitStack() as scratch:  # the verified download is removed on the way out
+        try:
+            folder = scratch.enter_context(
+                verified_adapter(_client(project), version, project.artifact_location)
+            )
+        except AdapterMismatch as exc:
+            fail(f"refusing to use {model}", "; ".join(exc.problems), EXIT_REFUSED)
+        except Exception as exc:  # the artifact store cannot be reached
+            fail(f"refusing to use {model}", f"adapter not retrievable: {exc}", EXIT_REFUSED)
+        _render_with(project, version, model, folder, prompt, out, count, seed)
+
+
+def _render_with(
+    project: Any, version: Any, model: str, folder: Path, prompt: str, out: Path,
+    count: int, seed: int,
+) -> None:  # fmt: skip
+    """Render ``count`` images of ``prompt`` with a verified adapter folder on its base."""
+    from charloop.families.detect import FamilyMismatch, resolve_base
+    from charloop.families.single_file import base_model_ref
+    from charloop.models.pipeline import load_pipeline, lora_applied
+    from charloop.scenes.render import ImageJob, png_bytes, render
+
     spec = project.params.base_model
     try:  # the params' base family: a LoRA of another family cannot load on it
         family = resolve_base(spec, base_model_ref(project)).family.name
@@ -222,7 +238,7 @@ def generate(
     for k, image in enumerate(images):
         path = out if count == 1 else out.with_name(f"{out.stem}-{k}{out.suffix}")
         path.write_bytes(png_bytes(image))
-        typer.echo(f"{path} ({model} v{version.version}, adapter {gate.detail})")
+        typer.echo(f"{path} ({model} v{version.version}, adapter hash checked)")
 
 
 def audit(

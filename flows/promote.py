@@ -65,9 +65,7 @@ def promote(params_file: str, version: str, approver: str = "", reason: str = ""
             _refuse(project, version, approver, reason, [Gate("approval", False, detail)])
         approver, reason = answer.approver, answer.comment or reason
         audit_task(project, "approved", version, approver, reason, passed)
-    return apply_promotion_task(
-        project, version, approver or "unspecified", reason, check["adapter_dir"]
-    )
+    return apply_promotion_task(project, version, approver or "unspecified", reason)
 
 
 def _refuse(project: Project, version: str, by: str, reason: str, failed: list[Gate]) -> NoReturn:

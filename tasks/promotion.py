@@ -17,6 +17,7 @@ from charloop.lineage.promotion import (
     metric_gates,
     move_to_production,
     production_version,
+    verified_adapter,
 )
 from charloop.lineage.registry import local_artifact
 from charloop.lineage.release import export_release, point_production
@@ -36,7 +37,7 @@ def check_promotion_task(project: Project, version: str) -> dict[str, Any]:
     client, name = _client(project), project.params.model_name
     candidate = client.get_model_version(name, version)
     lineage, steps = lineage_gate(client, name, candidate)
-    adapter, folder = adapter_gate(client, candidate, project.artifact_location)
+    adapter = adapter_gate(client, candidate, project.artifact_location)
     current = production_version(client, name)
     baseline = None
     if current is not None and str(current.version) != str(version):
@@ -55,7 +56,6 @@ def check_promotion_task(project: Project, version: str) -> dict[str, Any]:
     )
     return {
         "gates": [asdict(g) for g in gates],
-        "adapter_dir": str(folder) if folder else None,
         "production": str(current.version) if current is not None else None,
         "lineage": [s.version for s in steps],
     }
@@ -63,9 +63,10 @@ def check_promotion_task(project: Project, version: str) -> dict[str, Any]:
 
 @task(name="apply-promotion")
 def apply_promotion_task(
-    project: Project, version: str, approver: str, reason: str, adapter_dir: str
+    project: Project, version: str, approver: str, reason: str
 ) -> dict[str, Any]:
-    """Move the aliases, write the audit tags and export the release folder."""
+    """Export the release from a freshly downloaded, re-verified adapter (the approval may
+    have waited hours, on another worker), then move the aliases and write the audit tags."""
     import mlflow
 
     from charloop.lineage.chain import chain
@@ -74,14 +75,14 @@ def apply_promotion_task(
     candidate = client.get_model_version(name, version)
     steps = chain(client, name, candidate)
     sheet = f"{client.get_run(candidate.run_id).info.artifact_uri}/evaluation/contact_sheet.png"
-    grid = Path(
-        mlflow.artifacts.download_artifacts(
+    root = project.resolve(project.params.promote.release_dir)
+    with verified_adapter(client, candidate, project.artifact_location) as adapter:
+        grid = mlflow.artifacts.download_artifacts(
             artifact_uri=local_artifact(sheet, project.artifact_location),
+            dst_path=str(adapter.parent),  # removed with the adapter's scratch folder
             tracking_uri=project.tracking_uri,
         )
-    )
-    root = project.resolve(project.params.promote.release_dir)
-    release = export_release(root, name, steps, Path(adapter_dir), grid)  # before the alias
+        release = export_release(root, name, steps, adapter, Path(grid))  # before the alias
     before = move_to_production(client, name, version, approver, reason)
     point_production(root, name, version)
     return {"production": version, "previous": before, "release": str(release)}

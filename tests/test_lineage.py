@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -18,11 +19,12 @@ from typer.testing import CliRunner
 
 from charloop.core.hashing import tree_digest
 from charloop.lineage.chain import param_changes
-from charloop.lineage.promotion import PromotionRefused, metric_gates
+from charloop.lineage.promotion import AdapterMismatch, PromotionRefused, metric_gates
 from charloop.params.project import load_project
 from charloop.params.promote import PromoteParams
 from charloop.stages.layout import IterationPaths
 from charloop_cli.main import app
+from tasks.promotion import apply_promotion_task
 from tests.conftest import tiny_params, write_params
 
 pytestmark = pytest.mark.e2e
@@ -130,11 +132,16 @@ def test_refused_promotion_names_the_gate_and_changes_nothing(studio):
     assert _alias(studio, "production") is None
 
 
-def test_promote_exports_a_release_then_rollback_restores_previous(studio):
+def test_promote_exports_a_release_then_rollback_restores_previous(studio, tmp_path, monkeypatch):
     params = str(studio.params_file)
     runner = CliRunner()
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     first = runner.invoke(app, ["promote", MODEL, "2", "--approver", "ana", "-p", params])
     assert first.exit_code == 0, first.output
+    # the gate's and the export's downloads of the adapter are gone again
+    assert not list(scratch.glob("charloop-adapter-*"))
     assert _alias(studio, "production") == "2" and _alias(studio, "candidate") == "3"
     tags = _client(studio).get_model_version(MODEL, "2").tags
     assert tags["approved_by"] == "ana" and tags["approved_at"]
@@ -277,6 +284,11 @@ def test_generate_verifies_the_adapter_hash(studio, tmp_path):
         assert tampered.exit_code == 3 and "does not match" in tampered.output
         refused = CliRunner().invoke(app, ["promote", MODEL, "2", "-p", params])
         assert refused.exit_code == 3 and "adapter hash" in refused.output
+        # bytes changed while an approval waited: the export re-checks and refuses
+        before = _alias(studio, "production")
+        with pytest.raises(AdapterMismatch, match="does not match"):
+            apply_promotion_task.fn(load_project(params), "2", "ana", "after the pause")
+        assert _alias(studio, "production") == before
     finally:
         weights.write_bytes(original)
 

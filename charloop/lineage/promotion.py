@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -111,13 +113,13 @@ def lineage_gate(client: Any, name: str, version: Any) -> tuple[Gate, list[Linea
 
 
 def download_adapter(
-    client: Any, version: Any, dest: Path | None = None, artifact_root: str | None = None
+    client: Any, version: Any, dest: Path, artifact_root: str | None = None
 ) -> Path:
-    """Fetch a version's adapter folder from the artifact store (``artifact_root``: the
-    project's, where a moved project's artifacts are; see ``local_artifact``)."""
+    """Fetch a version's adapter folder from the artifact store into ``dest``
+    (``artifact_root``: the project's, where a moved project's artifacts are; see
+    ``local_artifact``)."""
     import mlflow
 
-    dest = dest or Path(tempfile.mkdtemp(prefix="charloop-adapter-"))
     path = mlflow.artifacts.download_artifacts(
         artifact_uri=local_artifact(version.source, artifact_root),
         dst_path=str(dest),
@@ -126,19 +128,43 @@ def download_adapter(
     return Path(path)
 
 
-def adapter_gate(
-    client: Any, version: Any, artifact_root: str | None = None
-) -> tuple[Gate, Path | None]:
+class AdapterMismatch(Refused):
+    """The stored adapter files no longer hash to what was registered (exit 3)."""
+
+    def __init__(self, version: Any, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"v{version.version}: " + "; ".join(problems))
+
+
+@contextmanager
+def verified_adapter(client: Any, version: Any, artifact_root: str | None = None) -> Iterator[Path]:
+    """The version's adapter folder, downloaded into a temporary folder and checked against
+    the sha256 of every file recorded at registration; the folder is removed on exit.
+
+    Each caller downloads its own copy, so no local path travels between tasks (workers of
+    a pool do not share a disk) and what is exported is what was checked just before.
+
+    Raises:
+        AdapterMismatch: a stored file is missing or differs from the registered hash.
+    """
+    with tempfile.TemporaryDirectory(prefix="charloop-adapter-") as scratch:
+        folder = download_adapter(client, version, Path(scratch), artifact_root)
+        if problems := adapter_file_problems(folder, dict(version.tags)):
+            raise AdapterMismatch(version, problems)
+        yield folder
+
+
+def adapter_gate(client: Any, version: Any, artifact_root: str | None = None) -> Gate:
     """Every stored adapter file must hash to the sha256 recorded at registration."""
     try:
-        folder = download_adapter(client, version, artifact_root=artifact_root)
+        with verified_adapter(client, version, artifact_root):
+            pass
+    except AdapterMismatch as exc:
+        return Gate("adapter hash", False, "; ".join(exc.problems))
     except Exception as exc:
-        return Gate("adapter hash", False, f"adapter not retrievable: {exc}"), None
-    problems = adapter_file_problems(folder, dict(version.tags))
-    if problems:
-        return Gate("adapter hash", False, "; ".join(problems)), None
+        return Gate("adapter hash", False, f"adapter not retrievable: {exc}")
     checked = [t for t in ADAPTER_FILE_TAGS.values() if t in version.tags]
-    return Gate("adapter hash", True, f"{', '.join(checked)} match"), folder
+    return Gate("adapter hash", True, f"{', '.join(checked)} match")
 
 
 def production_version(client: Any, name: str) -> Any | None:
