@@ -32,6 +32,7 @@ from PIL import Image
 
 from charloop.core import atomic
 from charloop.core.contact_sheet import contact_sheet
+from charloop.lineage.rounds import round_candidate
 from charloop.models.pipeline import load_pipeline, lora_applied
 from charloop.params.project import Project
 from charloop.scenes.heldout import held_out_axes, label
@@ -56,6 +57,7 @@ from charloop_world.variety import (
 logger = logging.getLogger(__name__)
 
 IDENTITY_FILE = "identity.json"
+BASE = "base model"
 DESCRIBED = "base model, described"
 """The base model told who to draw in words (every true attribute, no trigger): its
 variety is what the prompt leaves free with the character held fixed, the value a LoRA's
@@ -170,7 +172,7 @@ def run_validity(
     prompted = validity_jobs(project, seeds)
     described = validity_jobs(project, seeds, truth)
     pipe = load_pipeline(project.model_ref(params.base_model.path), params.base_model)
-    models: dict[str, Path | None] = {"base model": None, DESCRIBED: None}
+    models: dict[str, Path | None] = {BASE: None, DESCRIBED: None}
     roots: dict[str, Path] = {}
     for root in sorted(project.workdir.glob("iter-*")):  # every round's iterations
         folder = IterationPaths(root).adapter
@@ -200,14 +202,14 @@ def run_validity(
         sheet.save(out / f"{name.replace(', ', '-').replace(' ', '-')}.png")
         logger.info("validity: %s consistency %.1f%%", name, results[name]["consistency"])
     for name, row in results.items():
-        if name not in ("base model", DESCRIBED):
+        if name not in (BASE, DESCRIBED):
             row["variety_kept"] = variety_kept(row, results[DESCRIBED])
             row["variety_lost"] = variety_lost(row, results[DESCRIBED])
     held_out = [
         {"context": label(c.model_dump()), **held_out_axes(params, c.model_dump())}
         for c in params.evaluate.contexts
     ]
-    report = {
+    report: dict[str, Any] = {
         "character": truth,
         "prompt": prompted[0].prompt,
         "described_prompt": described[0].prompt,
@@ -216,6 +218,8 @@ def run_validity(
         "models": results,
     }
     report |= margins(results)
+    loop = params.loop  # what the loop hands over, by its own metrics (not the oracle's)
+    report["candidate"] = round_candidate(project.workdir, loop.convergence_epsilon, loop.metric)
     report["world_layout_variety"] = {
         "character": world_layout_variety(free_prompted, truth),
         "random characters": world_layout_variety(free_prompted, None),
@@ -227,7 +231,7 @@ def run_validity(
 
 def margins(results: dict[str, Any]) -> dict[str, Any]:
     """The last and the best model's margin over the base model, and which is the best."""
-    base = results["base model"]["consistency"]
+    base = results[BASE]["consistency"]
     rounds = [name for name in results if name != DESCRIBED]
     last = rounds[-1]
     best = max(rounds, key=lambda name: results[name]["consistency"])
@@ -293,7 +297,8 @@ def validity_markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         f"Margin over the base model: last {report['margin']:+.1f} points, best "
-        f"({report.get('best', '-')}) {report.get('best_margin', report['margin']):+.1f}.",
+        f"({report.get('best', '-')}) {report.get('best_margin', report['margin']):+.1f}. "
+        f"The loop's candidate (its own metrics): iteration {report.get('candidate') or '-'}.",
         "",
     ]
     return "\n".join(lines)

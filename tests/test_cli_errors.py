@@ -47,6 +47,8 @@ def _bad_cases(p: str, folder: Path) -> list[tuple[list[str], int, str]]:
         (["review", "export", "-p", p, "-i", "7"], 2, "cannot read stage input"),
         (["review", "apply", missing, "--reviewer", "ana", "-p", p], 2, "does not exist"),
         (["report", "validity", "-p", p, "--oracle", missing], 2, ""),
+        (["report", "spread", missing], 2, "at least two loops"),
+        (["report", "spread", missing, p], 2, "validity.json is missing"),
         (["world", "build", "everything"], 2, "unknown target"),
         (["world", "references", missing, "--character", "wings=yes"], 2, "unknown attributes"),
         (["world", "references", missing, "--params", missing], 2, "no params file"),

@@ -190,6 +190,33 @@ def test_reference_match_needs_references(tmp_path):
         load_project(write_params(tmp_path, data))
 
 
+def test_rounds_can_be_compared_on_the_trait_pass_rate_beyond_its_seed_noise(tmp_path):
+    from charloop.params.project import ParamsError, load_project
+    from charloop.stages.evaluate.metrics import trait_noise
+    from tests.conftest import tiny_params, write_params
+
+    jobs = [ImageJob(f"j{i}", "p", "", seed, {}) for i, seed in enumerate([1, 1, 2, 2, 3, 3])]
+    shares = {0: 1.0, 1: 0.5, 2: 0.5, 3: 0.5, 4: 1.0, 5: 1.0}  # seeds 0.75, 0.5, 1.0
+    assert trait_noise(shares, jobs) == pytest.approx(0.25 / np.sqrt(3))
+    assert trait_noise({0: 1.0, 1: 0.5}, jobs) is None  # one seed: no spread to measure
+    assert trait_noise({}, jobs) is None
+    # reference match fell, the traits rose beyond their noise: trait_pass calls it a gain
+    rounds = [
+        {"reference_match": 0.861, "reference_match_noise": 0.006,
+         "trait_pass": 0.726, "trait_pass_noise": 0.01},
+        {"reference_match": 0.833, "reference_match_noise": 0.009,
+         "trait_pass": 0.756, "trait_pass_noise": 0.01},
+    ]  # fmt: skip
+    assert decide(rounds, 0.0, 3).best == 0
+    assert decide(rounds, 0.0, 3, metric="trait_pass").best == 1
+    rounds[1]["trait_pass_noise"] = 0.04  # inside the noise: no gain
+    assert decide(rounds, 0.0, 3, metric="trait_pass").best == 0
+    data = tiny_params(loop={"max_iterations": 2, "metric": "trait_pass"})
+    data.pop("traits", None)
+    with pytest.raises(ParamsError, match="add a 'traits:' section"):
+        load_project(write_params(tmp_path, data))
+
+
 def test_leave_free_frees_the_same_share_of_every_value_and_kind():
     from charloop.params.caption import LeaveFree
     from charloop.stages.caption.free import plan_freed, tag_values, without_values

@@ -61,7 +61,9 @@ def test_world_loop_raises_oracle_consistency(tmp_path):
     project = load_project(params)
     report = run_validity(project, ORACLE, list(range(9000, 9008)), tmp_path / "report")
     models = report["models"]
-    chosen = models[f"iteration {[r for r in rows if r['best']][-1]['iteration']}"]
+    picked = [r for r in rows if r["best"]][-1]["iteration"]
+    assert report["candidate"] == picked  # recomputed from disk as the loop decided
+    chosen = models[f"iteration {picked}"]
     best = models[report["best"]]
     noise = max(models["base model"]["consistency_seed_std"], chosen["consistency_seed_std"])
     margin = chosen["consistency"] - models["base model"]["consistency"]
@@ -114,7 +116,9 @@ def test_world_loop_learns_on_every_family(tmp_path, family):
     report = run_validity(project, ORACLE, list(range(9000, 9008)), tmp_path / "report")
     models = report["models"]
     base = models["base model"]
-    chosen = models[f"iteration {[r for r in rows if r['best']][-1]['iteration']}"]
+    picked = [r for r in rows if r["best"]][-1]["iteration"]
+    assert report["candidate"] == picked  # recomputed from disk as the loop decided
+    chosen = models[f"iteration {picked}"]
     noise = max(base["consistency_seed_std"], chosen["consistency_seed_std"])
     margin = chosen["consistency"] - base["consistency"]
     assert margin >= 30.0 and margin > 3 * noise, report

@@ -30,7 +30,8 @@ from charloop.core import atomic
 from charloop.core.codegraph import code_fingerprint
 from charloop.core.hashing import sha256_json, tree_digest
 from charloop.params.project import Project
-from charloop.stages.layout import PUBLISHED, published_version
+from charloop.stages.evaluate.convergence import best_round, round_metric
+from charloop.stages.layout import PUBLISHED, IterationPaths, published_version
 
 logger = logging.getLogger(__name__)
 
@@ -135,3 +136,24 @@ def plan_round(project: Project, supersedes: Callable[[], str | None]) -> Round:
         )
     atomic.write_json(workdir / ROUNDS_FILE, [asdict(r) for r in rounds])
     return planned
+
+
+def round_candidate(workdir: Path, epsilon: float, metric: str = "auto") -> int | None:
+    """The iteration the loop aliased ``candidate`` in the branch's newest round, or None.
+
+    Recomputed from each finished iteration's ``metrics.json`` with the loop's own rule
+    (``loop.convergence_epsilon``, ``loop.metric``), so reports need no registry.
+    """
+    rounds = read_rounds(workdir)
+    first = rounds[-1].first_iteration if rounds else 1
+    history: list[dict[str, Any]] = []
+    numbers: list[int] = []
+    for root in sorted(workdir.glob("iter-*")):
+        digits = root.name.removeprefix("iter-")
+        metrics = IterationPaths(root).evaluation / "metrics.json"
+        if digits.isdigit() and int(digits) >= first and metrics.is_file():
+            history.append(json.loads(metrics.read_text(encoding="utf-8")))
+            numbers.append(int(digits))
+    if not history:
+        return None
+    return numbers[best_round(history, epsilon, round_metric(metric, history[0]))]

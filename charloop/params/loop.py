@@ -18,12 +18,14 @@ class LoopParams(StrictModel):
     """A round is better only when its round metric (``metric``) beats the best round so
     far by more than this and more than the metric's seed noise, without collapsing seed
     variety."""
-    metric: Literal["auto", "reference_match", "identity_consistency"] = "auto"
+    metric: Literal["auto", "reference_match", "identity_consistency", "trait_pass"] = "auto"
     """What a round must beat the best round on: 'reference_match' (how closely the
-    held-out renders match the nearest reference pictures: the character is right) or
+    held-out renders match the nearest reference pictures: the character is right),
     'identity_consistency' (how alike the renders are: the character is stable; the only
-    choice without references). 'auto': reference_match when the character has
-    references."""
+    choice without references) or 'trait_pass' (the trait scorer's mean pass rate on the
+    held-out renders: each trait shown; needs a 'traits:' section). 'auto':
+    reference_match when the character has references. Measured on the world, see
+    docs/world.md#loop-to-loop-spread-measured."""
     patience: int = Field(default=1, ge=1)
     """Rounds in a row that may fail to beat the best before the loop stops; the round
     after one that did not improve generates from the best round's LoRA, not the last."""

@@ -191,6 +191,11 @@ class Params(StrictModel):
                 "loop.metric: reference_match compares the renders with character.references: "
                 "set the references folder, or use loop.metric: auto or identity_consistency"
             )
+        if self.loop.metric == "trait_pass" and self.traits is None:
+            raise ValueError(
+                "loop.metric: trait_pass is the trait scorer's pass rate: add a 'traits:' "
+                "section, or use loop.metric: auto"
+            )
         return self
 
     @model_validator(mode="after")

@@ -226,8 +226,10 @@ def evaluation_traits(
 
     Returns:
         Per character ``{"traits", "lora", "base"}`` (see :func:`pass_rates`) and, over
-        every character, ``all`` / ``all_base`` (share of renders showing every trait) and
-        ``mean`` (mean per-trait pass rate with the LoRA); None without a traits section.
+        every character, ``all`` / ``all_base`` (share of renders showing every trait),
+        ``mean`` (mean per-trait pass rate with the LoRA) and ``per_image`` (render index
+        -> share of its traits shown with the LoRA, for the seed noise); None without a
+        traits section.
     """
     settings = project.params.traits
     if settings is None:
@@ -236,6 +238,7 @@ def evaluation_traits(
     out: dict[str, Any] = {"characters": {}}
     shown_all: dict[str, list[bool]] = {"lora": [], "base": []}
     means = []
+    per_image: dict[int, float] = {}
     for name, traits in resolved.items():
         solo = [i for i, n in enumerate(names) if list(n) == [name]]
         if not solo or not traits.all:
@@ -247,6 +250,9 @@ def evaluation_traits(
             shown_all[key] += [
                 bool(v) for v in np.all(scores >= settings.min_score, axis=1).ravel()
             ]
+            if key == "lora":
+                shares = (scores >= settings.min_score).mean(1)
+                per_image |= {i: float(v) for i, v in zip(solo, shares, strict=True)}
         means += list(entry["lora"]["traits"].values())
         out["characters"][name] = entry
     if not means:
@@ -254,4 +260,5 @@ def evaluation_traits(
     out["all"] = float(np.mean(shown_all["lora"]))
     out["all_base"] = float(np.mean(shown_all["base"]))
     out["mean"] = float(np.mean(means))
+    out["per_image"] = per_image
     return out

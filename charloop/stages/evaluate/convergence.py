@@ -19,7 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 METRIC = "identity_consistency"
-NOISE_OF = {"identity_consistency": "identity_noise", "reference_match": "reference_match_noise"}
+NOISE_OF = {
+    "identity_consistency": "identity_noise",
+    "reference_match": "reference_match_noise",
+    "trait_pass": "trait_pass_noise",
+}
 """Each round metric's seed noise (standard error across seeds)."""
 
 

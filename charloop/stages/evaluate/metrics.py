@@ -101,6 +101,16 @@ def _seed_noise(scores: np.ndarray, seeds: list[int]) -> float | None:
     return standard_error(per_seed) if len(per_seed) >= 2 else None
 
 
+def trait_noise(per_image: dict[int, float], jobs: list[Any]) -> float | None:
+    """Standard error across seeds of the trait pass rate (``per_image``: job index ->
+    share of the traits that render shows; ``jobs``: the evaluation's, for their seeds)."""
+    if not per_image:
+        return None
+    index = sorted(per_image)
+    shares = np.array([per_image[i] for i in index])
+    return _seed_noise(shares, [jobs[i].seed for i in index])
+
+
 def _identity_noise(embeddings: np.ndarray, seeds: np.ndarray) -> float | None:
     """Standard error of identity consistency across seeds: the consistency of each seed's
     images (one per context), their spread. None with fewer than two usable seeds."""

@@ -29,7 +29,12 @@ from charloop.scenes.references import load_references, open_image
 from charloop.scenes.render import ImageJob, png_bytes, render
 from charloop.scenes.traits import evaluation_traits, traits_identity
 from charloop.stages.contract import StageIdentity, identity
-from charloop.stages.evaluate.metrics import consistency_metrics, headline, validation_loss
+from charloop.stages.evaluate.metrics import (
+    consistency_metrics,
+    headline,
+    trait_noise,
+    validation_loss,
+)
 from charloop.stages.evaluate.scores import ScoredImages
 from charloop.stages.results import Adapter, Dataset, EvalShard, Evaluation
 
@@ -160,8 +165,11 @@ def run_evaluate(
     metrics = scored.metrics(params)
     names = [job.characters for job in jobs]
     if traits := evaluation_traits(project, names, lora_images, base_images):
+        per_image = traits.pop("per_image")
         metrics["traits"] = traits
         metrics["trait_pass"] = traits["mean"]
+        if (noise := trait_noise(per_image, jobs)) is not None:
+            metrics["trait_pass_noise"] = noise
         metrics["traits_all"] = traits["all"]
         metrics["traits_all_base"] = traits["all_base"]
     if (loss := validation_loss(adapter.path)) is not None:
