@@ -65,7 +65,7 @@ def spread(
     and in how many loops the loop's candidate meets each target."""
     from charloop.core import atomic
     from charloop.core.errors import BadInput
-    from charloop_world.spread import CANDIDATE, spread_markdown, spread_report
+    from charloop_world.spread import CANDIDATE, DESCRIBED, spread_markdown, spread_report
 
     try:
         result = spread_report(reports)
@@ -74,7 +74,7 @@ def spread(
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_json(out / "spread.json", result)
     atomic.write_text(out / "SPREAD.md", spread_markdown(result))
-    for name in ("base model, described", CANDIDATE):
+    for name in (DESCRIBED, CANDIDATE):
         if row := result["rows"].get(name):
             c, a = row["consistency"], row["all_attributes"]
             typer.echo(
