@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from charloop.core.errors import BadInput
-from charloop_world.validity import BASE, DESCRIBED
+from charloop_world.validity_summary import BASE, DESCRIBED
 
 CANDIDATE, ORACLE_BEST = "loop's candidate", "best round (oracle)"
 COLUMNS = {

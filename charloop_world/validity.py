@@ -41,6 +41,7 @@ from charloop.scenes.render import ImageJob, render
 from charloop.stages.layout import ADAPTER_WEIGHTS, IterationPaths
 from charloop_world.attributes import character_from_dict
 from charloop_world.captions import character_phrases
+from charloop_world.validity_summary import BASE, DESCRIBED, margins
 from charloop_world.validity_traits import data_reads, markdown_lines
 from charloop_world.variety import (
     KEPT_ENOUGH,
@@ -57,12 +58,6 @@ from charloop_world.variety import (
 logger = logging.getLogger(__name__)
 
 IDENTITY_FILE = "identity.json"
-BASE = "base model"
-DESCRIBED = "base model, described"
-"""The base model told who to draw in words (every true attribute, no trigger): its
-variety is what the prompt leaves free with the character held fixed, the value a LoRA's
-variety is held to (the plain base model draws a different character for every seed, and
-that difference counts as variety too)."""
 
 
 def load_truth(project: Project) -> dict[str, str]:
@@ -227,19 +222,6 @@ def run_validity(
     atomic.write_json(out / "validity.json", report)
     atomic.write_text(out / "VALIDITY.md", validity_markdown(report))
     return report
-
-
-def margins(results: dict[str, Any]) -> dict[str, Any]:
-    """The last and the best model's margin over the base model, and which is the best."""
-    base = results[BASE]["consistency"]
-    rounds = [name for name in results if name != DESCRIBED]
-    last = rounds[-1]
-    best = max(rounds, key=lambda name: results[name]["consistency"])
-    return {
-        "margin": results[last]["consistency"] - base,
-        "best": best,
-        "best_margin": results[best]["consistency"] - base,
-    }
 
 
 def validity_markdown(report: dict[str, Any]) -> str:

@@ -34,3 +34,18 @@ class LoopParams(StrictModel):
     params gets its own lineage branch folder under ``<workdir>/<character>/``."""
     lock_timeout_s: float = Field(default=0.0, ge=0)
     """How long a second loop on the same character waits for the first (0: refuse at once)."""
+
+    def unmeasurable(self, references: bool, traits: bool) -> str | None:
+        """Why ``metric`` cannot be measured with these params (no references, no traits
+        section), or None."""
+        if self.metric == "reference_match" and not references:
+            return (
+                "loop.metric: reference_match compares the renders with character.references: "
+                "set the references folder, or use loop.metric: auto or identity_consistency"
+            )
+        if self.metric == "trait_pass" and not traits:
+            return (
+                "loop.metric: trait_pass is the trait scorer's pass rate: add a 'traits:' "
+                "section, or use loop.metric: auto"
+            )
+        return None

@@ -186,16 +186,9 @@ class Params(StrictModel):
 
     @model_validator(mode="after")
     def _round_metric_measurable(self) -> Params:
-        if self.loop.metric == "reference_match" and not all(m.references for m in self.members):
-            raise ValueError(
-                "loop.metric: reference_match compares the renders with character.references: "
-                "set the references folder, or use loop.metric: auto or identity_consistency"
-            )
-        if self.loop.metric == "trait_pass" and self.traits is None:
-            raise ValueError(
-                "loop.metric: trait_pass is the trait scorer's pass rate: add a 'traits:' "
-                "section, or use loop.metric: auto"
-            )
+        references = all(m.references for m in self.members)
+        if why := self.loop.unmeasurable(references, self.traits is not None):
+            raise ValueError(why)
         return self
 
     @model_validator(mode="after")
