@@ -83,9 +83,9 @@ def rows_of(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def aggregate(reports: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
-    """Per row and column: mean, std and min across the loops that have the row."""
-    per_loop = [rows_of(r) for r in reports]
+def aggregate(per_loop: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per row (``per_loop``: each loop's :func:`rows_of`) and column: mean, std and min
+    across the loops that have the row."""
     names = list(dict.fromkeys(name for rows in per_loop for name in rows))
     table: dict[str, dict[str, dict[str, float]]] = {}
     for name in names:
@@ -101,15 +101,15 @@ def aggregate(reports: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, fl
     return table
 
 
-def target_checks(reports: list[dict[str, Any]]) -> dict[str, list[bool]]:
-    """Per target, whether each loop's candidate meets it (loops without one: not met)."""
+def target_checks(per_loop: list[dict[str, dict[str, Any]]]) -> dict[str, list[bool]]:
+    """Per target, whether each loop's candidate meets it (``per_loop``: each loop's
+    :func:`rows_of`; loops without a candidate: not met)."""
     checks: dict[str, list[bool]] = {
         "all attributes at least the described base model's": [],
         f"context fidelity within {FIDELITY_MARGIN:.0f} points of the base model": [],
         f"layout variety at least {VARIETY_KEPT:.0%} of the described base model's": [],
     }
-    for report in reports:
-        rows = rows_of(report)
+    for rows in per_loop:
         pick, base, described = rows.get(CANDIDATE), rows[BASE], rows[DESCRIBED]
         met = [
             pick is not None and pick["all_attributes"] >= described["all_attributes"],
@@ -126,12 +126,13 @@ def target_checks(reports: list[dict[str, Any]]) -> dict[str, list[bool]]:
 def spread_report(folders: list[Path]) -> dict[str, Any]:
     """The spread of several loops' validity reports (see the module docstring)."""
     reports = read_reports(folders)
+    per_loop = [rows_of(r) for r in reports]
     return {
         "character": reports[0]["character"],
         "loops": [str(f) for f in folders],
         "candidates": [r.get("candidate") for r in reports],
-        "rows": aggregate(reports),
-        "targets": target_checks(reports),
+        "rows": aggregate(per_loop),
+        "targets": target_checks(per_loop),
     }
 
 
