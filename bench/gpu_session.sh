@@ -17,7 +17,8 @@
 #   printf '/models/tiny-sd15/\n/models/tiny-sdxl/\n/models/tiny-flux/\n/docs/\n/references/\n' \
 #     >> .git/info/exclude          # after the call: git reset -q, and drop those lines
 # (never put runs/ there: DVC refuses run folders git ignores). Then (carry: [".whl"]):
-#   WORLD_MINUTES=4.5 PLAN_SECONDS=430 bash bench/gpu_session.sh
+#   WARM_START=1 WORLD_MINUTES=6.5 WORLD_SECONDS=570 bash bench/gpu_session.sh
+# (WARM_START=1: the world builds continue from the shipped models, bench/seed_world_cache.py)
 # 2026-12-04: 484 s on an H200; world-sdxl v2 and the SDXL plans came back (docs/world.md,
 # docs/memory.md); FLUX failed in cuBLAS (bench/gpu_flux_debug.py, fixed since).
 set -uo pipefail

@@ -17,6 +17,7 @@
 #     diffusers==0.42.1 importlib_metadata
 # then run (carry: [".whl"]):
 #   MINUTES=5 bash bench/gpu_world_build.sh
+# (WARM_START=1 continues from the shipped models instead of starting from scratch).
 # Check it on the CPU with a toy budget:
 #   DEVICE=cpu MINUTES=0.2 VAE_MINUTES=0.1 CHARACTERS=200 BATCH=16 OUT=/tmp/o bash bench/gpu_world_build.sh
 set -euo pipefail
@@ -44,6 +45,8 @@ from charloop_world.dataset import cached_dataset
 cached_dataset("$CACHE", $CHARACTERS, 2, 0, 14)
 cached_dataset("$CACHE", 128, 1, 1)
 EOF
+# WARM_START=1: continue from the shipped models/world-<family> (bench/seed_world_cache.py)
+[ -n "${WARM_START:-}" ] && $PY bench/seed_world_cache.py --cache "$CACHE" --family $FAMILIES
 started=$(date +%s)
 for family in $FAMILIES; do
   $PY -m charloop_world.build base --family "$family" --out "$OUT/models" --cache "$CACHE" \
@@ -53,13 +56,18 @@ for family in $FAMILIES; do
 done
 wait
 echo "trained in $(( $(date +%s) - started )) s"
+# Each model comes back as one tar (written to a temp name, then renamed) as soon as it is
+# trained, and again with its quality table: a call cut during the oracle's read still
+# returns the trained weights (the quality step reruns on any machine).
+pack() { tar -C "$OUT/models" -cf "$OUT/.world-$1.tar" "world-$1" && mv "$OUT/.world-$1.tar" "$OUT/world-$1.tar"; }
+for family in $FAMILIES; do pack "$family" || echo "world-$family: nothing to pack"; done
 for family in $FAMILIES; do
   $PY -m charloop_world.build quality --family "$family" --out "$OUT/models" --cache "$CACHE" \
     >>"$OUT/build-$family.log" 2>&1 &
 done
 wait
 for family in $FAMILIES; do
-  tar -C "$OUT/models" -cf "$OUT/world-$family.tar" "world-$family"
+  pack "$family" || echo "world-$family: nothing to pack"
   grep -A 18 "## Quality" "$OUT/models/world-$family/MODEL_CARD.md" || true
 done
 rm -rf "$OUT/models"

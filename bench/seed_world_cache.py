@@ -1,0 +1,98 @@
+"""Warm-start a world base build from a shipped world model (GPU sessions).
+
+A fresh device machine has no checkpoint cache, so ``bench/gpu_world_build.sh`` would train
+from scratch and throw away what an earlier session's build learned. This writes the build's
+checkpoints (``vae.pt`` and ``diffusion.pt`` in the family's cache folder) from the weights in
+``models/world-<family>``, with a fresh optimiser, step 0 and no elapsed time: the build then
+"resumes" from them with a full budget of its own (warm-up and schedule start again). The
+VAE is kept as it is, so its budget is skipped.
+
+A folder whose weights do not fit today's architecture is skipped with a message (the build
+then starts from scratch for that family). An existing checkpoint is never overwritten.
+
+Usage: ``python bench/seed_world_cache.py --cache .charloop/world-cache --family sdxl flux``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from charloop_world.arch import get_arch  # noqa: E402
+from charloop_world.build_base import cache_dir_of  # noqa: E402
+from charloop_world.train_base import _save_atomic, adamw  # noqa: E402
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    (file,) = sorted(folder.glob("*.safetensors"))
+    return {k: v.float() for k, v in load_file(file).items()}
+
+
+def _load(module: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Load strictly, except weights tied to a loaded one (T5's ``embed_tokens`` is its
+    ``shared`` table, and safetensors stores it once)."""
+    missing, unexpected = module.load_state_dict(weights, strict=False)
+    state = module.state_dict()
+    loaded = {state[k].data_ptr() for k in weights if k in state}
+    untied = [k for k in missing if state[k].data_ptr() not in loaded]
+    if untied or unexpected:
+        raise RuntimeError(f"missing {untied[:3]}, unexpected {unexpected[:3]}")
+
+
+def seed(family: str, models: Path, cache: Path, lr: float) -> str:
+    """Write ``family``'s warm-start checkpoints; returns what was done, in words."""
+    arch = get_arch(family)
+    source = models / arch.folder
+    ckpts = cache_dir_of(cache, arch)
+    if (ckpts / "diffusion.pt").exists() or (ckpts / "vae.pt").exists():
+        return f"{family}: a checkpoint exists in {ckpts}; left as it is"
+    components = arch.new_components(0)
+    try:
+        _load(components["vae"], _weights(source / "vae"))
+        modules = arch.trainable(components)
+        for name, module in modules.items():
+            _load(module, _weights(source / name))
+    except (RuntimeError, ValueError, FileNotFoundError) as exc:
+        return f"{family}: {source} does not fit the architecture ({str(exc)[:200]}); from scratch"
+    stats = json.loads((source / "build_stats.json").read_text())
+    ckpts.mkdir(parents=True, exist_ok=True)
+    vae_log = {"steps": [], "losses": [], "seconds": float(stats["vae_seconds"]),
+               "total_steps": int(stats["vae_steps"])}  # fmt: skip
+    _save_atomic({"vae": components["vae"].state_dict(), "log": vae_log}, ckpts / "vae.pt")
+    params = [p for module in modules.values() for p in module.parameters()]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    opt = adamw(params, lr, 0.01, device)
+    state = {
+        "modules": {name: m.state_dict() for name, m in modules.items()},
+        "opt": opt.state_dict(),
+        "ema": [p.detach().clone() for p in params],
+        "step": 0,
+        "elapsed": 0.0,
+        "log_steps": [],
+        "log_losses": [],
+    }
+    _save_atomic(state, ckpts / "diffusion.pt")
+    return f"{family}: warm start from {source} ({stats['unet_steps']} earlier steps)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--cache", type=Path, default=Path(".charloop/world-cache"))
+    parser.add_argument("--models", type=Path, default=ROOT / "models")
+    parser.add_argument("--family", nargs="+", default=["sdxl", "flux"])
+    parser.add_argument("--lr", type=float, default=6e-4)
+    args = parser.parse_args()
+    for family in args.family:
+        print(seed(family, args.models, args.cache, args.lr), flush=True)
+
+
+if __name__ == "__main__":
+    main()
