@@ -29,17 +29,32 @@ from charloop.stages.review.stage import (
 from charloop_cli.main import app
 from tests.conftest import tiny_params, write_params
 
-# A quality rule that rejects some tiny-model images, so both directions can be overridden.
-MIXED_FILTER = {
-    "min_kept": 1,
-    "discriminators": [{"type": "duplicates"}, {"type": "quality", "min_contrast": 0.08}],
-}
+
+def _mixed_filter(generated: Generated) -> dict[str, object]:
+    """A quality rule that rejects about half of these images (its contrast bar is their
+    median), so both directions can be overridden whatever the tiny model draws."""
+    from PIL import Image
+
+    from charloop.stages.filter.imagestats import quality_scores
+
+    rows = atomic.read_jsonl(Path(generated.path) / "manifest.jsonl")
+    contrasts = sorted(
+        quality_scores(Image.open(Path(generated.path) / r["file"]))["contrast"] for r in rows
+    )
+    bar = (contrasts[len(contrasts) // 2 - 1] + contrasts[len(contrasts) // 2]) / 2
+    return {
+        "min_kept": 1,
+        "discriminators": [{"type": "duplicates"}, {"type": "quality", "min_contrast": bar}],
+    }
 
 
 def _reviewable(folder: Path, **review: object) -> tuple[Project, Generated, Filtered]:
-    project = load_project(
-        write_params(folder, tiny_params(filter=MIXED_FILTER, review={**review}))
-    )
+    # A first draw (same seeds, so the same images) sets the bar; the project is then loaded
+    # with it, and its run folder (keyed by the params) holds every stage.
+    draft = load_project(write_params(folder / "draft", tiny_params(review={**review})))
+    drawn = run_generate(draft, 1, None, IterationPaths.of(draft.workdir, 1).generated)
+    mixed = tiny_params(filter=_mixed_filter(drawn), review={**review})
+    project = load_project(write_params(folder, mixed))
     paths = IterationPaths.of(project.workdir, 1)
     generated = run_generate(project, 1, None, paths.generated)
     filtered = run_filter(project, generated, paths.filtered)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -62,3 +63,26 @@ def test_family_models_rebuild_to_the_committed_bytes(tmp_path, name):
     for path in committed:
         a, b = load_file(MODELS / name / path), load_file(tmp_path / name / path)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), path
+
+
+def test_vocabulary_is_the_same_in_every_process():
+    """A resumed world build rebuilds its tokenizers in a new process: token ids must not move
+    (the ``tokenizers`` BPE trainer breaks ties by a per-process hash order)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import json; from charloop_world.tokenizer import build_world_tokenizer; "
+        "print(json.dumps(build_world_tokenizer().get_vocab(), sort_keys=True))"
+    )
+    vocabs = [
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2")
+    ]
+    assert vocabs[0] == vocabs[1] and len(json.loads(vocabs[0])) > 1000

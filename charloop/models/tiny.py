@@ -8,8 +8,8 @@ from a seed: ``charloop build-tiny-models`` recreates ``models/`` exactly.
 
 from __future__ import annotations
 
-import json
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -39,22 +39,51 @@ PROMPT_WORDS = tuple(
 """Words that become single tokens in the tiny tokenizer; anything else splits into characters."""
 
 
+def _bpe_merges(words: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Byte-pair merges until every word is one token: the commonest adjacent pair first,
+    ties broken by the pair itself, so the same words give the same merges in every process
+    (the ``tokenizers`` trainer breaks ties by hash order, which changes run to run)."""
+    pieces = re.findall(r"\w+|[^\w\s]+", " ".join(words))
+    counts: dict[tuple[str, ...], int] = {}
+    for piece in pieces:
+        word = (*piece[:-1], piece[-1] + "</w>")
+        counts[word] = counts.get(word, 0) + 1
+    merges: list[tuple[str, str]] = []
+    while True:
+        pairs: dict[tuple[str, str], int] = {}
+        for word, n in counts.items():
+            for pair in zip(word, word[1:], strict=False):
+                pairs[pair] = pairs.get(pair, 0) + n
+        if not pairs:
+            return merges
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        counts = {_merge(word, best): n for word, n in counts.items()}
+
+
+def _merge(word: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
+    out: list[str] = []
+    i = 0
+    while i < len(word):
+        if i + 1 < len(word) and (word[i], word[i + 1]) == pair:
+            out.append(word[i] + word[i + 1])
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return tuple(out)
+
+
 def clip_vocab(
     words: tuple[str, ...] = PROMPT_WORDS,
 ) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Byte-level CLIP BPE vocab and merges, trained so ``words`` are whole tokens (any other
-    word still tokenizes, through byte fallback)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    word still tokenizes, through byte fallback). Deterministic: the same words give the
+    same vocabulary in every process, so a resumed build's text encoder keeps its token ids."""
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     symbols = list(bytes_to_unicode().values())
-    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(
-        vocab_size=100_000, initial_alphabet=symbols, end_of_word_suffix="</w>", show_progress=False
-    )
-    bpe.train_from_iterator([" ".join(words)], trainer)
-    merges = [tuple(pair) for pair in json.loads(bpe.to_str())["model"]["merges"]]
+    merges = _bpe_merges(words)
     tokens = symbols + [s + "</w>" for s in symbols] + [a + b for a, b in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
