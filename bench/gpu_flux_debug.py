@@ -23,6 +23,8 @@ VARIANTS = [
     "fp32",
     "bf16_weights",  # bf16 weights under autocast: the 12 B check
     "single_only",  # no double-stream blocks
+    "cublaslt_b32",  # the cuBLASLt setting at batch 32 instead of the build's 256
+    "cublaslt_b64",
 ]
 
 
@@ -32,7 +34,7 @@ def step(name: str) -> None:
     from charloop.families.flux import predict
     from charloop_world.arch.flux import build_transformer
 
-    if name == "cublaslt":
+    if name.startswith("cublaslt"):
         torch.backends.cuda.preferred_blas_library("cublaslt")
     if name == "math_sdpa":
         torch.backends.cuda.enable_flash_sdp(False)
@@ -46,10 +48,14 @@ def step(name: str) -> None:
         model = model.to(torch.bfloat16)
     if name == "single_only":
         model.transformer_blocks = torch.nn.ModuleList()
-    b, side = 8, 8
+    # The world build's geometry (batch 256, 16x16 latents -> 64 packed tokens, 64 text
+    # tokens): on 2026-12-04 the build failed where batch 8 of 8x8 latents had passed, in a
+    # bf16 batched GEMM of m 64, n 16384 (= 256 x 64), k 128 even with cuBLASLt preferred.
+    b = int(name.rsplit("_b", 1)[1]) if "_b" in name else int(os.environ.get("DEBUG_BATCH", 256))
+    side, text = int(os.environ.get("DEBUG_SIDE", 16)), 64
     noisy = torch.randn(b, 16, side, side, device=dev)
     cond = {
-        "encoder_hidden_states": torch.randn(b, 32, model.config.joint_attention_dim, device=dev),
+        "encoder_hidden_states": torch.randn(b, text, model.config.joint_attention_dim, device=dev),
         "pooled_projections": torch.randn(b, model.config.pooled_projection_dim, device=dev),
     }
     sigmas = torch.rand(b, device=dev)

@@ -5,7 +5,8 @@ from scratch and throw away what an earlier session's build learned. This writes
 checkpoints (``vae.pt`` and ``diffusion.pt`` in the family's cache folder) from the weights in
 ``models/world-<family>``, with a fresh optimiser, step 0 and no elapsed time: the build then
 "resumes" from them with a full budget of its own (warm-up and schedule start again). The
-VAE is kept as it is, so its budget is skipped.
+VAE is kept as it is, so its budget is skipped. Text encoders are re-keyed to today's
+tokenizers (each token's embedding row moves to its id today).
 
 A folder whose weights do not fit today's architecture is skipped with a message (the build
 then starts from scratch for that family). An existing checkpoint is never overwritten.
@@ -19,6 +20,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -28,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from charloop_world.arch import get_arch  # noqa: E402
 from charloop_world.build_base import cache_dir_of  # noqa: E402
+from charloop_world.tokenizer import PROMPT_WORDS, WORLD_WORDS  # noqa: E402
 from charloop_world.train_base import _save_atomic, adamw  # noqa: E402
 
 
@@ -47,6 +50,25 @@ def _load(module: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
         raise RuntimeError(f"missing {untied[:3]}, unexpected {unexpected[:3]}")
 
 
+def _load_encoder(module: Any, weights: dict[str, torch.Tensor], source: Any, today: Any) -> None:
+    """Load a text encoder whose tokenizer was ``source`` into one for ``today``'s tokenizer:
+    each token's embedding row moves to that token's id today (world builds before the
+    vocabulary was made deterministic numbered tied tokens differently run to run)."""
+    table = module.get_input_embeddings().weight
+    key = next(k for k, v in module.state_dict().items() if v.data_ptr() == table.data_ptr())
+    rows = weights.pop(key)
+    _load(module, {**weights, key: table.detach().clone()})
+    old, new = source.get_vocab(), today.get_vocab()
+    shared = [token for token in new if token in old]
+    with torch.no_grad():
+        table[[new[t] for t in shared]] = rows[[old[t] for t in shared]]
+    # Intermediate merges may differ; every world word must still be one known token.
+    lost = [w for w in dict.fromkeys(WORLD_WORDS + PROMPT_WORDS) if f"{w}</w>" in new
+            and f"{w}</w>" not in old]  # fmt: skip
+    if lost:
+        raise RuntimeError(f"words the source never saw as one token: {lost[:5]}")
+
+
 def seed(family: str, models: Path, cache: Path, lr: float) -> str:
     """Write ``family``'s warm-start checkpoints; returns what was done, in words."""
     arch = get_arch(family)
@@ -58,8 +80,11 @@ def seed(family: str, models: Path, cache: Path, lr: float) -> str:
     try:
         _load(components["vae"], _weights(source / "vae"))
         modules = arch.trainable(components)
-        for name, module in modules.items():
-            _load(module, _weights(source / name))
+        _load(modules[arch.denoiser], _weights(source / arch.denoiser))
+        for tok_name, enc_name in zip(arch.tokenizers, arch.text_encoders, strict=True):
+            saved = type(components[tok_name]).from_pretrained(source / tok_name)
+            weights = _weights(source / enc_name)
+            _load_encoder(modules[enc_name], weights, saved, components[tok_name])
     except (RuntimeError, ValueError, FileNotFoundError) as exc:
         return f"{family}: {source} does not fit the architecture ({str(exc)[:200]}); from scratch"
     stats = json.loads((source / "build_stats.json").read_text())
