@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from charloop_world.arch import get_arch  # noqa: E402
+from charloop_world.arch import ARCH_FAMILIES, get_arch  # noqa: E402
 from charloop_world.build_base import cache_dir_of  # noqa: E402
 from charloop_world.tokenizer import PROMPT_WORDS, WORLD_WORDS  # noqa: E402
 from charloop_world.train_base import _save_atomic, adamw  # noqa: E402
@@ -76,6 +76,8 @@ def seed(family: str, models: Path, cache: Path, lr: float) -> str:
     ckpts = cache_dir_of(cache, arch)
     if (ckpts / "diffusion.pt").exists() or (ckpts / "vae.pt").exists():
         return f"{family}: a checkpoint exists in {ckpts}; left as it is"
+    if not (source / "build_stats.json").is_file():
+        return f"{family}: no world model in {source}; from scratch"
     components = arch.new_components(0)
     try:
         _load(components["vae"], _weights(source / "vae"))
@@ -112,7 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cache", type=Path, default=Path(".charloop/world-cache"))
     parser.add_argument("--models", type=Path, default=ROOT / "models")
-    parser.add_argument("--family", nargs="+", default=["sdxl", "flux"])
+    parser.add_argument("--family", nargs="+", default=["sdxl", "flux"], choices=ARCH_FAMILIES)
     parser.add_argument("--lr", type=float, default=6e-4)
     args = parser.parse_args()
     for family in args.family:
