@@ -44,7 +44,7 @@ left() { echo $(( deadline - $(date +%s) )); }
 timeout 150 python3 bench/gpu_flux_debug.py >>"$OUT/plans.log" 2>&1
 timeout "$(( $(left) * 3 / 5 ))" python3 bench/gpu_check_flux.py --steps 6 \
   --plan bf16/adamw fp8/adamw8bit nf4/adamw8bit --json "$OUT/flux_plans.json" \
-  >"$OUT/plans.log" 2>&1; echo "flux plans exit $?" >>"$OUT/plans.log"
+  >>"$OUT/plans.log" 2>&1; echo "flux plans exit $?" >>"$OUT/plans.log"
 timeout "$(left)" python3 bench/gpu_check_sdxl.py --steps 10 --batch 1 \
   --plan bf16/adamw nf4/adamw8bit fp8/adamw8bit --json "$OUT/sdxl_plans.json" \
   >>"$OUT/plans.log" 2>&1; echo "sdxl plans exit $?" >>"$OUT/plans.log"

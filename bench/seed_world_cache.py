@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from charloop_world.arch import ARCH_FAMILIES, get_arch  # noqa: E402
 from charloop_world.build_base import cache_dir_of  # noqa: E402
 from charloop_world.tokenizer import PROMPT_WORDS, WORLD_WORDS  # noqa: E402
-from charloop_world.train_base import _save_atomic, adamw  # noqa: E402
+from charloop_world.train_base import LoopLog, _checkpoint, _save_atomic, adamw  # noqa: E402
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -91,22 +91,16 @@ def seed(family: str, models: Path, cache: Path, lr: float) -> str:
         return f"{family}: {source} does not fit the architecture ({str(exc)[:200]}); from scratch"
     stats = json.loads((source / "build_stats.json").read_text())
     ckpts.mkdir(parents=True, exist_ok=True)
-    vae_log = {"steps": [], "losses": [], "seconds": float(stats["vae_seconds"]),
-               "total_steps": int(stats["vae_steps"])}  # fmt: skip
-    _save_atomic({"vae": components["vae"].state_dict(), "log": vae_log}, ckpts / "vae.pt")
+    vae_log = LoopLog(seconds=float(stats["vae_seconds"]), total_steps=int(stats["vae_steps"]))
+    vae_state = {"vae": components["vae"].state_dict(), "log": vae_log.__dict__}
+    _save_atomic(vae_state, ckpts / "vae.pt")  # the layout build_base's VAE step reads
     params = [p for module in modules.values() for p in module.parameters()]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    opt = adamw(params, lr, 0.01, device)
-    state = {
-        "modules": {name: m.state_dict() for name, m in modules.items()},
-        "opt": opt.state_dict(),
-        "ema": [p.detach().clone() for p in params],
-        "step": 0,
-        "elapsed": 0.0,
-        "log_steps": [],
-        "log_losses": [],
-    }
-    _save_atomic(state, ckpts / "diffusion.pt")
+    ema = [p.detach().clone() for p in params]
+    _checkpoint(
+        ckpts / "diffusion.pt", modules, adamw(params, lr, 0.01, device), ema,
+        step=0, elapsed=0.0, log_steps=[], log_losses=[],
+    )  # fmt: skip
     return f"{family}: warm start from {source} ({stats['unet_steps']} earlier steps)"
 
 
