@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -14,7 +16,11 @@ import yaml
 
 # Before prefect is imported anywhere: no telemetry, results kept out of ~/.prefect.
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", tempfile.mkdtemp(prefix="charloop-results-"))
+if "PREFECT_LOCAL_STORAGE_PATH" not in os.environ:
+    # Removed when the session ends: each session used to leave one folder in /tmp.
+    _RESULTS = tempfile.mkdtemp(prefix="charloop-results-")
+    os.environ["PREFECT_LOCAL_STORAGE_PATH"] = _RESULTS
+    atexit.register(shutil.rmtree, _RESULTS, ignore_errors=True)
 os.environ.setdefault("GIT_AUTHOR_NAME", "charloop-tests")
 os.environ.setdefault("GIT_AUTHOR_EMAIL", "tests@charloop.invalid")
 os.environ.setdefault("GIT_COMMITTER_NAME", "charloop-tests")

@@ -88,3 +88,17 @@ def test_each_result_field_changes_the_hash_and_nothing_else_does(params_file):
     if "cast" in raw:
         assert any(name.startswith("cast.") for name in changed)
         assert "cast.joint.images_per_prompt" in changed
+
+
+@pytest.mark.parametrize(
+    ("params_file", "branch"),
+    [("examples/tiny.yaml", "params-bf9b732a"), ("examples/cast.yaml", "params-80f10fcb")],
+)
+def test_an_upgrade_keeps_existing_branches(params_file, branch):
+    """A field added to the schema must not move unchanged projects to a new branch (their
+    finished iterations would be orphaned and redone): new fields are hashed only away
+    from the value that behaves as before (``LATER_RULE_FIELDS``, ``train.memory``). These
+    branches were computed before ``filter: traits: keep_best`` existed."""
+    from charloop.params.project import load_project
+
+    assert load_project(REPO / params_file).branch == branch

@@ -151,6 +151,32 @@ def test_missing_traits_are_named_in_the_reasons() -> None:
     assert rates["all"] == pytest.approx(1 / 3)
 
 
+def test_keep_best_keeps_the_surest_passing_images() -> None:
+    from charloop.params.filter import TraitsCheck
+
+    decisions = [Decision(id=f"a{i}", file=f"a{i}.png") for i in range(5)]
+    traits = ["teal hair", "wearing a hat"]
+    # a0 shows both clearly; a1 barely shows the hat; a2 fails the hat; a3 is sure of both
+    # but was rejected earlier; a4 is nearly as sure as a0.
+    scores = np.array([[0.99, 0.98], [0.99, 0.55], [0.9, 0.2], [0.99, 0.99], [0.97, 0.97]])
+    record_traits(decisions, scores, traits, 0.5)
+    decisions[3].reasons.append("near duplicate of a0")
+    reject_missing(decisions, TraitsCheck(keep_best=0.5), 0.5)
+    assert [d.kept for d in decisions] == [True, False, False, False, True]
+    assert decisions[1].reasons[0].startswith("trait certainty -0.608 is below the best 50%")
+    assert decisions[0].scores["trait certainty"] == pytest.approx(np.log(0.99 * 0.98))
+    assert "trait certainty" not in decisions[2].scores  # failed a trait: not ranked
+    with pytest.raises(ValueError, match="keep_best"):
+        TraitsCheck(keep_best=0)
+    # A cast: each character's images are ranked among their own (a sum over three traits
+    # is not comparable with a sum over two).
+    cast = [Decision(id=f"c{i}", file=f"c{i}.png") for i in range(4)]
+    record_traits(cast[:2], np.array([[0.9, 0.9], [0.6, 0.6]]), traits, 0.5)
+    record_traits(cast[2:], np.array([[0.8, 0.8, 0.8], [0.99, 0.99, 0.99]]), ["a", "b", "c"], 0.5)
+    reject_missing(cast, TraitsCheck(keep_best=0.5), 0.5)
+    assert [d.kept for d in cast] == [True, False, False, True]
+
+
 def _check(max_missed: int):
     from charloop.params.filter import TraitsCheck
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+from pydantic import ValidationError
 from safetensors import safe_open
 
 from charloop.families import get_family
@@ -20,6 +22,7 @@ from charloop.stages.train.loop import TrainingInterrupted
 from charloop.stages.train.stage import run_train
 from charloop.stages.train.trigger_embedding import (
     TriggerVectors,
+    pull_toward_start,
     save_trigger_embedding,
     starting_text,
     token_names,
@@ -90,6 +93,42 @@ def test_the_vectors_start_as_the_traits_in_words(tmp_path):
     assert trigger_tokens(project, pipe, get_family("sd15")).init_ids["tokenizer"] == [
         [i] for i in (words[0] + words[1])[:3]
     ]
+
+
+def test_pull_moves_the_vectors_back_toward_their_words():
+    encoder = SimpleNamespace()
+    table = torch.nn.Embedding(10, 4)
+    start = torch.zeros(2, 4)
+    vectors = TriggerVectors(table, [10, 11], start)
+    encoder.get_input_embeddings = lambda: vectors
+    with torch.no_grad():
+        vectors.vectors.fill_(1.0)
+    pull_toward_start([encoder], 0.0)
+    assert torch.equal(vectors.vectors, torch.ones(2, 4))
+    pull_toward_start([encoder], 0.25)
+    assert torch.allclose(vectors.vectors, torch.full((2, 4), 0.75))
+    with pytest.raises(ValidationError, match="pull"):
+        Params.model_validate(tiny_params(train={"trigger_embedding": {"pull": 1.0}}))
+
+
+def test_a_pulled_embedding_stays_nearer_its_words(dataset, family, tmp_path):
+    if family != "sd15":
+        pytest.skip("the pull is the same rule for every family")
+    ends = {}
+    for pull in (0.0, 0.5):
+        project = _project(tmp_path / f"p{pull}", "sd15", trigger_embedding={
+            **TRAIN["trigger_embedding"], "pull": pull})  # fmt: skip
+        run_train(project, dataset, tmp_path / f"out{pull}", {"iteration": "1"})
+        with safe_open(str(tmp_path / f"out{pull}" / TRIGGER_EMBEDDING), "pt") as handle:
+            ends[pull] = handle.get_tensor("emb_params")
+    pipe = _pipe(project)
+    start = trigger_tokens(project, pipe, get_family("sd15"))
+    table = pipe.text_encoder.get_input_embeddings().weight.detach().float()
+    words = torch.stack(
+        [table[g].mean(0) for g in start.init_ids[get_family("sd15").tokenizers[0]]]
+    )
+    free, pulled = (float((ends[p] - words).norm()) for p in (0.0, 0.5))
+    assert 0 < pulled < 0.75 * free, (pulled, free)
 
 
 def test_the_embedding_trains_saves_and_loads_bound_to_the_trigger(dataset, family, tmp_path):

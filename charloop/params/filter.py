@@ -110,6 +110,11 @@ class TraitsCheck(StrictModel):
     type: Literal["traits"] = "traits"
     max_missed: int = Field(default=0, ge=0)
     """How many traits an image may miss and still pass (0: it must show every one)."""
+    keep_best: float | None = Field(default=None, gt=0, le=1)
+    """Of the images that pass, keep only this fraction, the surest first: ranked by the
+    joint trait score (the sum of the log scores, recorded as ``trait certainty``), so an
+    image that barely shows one trait goes before one that clearly shows all; null keeps
+    every passing image. Ties at the cut are kept."""
 
 
 Discriminator = Annotated[

@@ -45,6 +45,14 @@ MEMORY_PLACEMENT_FIELDS = ("offload_encoders", "pipeline_offload", "budget_gb")
 """``train.memory`` fields that move tensors between devices or bound the plan without
 changing a number: left out of the lineage hash, like :data:`PRESENTATION_FIELDS`."""
 
+LATER_FIELDS: dict[str, Any] = {"train.trigger_embedding.pull": 0.0}
+"""Fields added after projects were written, with the value that behaves as before: at
+that value a field is left out of the lineage hash, so an upgrade keeps every existing
+branch (and its finished iterations)."""
+
+LATER_RULE_FIELDS: dict[str, dict[str, Any]] = {"traits": {"keep_best": None}}
+"""The same for filter discriminator fields, by rule type."""
+
 
 class ParamsError(BadInput):
     """params.yaml could not be used; ``problems`` lists one line per error."""
@@ -142,7 +150,24 @@ def params_hash(params: Params) -> str:
     defaults = MemoryParams().model_dump(mode="json")
     if any(memory[k] != defaults[k] for k in memory):
         data["train"]["memory"] = memory
+    _drop_later_fields(data)
     return sha256_json({k: data[k] for k in RESULT_SECTIONS if data[k] is not None})[:16]
+
+
+def _drop_later_fields(data: dict[str, Any]) -> None:
+    """Remove from ``data`` (a params dump) every :data:`LATER_FIELDS` and
+    :data:`LATER_RULE_FIELDS` field that holds its behaves-as-before value."""
+    for name, before in LATER_FIELDS.items():
+        *parents, last = name.split(".")
+        node = data
+        for key in parents:
+            node = node[key]
+        if node.get(last) == before:
+            del node[last]
+    for rule in data["filter"]["discriminators"]:
+        for key, before in LATER_RULE_FIELDS.get(rule["type"], {}).items():
+            if rule.get(key) == before:
+                del rule[key]
 
 
 def load_project(path: str | Path = "params.yaml") -> Project:

@@ -118,6 +118,12 @@ class TriggerEmbeddingParams(StrictModel):
     but followed the prompt's expression less, see docs/traits.md)."""
     max_vectors: int = Field(default=32, ge=1, le=64)
     """At most this many vectors: a longer starting text is cut."""
+    pull: float = Field(default=0.0, ge=0, lt=1)
+    """After each step, move the vectors this fraction of the way back to their starting
+    text (weight decay toward the words instead of toward zero): a vector moves only as far
+    as the data keeps pushing it, so traits the words already draw stay as words. 0: off.
+    Measured on the world: it helps a character whose traits words draw (nova) and hurts
+    one whose traits they do not (kira's eyes), see docs/world.md."""
 
 
 class TrainParams(StrictModel):

@@ -99,8 +99,13 @@ def record_traits(
             decision.traits[trait] = bool(score >= min_score)
 
 
+TRAIT_CERTAINTY = "trait certainty"
+"""The score ``keep_best`` ranks on: the sum of an image's log trait scores."""
+
+
 def check_traits(decisions: list[Decision], rule: TraitsCheck, min_score: float) -> None:
-    """Reject an image missing more than ``rule.max_missed`` traits; name each one missed."""
+    """Reject an image missing more than ``rule.max_missed`` traits, naming each one missed;
+    with ``rule.keep_best`` keep only the surest of the images still passing."""
     for decision in decisions:
         missed = [t for t, shown in (decision.traits or {}).items() if not shown]
         if len(missed) > rule.max_missed:
@@ -108,6 +113,32 @@ def check_traits(decisions: list[Decision], rule: TraitsCheck, min_score: float)
                 f"{MISSED_TRAIT} {t!r} ({decision.scores[f'trait: {t}']:.2f} < {min_score})"
                 for t in missed
             ]
+    if rule.keep_best is not None:
+        keep_surest(decisions, rule.keep_best)
+
+
+def keep_surest(decisions: list[Decision], fraction: float) -> None:
+    """Of the passing images with traits read, reject all but the ``fraction`` with the
+    highest joint trait score (log scores summed: the scorer's probabilities multiplied),
+    ranked per character (per trait set: sums over different traits do not compare)."""
+    groups: dict[frozenset[str], list[Decision]] = {}
+    for decision in decisions:
+        if decision.kept and decision.traits:
+            groups.setdefault(frozenset(decision.traits), []).append(decision)
+            logs = [np.log(max(decision.scores[f"trait: {t}"], 1e-6)) for t in decision.traits]
+            decision.scores[TRAIT_CERTAINTY] = float(np.sum(logs))
+    for passing in groups.values():
+        _cut_below(passing, fraction)
+
+
+def _cut_below(passing: list[Decision], fraction: float) -> None:
+    keep = max(1, int(np.ceil(fraction * len(passing))))
+    cut = sorted((d.scores[TRAIT_CERTAINTY] for d in passing), reverse=True)[keep - 1]
+    for decision in passing:
+        if (score := decision.scores[TRAIT_CERTAINTY]) < cut:
+            decision.reasons.append(
+                f"{TRAIT_CERTAINTY} {score:.3f} is below the best {fraction:.0%} (cut {cut:.3f})"
+            )
 
 
 def apply_threshold(

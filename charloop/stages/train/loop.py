@@ -25,7 +25,7 @@ from charloop.params.train import TrainParams
 from charloop.stages.train.buckets import next_batch
 from charloop.stages.train.checkpoint import Checkpointer
 from charloop.stages.train.data import EncodedDataset
-from charloop.stages.train.trigger_embedding import vectors_of
+from charloop.stages.train.trigger_embedding import pull_toward_start, vectors_of
 
 logger = logging.getLogger(__name__)
 
@@ -258,6 +258,7 @@ def train_lora(
                 accelerator.backward(loss / tp.gradient_accumulation_steps)
                 step_loss += loss.item() / tp.gradient_accumulation_steps
         optimizer.step()
+        pull_toward_start(models.text_encoders.values(), tp.trigger_embedding.pull)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         log.loss.append(step_loss)

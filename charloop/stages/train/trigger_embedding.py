@@ -121,6 +121,8 @@ class TriggerVectors(torch.nn.Module):
         self.ids: torch.Tensor
         self.register_buffer("ids", torch.tensor(ids, dtype=torch.long), persistent=False)
         self.vectors = torch.nn.Parameter(start.detach().float().clone())
+        self.start: torch.Tensor
+        self.register_buffer("start", start.detach().float().clone(), persistent=False)
         self.rows = max(table.num_embeddings, max(ids) + 1)
 
     @property
@@ -145,6 +147,17 @@ def attach_vectors(encoder: Any, tokens: TriggerTokens, tokenizer_name: str) -> 
     vectors = TriggerVectors(table, tokens.new_ids(tokenizer_name), start)
     encoder.set_input_embeddings(vectors)
     return vectors
+
+
+def pull_toward_start(encoders: Any, fraction: float) -> None:
+    """Move every encoder's trigger vectors ``fraction`` of the way back to their starting
+    text (``train.trigger_embedding.pull``); nothing when 0."""
+    if not fraction:
+        return
+    with torch.no_grad():
+        for encoder in encoders:
+            if (trigger := vectors_of(encoder)) is not None:
+                trigger.vectors.lerp_(trigger.start.to(trigger.vectors.device), fraction)
 
 
 def vectors_of(encoder: Any) -> TriggerVectors | None:
