@@ -32,6 +32,17 @@ REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
 
 
+def bench_script(name: str) -> Any:
+    """``bench/<name>.py`` imported as a module (the bench folder is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def tiny_params(**sections: dict[str, Any]) -> dict[str, Any]:
     """A small, fast params dict on the embedded models; ``sections`` override whole keys."""
     data: dict[str, Any] = {

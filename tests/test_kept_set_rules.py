@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,17 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import MODELS, REPO
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location(
-        "kept_set_rules", REPO / "bench/kept_set_rules.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import MODELS, REPO, bench_script
 
 
 def _row(wrong: list[str], identity: float, certainty: float, **flags: bool) -> dict:
@@ -30,7 +19,7 @@ def _row(wrong: list[str], identity: float, certainty: float, **flags: bool) -> 
 
 
 def test_each_rule_keeps_what_it_ranks_best() -> None:
-    rules = _script()
+    rules = bench_script("kept_set_rules")
     rows = [
         _row([], identity=0.1, certainty=-0.01),
         _row(["eye_colour"], identity=0.9, certainty=-0.5, kept=True),
@@ -55,7 +44,7 @@ def test_reads_an_iteration_folder_with_the_oracle(tmp_path) -> None:
     from charloop_world.attributes import character_from_dict, context_from_dict, record
     from charloop_world.render import render
 
-    truth = _script().truth_of("kira")
+    truth = bench_script("kept_set_rules").truth_of("kira")
     assert truth is not None
     other = dict(truth, hair_colour="red" if truth["hair_colour"] != "red" else "black")
     context = context_from_dict(

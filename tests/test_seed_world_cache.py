@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
-from tests.conftest import MODELS, REPO
+from tests.conftest import MODELS, bench_script
 
 SOURCE = MODELS / "world-sdxl"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location(
-        "seed_world_cache", REPO / "bench/seed_world_cache.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.skipif(not SOURCE.exists(), reason="models/world-sdxl is not in this checkout")
@@ -30,7 +18,7 @@ def test_warm_start_encodes_a_caption_as_the_shipped_model_does(tmp_path):
 
     from charloop_world.arch import get_arch
 
-    seed = _script().seed
+    seed = bench_script("seed_world_cache").seed
     assert "warm start" in seed("sdxl", MODELS, tmp_path, 6e-4)
     state = torch.load(tmp_path / "sdxl" / "diffusion.pt", weights_only=True)
     assert state["step"] == 0 and state["elapsed"] == 0.0
