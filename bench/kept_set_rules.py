@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from charloop.core.atomic import read_jsonl  # noqa: E402
 from charloop.scenes.references import open_image  # noqa: E402
+from charloop.stages.filter.discriminators import joint_trait_score  # noqa: E402
 
 Row = dict[str, Any]
 RULES = ("kept", "passing", "identity 50%", "traits 50%", "oracle 50%")
@@ -69,7 +70,7 @@ def read_iteration(folder: Path, oracle: Any, truth: dict[str, str]) -> list[Row
                 "passing": all(row["traits"].values()),
                 "duplicate": any("duplicate" in why for why in row["reasons"]),
                 "identity": row["scores"].get("identity", -math.inf),
-                "certainty": sum(math.log(max(s, 1e-6)) for s in traits),
+                "certainty": joint_trait_score(traits),
                 "wrong": wrong,
             }
         )

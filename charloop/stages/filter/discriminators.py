@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +104,18 @@ TRAIT_CERTAINTY = "trait certainty"
 """The score ``keep_best`` ranks on: the sum of an image's log trait scores."""
 
 
+def joint_trait_score(scores: Iterable[float]) -> float:
+    """An image's :data:`TRAIT_CERTAINTY`: its trait scores' logs summed (the scorer's
+    probabilities multiplied), each floored at 1e-6."""
+    return float(sum(np.log(max(score, 1e-6)) for score in scores))
+
+
+def best_cut(scores: Iterable[float], fraction: float) -> float:
+    """The lowest score among the best ``fraction`` of ``scores`` (at least one kept)."""
+    ranked = sorted(scores, reverse=True)
+    return float(ranked[max(1, int(np.ceil(fraction * len(ranked)))) - 1])
+
+
 def check_traits(decisions: list[Decision], rule: TraitsCheck, min_score: float) -> None:
     """Reject an image missing more than ``rule.max_missed`` traits, naming each one missed;
     with ``rule.keep_best`` keep only the surest of the images still passing."""
@@ -125,15 +138,14 @@ def keep_surest(decisions: list[Decision], fraction: float) -> None:
     for decision in decisions:
         if decision.kept and decision.traits:
             groups.setdefault(frozenset(decision.traits), []).append(decision)
-            logs = [np.log(max(decision.scores[f"trait: {t}"], 1e-6)) for t in decision.traits]
-            decision.scores[TRAIT_CERTAINTY] = float(np.sum(logs))
+            scores = [decision.scores[f"trait: {t}"] for t in decision.traits]
+            decision.scores[TRAIT_CERTAINTY] = joint_trait_score(scores)
     for passing in groups.values():
         _cut_below(passing, fraction)
 
 
 def _cut_below(passing: list[Decision], fraction: float) -> None:
-    keep = max(1, int(np.ceil(fraction * len(passing))))
-    cut = sorted((d.scores[TRAIT_CERTAINTY] for d in passing), reverse=True)[keep - 1]
+    cut = best_cut((d.scores[TRAIT_CERTAINTY] for d in passing), fraction)
     for decision in passing:
         if (score := decision.scores[TRAIT_CERTAINTY]) < cut:
             decision.reasons.append(
@@ -149,8 +161,7 @@ def apply_threshold(
     mean, std = float(scores.mean()), float(scores.std())
     cut = None
     if rule.keep_best is not None and len(scores):
-        keep = max(1, int(np.ceil(rule.keep_best * len(scores))))
-        cut = float(np.sort(scores)[::-1][keep - 1])
+        cut = best_cut(scores, rule.keep_best)
     for decision, score in zip(decisions, scores, strict=True):
         decision.scores[name] = float(score)
         if rule.min_similarity is not None and score < rule.min_similarity:
