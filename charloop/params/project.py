@@ -45,7 +45,10 @@ MEMORY_PLACEMENT_FIELDS = ("offload_encoders", "pipeline_offload", "budget_gb")
 """``train.memory`` fields that move tensors between devices or bound the plan without
 changing a number: left out of the lineage hash, like :data:`PRESENTATION_FIELDS`."""
 
-LATER_FIELDS: dict[str, Any] = {"train.trigger_embedding.pull": 0.0}
+LATER_FIELDS: dict[str, Any] = {
+    "train.trigger_embedding.pull": 0.0,
+    "train.augment": {"variants": 0, "zoom": 1.25, "flip": False},
+}
 """Fields added after projects were written, with the value that behaves as before: at
 that value a field is left out of the lineage hash, so an upgrade keeps every existing
 branch (and its finished iterations)."""

@@ -126,6 +126,27 @@ class TriggerEmbeddingParams(StrictModel):
     one whose traits they do not (kira's eyes), see docs/world.md."""
 
 
+class AugmentParams(StrictModel):
+    """Zoomed and mirrored variants of the reference images (kohya's ``random_crop`` and
+    ``flip_aug``), made once and VAE-encoded into the cache like the images themselves.
+
+    The references are drawn ``caption.reference_repeats`` times an epoch, so their few
+    framings are what a LoRA memorises; variants show the same character at other sizes
+    and places. A reference's repeats are shared among it and its variants, so its weight
+    in the dataset is unchanged.
+    """
+
+    variants: int = Field(default=0, ge=0, le=16)
+    """Variants of each reference besides the original (0 turns augmentation off); at
+    most its repeats minus one are used."""
+    zoom: float = Field(default=1.25, ge=1.0, le=2.0)
+    """Largest zoom-in: a variant is a random square window of 1/zoom to all of the
+    image's shorter side, scaled back to the training size."""
+    flip: bool = False
+    """Mirror every other variant left to right. Leave off for a character whose sides
+    differ (a badge on one side, a parted fringe): the LoRA would learn both."""
+
+
 class TrainParams(StrictModel):
     """LoRA training (peft + accelerate)."""
 
@@ -183,5 +204,7 @@ class TrainParams(StrictModel):
     """Memory plan: quantized frozen weights, 8-bit optimizer, offloading, budget."""
     buckets: BucketParams = BucketParams()
     """Aspect-ratio buckets (original size and crop go to SDXL's size conditioning)."""
+    augment: AugmentParams = AugmentParams()
+    """Zoomed (and mirrored) variants of the reference images."""
     seed: int = 0
     """Seed for LoRA init, data order, noise and timesteps."""

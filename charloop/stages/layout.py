@@ -11,6 +11,16 @@ from charloop.models.trigger_embedding import TRIGGER_EMBEDDING
 ADAPTER_WEIGHTS = "pytorch_lora_weights.safetensors"
 """The diffusers-format LoRA file in an adapter folder (what ``load_lora_weights`` reads)."""
 
+REFERENCE_ID_PREFIX = "ref-"
+"""Dataset rows of reference images have ids ``ref-<character>-<file stem>``; generated
+images' ids start with their iteration (``i001-...``)."""
+
+
+def is_reference_id(row_id: str) -> bool:
+    """Whether a dataset row is one of the character's reference images."""
+    return row_id.startswith(REFERENCE_ID_PREFIX)
+
+
 KOHYA_WEIGHTS = "lora_kohya.safetensors"
 """The same LoRA in kohya format (A1111/Forge, ComfyUI, InvokeAI, sd-scripts read it)."""
 

@@ -7,9 +7,15 @@ from pathlib import Path
 
 from charloop.params.project import Project
 from charloop.params.schema import Character
+from charloop.stages.layout import REFERENCE_ID_PREFIX
 
 ReferenceEntry = tuple[Character, Path, list[str]]
 """A reference image of a character, with the tags of its ``.txt`` sidecar."""
+
+
+def reference_id(member: Character, source: Path) -> str:
+    """A reference's dataset row id: ``ref-<character>-<file stem>``."""
+    return f"{REFERENCE_ID_PREFIX}{member.name}-{source.stem}"
 
 
 def reference_entries(project: Project) -> list[ReferenceEntry]:

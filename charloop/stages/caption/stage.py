@@ -45,7 +45,7 @@ from charloop.stages.caption.folder import (
 )
 from charloop.stages.caption.free import plan_freed, tag_values, without_values
 from charloop.stages.caption.pool import dataset_images, sources
-from charloop.stages.caption.references import ReferenceEntry, reference_entries
+from charloop.stages.caption.references import ReferenceEntry, reference_entries, reference_id
 from charloop.stages.contract import StageIdentity, identity
 from charloop.stages.results import Dataset, Generated, Reviewed
 
@@ -209,7 +209,7 @@ def run_caption(
             if folder not in subsets:
                 (staging / folder).mkdir()
                 subsets[folder] = (1, ref_repeats)
-            row_id = _reference_id(member, source)
+            row_id = reference_id(member, source)
             freed = free[row_id]
             text = reference_caption(member, sidecar, params, freed)
             image_name = f"{folder}/{row_id}{source.suffix.lower()}"
@@ -254,14 +254,10 @@ def _freed(
     values = params.contexts.axis_values()
     items = [(row["id"], "generated", row["context"]) for row in kept]
     items += [
-        (_reference_id(member, source), "reference", tag_values(sidecar, values))
+        (reference_id(member, source), "reference", tag_values(sidecar, values))
         for member, source, sidecar in references
     ]
     return plan_freed(items, params.caption.leave_free)
-
-
-def _reference_id(member: Character, source: Path) -> str:
-    return f"ref-{member.name}-{source.stem}"
 
 
 def _redacted(params: Params, descriptions: list[str]) -> tuple[list[str], int]:

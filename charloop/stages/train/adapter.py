@@ -23,6 +23,7 @@ from charloop.models.pipeline import offload_pipeline
 from charloop.params.project import Project
 from charloop.params.train import TrainParams
 from charloop.stages.layout import ADAPTER_WEIGHTS, PROVENANCE_FILE, PROVENANCE_PREFIX
+from charloop.stages.train.augment import with_variants
 from charloop.stages.train.buckets import bucket_sizes
 from charloop.stages.train.checkpoint import Checkpointer
 from charloop.stages.train.data import ModelIdentity, encode_rows, split_validation
@@ -173,6 +174,10 @@ def fit(
     identity = ModelIdentity(base_ref, params.base_model.revision)
     cache = EncodeCache(project.resolve(tp.cache_dir))
     train_rows, val_rows = split_validation(rows, tp.validation.images, tp.seed)
+    plain = len(train_rows)
+    train_rows = with_variants(train_rows, tp.augment)  # validation sees the images as they are
+    if len(train_rows) > plain:
+        logger.info("train: %d zoomed variants of the references", len(train_rows) - plain)
     base = resolve_base(params.base_model, base_ref)
     trigger = None
     if tp.trigger_embedding.enabled:

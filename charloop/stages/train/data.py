@@ -15,8 +15,12 @@ from charloop.core.hashing import sha256_bytes, sha256_file
 from charloop.families import family_of_pipe
 from charloop.families.base import TextParts, centre_crop
 from charloop.models.encode_cache import EncodeCache, component_identity
+from charloop.stages.train.augment import Variant
 from charloop.stages.train.buckets import nearest_bucket
 from charloop.stages.train.images import Size, encode_images, image_size
+
+Source = tuple[Path, Variant | None]
+"""An image file, or a variant of it (``train.augment``)."""
 
 logger = logging.getLogger(__name__)
 
@@ -123,14 +127,14 @@ def encode_rows(
             with instead of ``pipe``'s (a trigger embedding's extended copies), or None.
     """
     family = family_of_pipe(pipe)
-    files = [dataset_dir / row["file_name"] for row in rows]
+    sources = [_source(dataset_dir, row) for row in rows]
     captions = [row["text"] for row in rows]
     if not rows:
         empty = torch.empty(0)
         return EncodedDataset([], empty, [empty.long()], None)
-    file_sizes = [image_size(f) for f in files]  # headers only, read once
+    file_sizes = [_size(source) for source in sources]  # headers only, read once
     targets = [nearest_bucket(size, buckets) for size in file_sizes] if buckets else None
-    latents = _latents(pipe, files, resolution, targets, identity, cache)
+    latents = _latents(pipe, sources, resolution, targets, identity, cache)
     texts: TextParts | None = None
     if with_text_embeddings and cache is None:
         texts = family.encode_prompts(pipe, captions)
@@ -143,7 +147,7 @@ def encode_rows(
             lambda idx: family.encode_prompts(pipe, [captions[i] for i in idx]),
         )
     repeats = [int(row.get("repeats", 1)) for row in rows]
-    fitted = targets or [(resolution, resolution)] * len(files)
+    fitted = targets or [(resolution, resolution)] * len(sources)
     sizes = torch.stack(
         [centre_crop(size, t).as_tensor() for size, t in zip(file_sizes, fitted, strict=True)]
     )
@@ -158,9 +162,23 @@ def encode_rows(
     )
 
 
+def _source(dataset_dir: Path, row: dict[str, Any]) -> Source:
+    variant = row.get("variant")
+    return dataset_dir / row["file_name"], Variant.from_key(variant) if variant else None
+
+
+def _size(source: Source) -> tuple[int, int]:
+    """(width, height) of the image a source stands for (a variant's window)."""
+    width, height = image_size(source[0])
+    variant = source[1]
+    if variant is None:
+        return width, height
+    return max(1, round(width * variant.scale)), max(1, round(height * variant.scale))
+
+
 def _latents(
     pipe: Any,
-    files: list[Path],
+    files: list[Source],
     resolution: int,
     targets: list[Size] | None,
     identity: ModelIdentity,
@@ -183,17 +201,29 @@ def _latents(
 
 def _encode_group(
     pipe: Any,
-    files: list[Path],
+    files: list[Source],
     target: Size,
     setting: Mapping[str, object],
     identity: ModelIdentity,
     cache: EncodeCache | None,
 ) -> torch.Tensor:
     """Latents of files fitted to one size; ``setting`` is that size's part of the key."""
+    paths, variants = [f for f, _ in files], [v for _, v in files]
+
+    def encode(idx: list[int]) -> torch.Tensor:
+        return encode_images(pipe, [paths[i] for i in idx], target, [variants[i] for i in idx])
+
     if cache is None:
-        return encode_images(pipe, files, target)
+        return encode(list(range(len(files))))
     vae = identity.of("vae")
-    keys = [{"image": sha256_file(f), "vae": vae, **setting} for f in files]
-    return cache.get_many(
-        "latents", keys, lambda idx: encode_images(pipe, [files[i] for i in idx], target)
-    )
+    keys = [_latent_key(f, v, vae, setting) for f, v in files]
+    return cache.get_many("latents", keys, encode)
+
+
+def _latent_key(
+    path: Path, variant: Variant | None, vae: str, setting: Mapping[str, object]
+) -> dict[str, object]:
+    """An image's latent cache key; a variant's adds its window (the image's own key is
+    unchanged, so caches made before augmentation stay valid)."""
+    key: dict[str, object] = {"image": sha256_file(path), "vae": vae, **setting}
+    return key | {"variant": variant.key()} if variant else key

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from charloop.families.base import centre_crop
+
+if TYPE_CHECKING:
+    from charloop.stages.train.augment import Variant
 
 ENCODE_BATCH = 8
 
@@ -27,12 +31,16 @@ def image_size(path: Path) -> tuple[int, int]:
         return handle.size
 
 
-def load_image_tensor(path: Path, target: int | Size) -> torch.Tensor:
-    """An RGB image scaled to cover ``target`` (a side, or (height, width)) and
-    centre-cropped to it, in [-1, 1], CHW."""
+def load_image_tensor(
+    path: Path, target: int | Size, variant: Variant | None = None
+) -> torch.Tensor:
+    """An RGB image (or a ``variant``'s window of it) scaled to cover ``target`` (a side,
+    or (height, width)) and centre-cropped to it, in [-1, 1], CHW."""
     height, width = as_size(target)
     with Image.open(path) as handle:
         image = handle.convert("RGB")
+    if variant is not None:
+        image = variant.apply(image)
     crop = centre_crop(image.size, (height, width))
     scale = max(height / image.height, width / image.width)
     image = image.resize(
@@ -46,9 +54,14 @@ def load_image_tensor(path: Path, target: int | Size) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_images(pipe: Any, files: list[Path], target: int | Size) -> torch.Tensor:
-    """Scaled VAE latent means of image files fitted to ``target``, encoded in batches
-    (float32, on CPU).
+def encode_images(
+    pipe: Any,
+    files: list[Path],
+    target: int | Size,
+    variants: Sequence[Variant | None] | None = None,
+) -> torch.Tensor:
+    """Scaled VAE latent means of image files (or the ``variants`` of them, one per file,
+    None for the image itself) fitted to ``target``, encoded in batches (float32, on CPU).
 
     A VAE that overflows in float16 (SDXL's: ``force_upcast``) encodes in float32.
     """
@@ -60,8 +73,12 @@ def encode_images(pipe: Any, files: list[Path], target: int | Size) -> torch.Ten
     out = []
     try:
         for start in range(0, len(files), ENCODE_BATCH):
+            batch = range(start, min(start + ENCODE_BATCH, len(files)))
             pixels = torch.stack(
-                [load_image_tensor(f, target) for f in files[start : start + ENCODE_BATCH]]
+                [
+                    load_image_tensor(files[i], target, variants[i] if variants else None)
+                    for i in batch
+                ]
             ).to(pipe.device, dtype=dtype)
             mean = vae.encode(pixels).latent_dist.mean
             shift = vae.config.get("shift_factor") or 0.0  # FLUX's VAE centres its latents
