@@ -459,6 +459,14 @@ def test_caption_adds_weighted_reference_art(outputs, tmp_path):
     toml = (folder / "dataset.toml").read_text()
     assert 'image_dir = "3_zxq_kira_references"\n  num_repeats = 3' in toml
     assert 'image_dir = "1_zxq_kira"\n  num_repeats = 1' in toml
+    # train.augment: each reference trains as itself and two zoomed variants (its 3 repeats
+    # shared), the generated images as they are.
+    augment = {"augment": {"variants": 2}, "validation": {"images": 0}}
+    augmented = dict(params, train=params["train"] | augment)
+    adapter = run_train(
+        load_project(write_params(tmp_path / "aug", augmented)), dataset, tmp_path / "lora", {}
+    )
+    assert adapter.images == dataset.images + 2 * 2
     # New reference art or captions are new training data: the sealed dataset is not reused.
     (refs / "art_1.txt").write_text("watercolor, in a city")
     recaptioned = run_caption(project, outputs["generate"], outputs["review"], tmp_path / "data")
