@@ -148,7 +148,11 @@ def validate(
         from charloop.stages.train.trigger_embedding import starting_text
 
         member = project.params.members[0]
-        typer.echo(f"trigger embedding: '{member.trigger}' starts as '{starting_text(project)}'")
+        free = project.params.train.trigger_embedding.free_vectors
+        extra = f", and {free} free vectors as '{member.trigger}'" if free else ""
+        typer.echo(
+            f"trigger embedding: '{member.trigger}' starts as '{starting_text(project)}'{extra}"
+        )
     kind = "cast" if project.params.cast else "character"
     typer.echo(f"OK: {params} ({kind} '{project.params.subject}', {family} base)")
 

@@ -93,6 +93,12 @@ def test_the_vectors_start_as_the_traits_in_words(tmp_path):
     assert trigger_tokens(project, pipe, get_family("sd15")).init_ids["tokenizer"] == [
         [i] for i in (words[0] + words[1])[:3]
     ]
+    free = {"enabled": True, "free_vectors": 2}
+    project = _project(tmp_path / "free", "sd15", trigger_embedding=free)
+    freed = trigger_tokens(project, pipe, get_family("sd15"))
+    own = pipe.tokenizer("zxq kira", add_special_tokens=False).input_ids
+    assert freed.init_ids["tokenizer"] == [*words, own, own]  # the words, then the trigger
+    assert len(freed.tokens) == 4 and freed.free == 2
 
 
 def test_pull_moves_the_vectors_back_toward_their_words():
@@ -107,6 +113,10 @@ def test_pull_moves_the_vectors_back_toward_their_words():
     assert torch.equal(vectors.vectors, torch.ones(2, 4))
     pull_toward_start([encoder], 0.25)
     assert torch.allclose(vectors.vectors, torch.full((2, 4), 0.75))
+    vectors.free = 1  # a free vector is never pulled
+    pull_toward_start([encoder], 0.5)
+    assert torch.allclose(vectors.vectors[0], torch.full((4,), 0.375))
+    assert torch.allclose(vectors.vectors[1], torch.full((4,), 0.75))
     with pytest.raises(ValidationError, match="pull"):
         Params.model_validate(tiny_params(train={"trigger_embedding": {"pull": 1.0}}))
 

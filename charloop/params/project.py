@@ -47,6 +47,7 @@ changing a number: left out of the lineage hash, like :data:`PRESENTATION_FIELDS
 
 LATER_FIELDS: dict[str, Any] = {
     "train.trigger_embedding.pull": 0.0,
+    "train.trigger_embedding.free_vectors": 0,
     "train.augment": {"variants": 0, "zoom": 1.25, "flip": False},
 }
 """Fields added after projects were written, with the value that behaves as before: at

@@ -118,10 +118,15 @@ class TriggerEmbeddingParams(StrictModel):
     but followed the prompt's expression less, see docs/traits.md)."""
     max_vectors: int = Field(default=32, ge=1, le=64)
     """At most this many vectors: a longer starting text is cut."""
+    free_vectors: int = Field(default=0, ge=0, le=8)
+    """Vectors added after the starting text's, each starting as the trigger phrase's own
+    embedding and never pulled (see ``pull``): room for what the words do not say, while
+    the words' vectors stay near the words. 0: none."""
     pull: float = Field(default=0.0, ge=0, lt=1)
     """After each step, move the vectors this fraction of the way back to their starting
     text (weight decay toward the words instead of toward zero): a vector moves only as far
-    as the data keeps pushing it, so traits the words already draw stay as words. 0: off.
+    as the data keeps pushing it, so traits the words already draw stay as words
+    (``free_vectors`` are never pulled). 0: off.
     Measured on the world: it helps a character whose traits words draw (nova) and hurts
     one whose traits they do not (kira's eyes), see docs/world.md."""
 

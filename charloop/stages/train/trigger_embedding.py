@@ -69,6 +69,8 @@ class TriggerTokens:
     text: str
     tokenizers: dict[str, Any]
     init_ids: dict[str, list[list[int]]]
+    free: int = 0
+    """The last ``free`` vectors start as the trigger phrase and are never pulled."""
 
     def expand(self, caption: str) -> str:
         """``caption`` with the trigger spelled as its tokens (what the encoder reads)."""
@@ -104,19 +106,26 @@ def trigger_tokens(project: Project, pipe: Any, family: ModelFamily) -> TriggerT
         init_ids[name] = [g for g in groups if g][: settings.max_vectors]
         tokenizers[name] = copy.deepcopy(original)
     count = min(len(groups) for groups in init_ids.values())
-    init_ids = {name: groups[:count] for name, groups in init_ids.items()}
-    tokens = token_names(trigger, count)
+    free = settings.free_vectors
+    for name, groups in init_ids.items():
+        own = list(getattr(pipe, name)(trigger, add_special_tokens=False).input_ids)
+        init_ids[name] = groups[:count] + [own] * free
+    tokens = token_names(trigger, count + free)
     for tokenizer in tokenizers.values():
         tokenizer.add_tokens(tokens)
     logger.info("train: trigger embedding of %d vectors, starting as %r", count, text)
-    return TriggerTokens(trigger, tokens, text, tokenizers, init_ids)
+    return TriggerTokens(trigger, tokens, text, tokenizers, init_ids, free)
 
 
 class TriggerVectors(torch.nn.Module):
     """A frozen token-embedding table with trainable rows for the trigger's tokens."""
 
-    def __init__(self, table: torch.nn.Embedding, ids: list[int], start: torch.Tensor) -> None:
+    def __init__(
+        self, table: torch.nn.Embedding, ids: list[int], start: torch.Tensor, free: int = 0
+    ) -> None:
         super().__init__()
+        self.free = free
+        """The last ``free`` rows are never pulled toward their start."""
         self.table = table
         self.ids: torch.Tensor
         self.register_buffer("ids", torch.tensor(ids, dtype=torch.long), persistent=False)
@@ -144,20 +153,22 @@ def attach_vectors(encoder: Any, tokens: TriggerTokens, tokenizer_name: str) -> 
     table = encoder.get_input_embeddings()
     weight = table.weight.detach().float()
     start = torch.stack([weight[group].mean(0) for group in tokens.init_ids[tokenizer_name]])
-    vectors = TriggerVectors(table, tokens.new_ids(tokenizer_name), start)
+    vectors = TriggerVectors(table, tokens.new_ids(tokenizer_name), start, tokens.free)
     encoder.set_input_embeddings(vectors)
     return vectors
 
 
 def pull_toward_start(encoders: Any, fraction: float) -> None:
     """Move every encoder's trigger vectors ``fraction`` of the way back to their starting
-    text (``train.trigger_embedding.pull``); nothing when 0."""
+    text (``train.trigger_embedding.pull``), the free vectors excepted; nothing when 0."""
     if not fraction:
         return
     with torch.no_grad():
         for encoder in encoders:
             if (trigger := vectors_of(encoder)) is not None:
-                trigger.vectors.lerp_(trigger.start.to(trigger.vectors.device), fraction)
+                anchored = len(trigger.vectors) - trigger.free
+                start = trigger.start[:anchored].to(trigger.vectors.device)
+                trigger.vectors[:anchored].lerp_(start, fraction)
 
 
 def vectors_of(encoder: Any) -> TriggerVectors | None:
