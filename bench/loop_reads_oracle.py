@@ -71,13 +71,16 @@ def character_of(report: dict[str, Any]) -> str:
 
 
 def gather(folders: list[Path]) -> dict[str, list[Read]]:
-    """Every LoRA's reads in the reports (folders or ``validity.json`` files), by character."""
+    """Every LoRA's reads in the reports (folders or ``validity.json`` files), by
+    character, each distinct LoRA once."""
     by_character: dict[str, list[Read]] = defaultdict(list)
     for folder in folders:
         path = folder if folder.suffix == ".json" else folder / "validity.json"
         if path.is_file() and "models" in (report := json.loads(path.read_text())):
             by_character[character_of(report)] += lora_reads(report)
-    return dict(by_character)
+    # Loops that differ only in the workflow (loop.metric) reproduce their shared rounds
+    # to the digit: the same LoRA read twice counts once.
+    return {name: list(dict.fromkeys(reads)) for name, reads in by_character.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

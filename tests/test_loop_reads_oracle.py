@@ -36,8 +36,8 @@ def test_pairs_and_correlation_follow_the_two_reads(tmp_path: Path) -> None:
     (a / "validity.json").write_text(json.dumps(_report("zxq kira", reads[:2])))
     b.write_text(json.dumps(_report("zxq kira", reads[2:]) | {"prompt": "zxq kira, x"}))
     (tmp_path / "other.json").write_text("{}")  # not a report: skipped
-    gathered = bench.gather([a, b, tmp_path / "other.json", tmp_path / "missing"])
-    assert gathered == {"zxq kira": reads}
+    gathered = bench.gather([a, b, a, tmp_path / "other.json", tmp_path / "missing"])
+    assert gathered == {"zxq kira": reads}  # the same LoRAs read twice count once
 
 
 def test_no_reports_is_exit_2(tmp_path: Path) -> None:
