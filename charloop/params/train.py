@@ -145,8 +145,8 @@ class AugmentParams(StrictModel):
     """Variants of each reference besides the original (0 turns augmentation off); at
     most its repeats minus one are used."""
     zoom: float = Field(default=1.25, ge=1.0, le=2.0)
-    """Largest zoom-in: a variant is a random square window of 1/zoom to all of the
-    image's shorter side, scaled back to the training size."""
+    """Largest zoom-in: a variant is a random window of 1/zoom to all of the image's
+    width and height (the image's own aspect ratio), scaled back to the training size."""
     flip: bool = False
     """Mirror every other variant left to right. Leave off for a character whose sides
     differ (a badge on one side, a parted fringe): the LoRA would learn both."""

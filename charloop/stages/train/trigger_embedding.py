@@ -113,7 +113,9 @@ def trigger_tokens(project: Project, pipe: Any, family: ModelFamily) -> TriggerT
     tokens = token_names(trigger, count + free)
     for tokenizer in tokenizers.values():
         tokenizer.add_tokens(tokens)
-    logger.info("train: trigger embedding of %d vectors, starting as %r", count, text)
+    logger.info(
+        "train: trigger embedding of %d vectors, starting as %r (+%d free)", count, text, free
+    )
     return TriggerTokens(trigger, tokens, text, tokenizers, init_ids, free)
 
 
