@@ -133,17 +133,18 @@ def stage_train(
         str | None, typer.Option(help="Registry version of --parent, if registered.")
     ] = None,
 ) -> None:
-    """Train a LoRA on DATASET into OUT (with the same provenance the loop writes)."""
+    """Train a LoRA on DATASET into OUT (with the same provenance the loop writes); with
+    train.candidates > 1, one per seed beside OUT (candidates/), the best evaluated kept."""
+    from charloop.lineage.candidates import train_candidates
     from charloop.lineage.provenance import build_provenance
     from charloop.stages.results import Adapter, Dataset
-    from charloop.stages.train.stage import run_train
 
     project = load_or_exit(params)
     setup_logging(False)
     data = read_result(dataset, Dataset)
     parent_ref = read_result(parent, Adapter).ref if parent is not None else None
     provenance = build_provenance(project, iteration, data, parent_ref, parent_version)
-    _report(run_train(project, data, out, provenance))
+    _report(train_candidates(project, data, out, provenance))
 
 
 @stage_app.command("evaluate")

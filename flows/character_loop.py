@@ -9,6 +9,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.logging import get_run_logger
 
 from charloop.core.locking import character_lock
+from charloop.lineage.candidates import candidate_seeds, seeded
 from charloop.lineage.preflight import preflight
 from charloop.lineage.provenance import build_provenance
 from charloop.params.project import Project, load_project
@@ -25,6 +26,7 @@ from charloop.stages.results import (
     IterationResults,
 )
 from flows.review_gate import review_gate
+from tasks.candidates import adopt_candidate_task
 from tasks.rounds import plan_round_task
 from tasks.shards import assemble_generated_task, eval_shard_task, generate_shard_task
 from tasks.stages import (
@@ -97,6 +99,29 @@ def _evaluate(
     return evaluate_task(project, iteration, trained, dataset, previous, parts)
 
 
+def _train_and_evaluate(
+    project: Project,
+    iteration: int,
+    dataset: Dataset,
+    provenance: dict[str, str],
+    previous: dict[str, float] | None,
+) -> tuple[Adapter, Evaluation, dict[str, Any] | None]:
+    """Train and score the iteration's LoRA; with ``train.candidates`` > 1, one per seed,
+    the best by the round metric kept (see :mod:`charloop.lineage.candidates`)."""
+    if project.params.train.candidates == 1:
+        trained = train_task(project, iteration, dataset, provenance)
+        return trained, _evaluate(project, iteration, trained, dataset, previous), None
+    paths = IterationPaths.of(project.workdir, iteration)
+    seeds, evaluations = candidate_seeds(project), []
+    for seed in seeds:
+        folders = paths.candidate(seed)
+        trained = train_task(seeded(project, seed), iteration, dataset, provenance, folders.adapter)
+        evaluations.append(
+            evaluate_task(project, iteration, trained, dataset, previous, out=folders.evaluation)
+        )
+    return adopt_candidate_task(project, iteration, seeds, evaluations)
+
+
 def _iterations(project: Project) -> list[dict[str, Any]]:
     """Generate -> ... -> publish until convergence or the iteration budget.
 
@@ -123,9 +148,10 @@ def _iterations(project: Project) -> list[dict[str, Any]]:
         dataset = caption_task(project, iteration, generated, reviewed, previous)
         # Model: train a LoRA on the new dataset and score it on held-out contexts.
         provenance = build_provenance(project, iteration, dataset, adapter, parent_version)
-        trained = train_task(project, iteration, dataset, provenance)
         before = history[-1] if history else None
-        evaluation = _evaluate(project, iteration, trained, dataset, before)
+        trained, evaluation, selection = _train_and_evaluate(
+            project, iteration, dataset, provenance, before
+        )
         history.append(evaluation.metrics)
         deltas = compare(before, evaluation.metrics) if before else {}
         verdict = decide(
@@ -146,6 +172,7 @@ def _iterations(project: Project) -> list[dict[str, Any]]:
                 "collapse": verdict.collapse,
                 "best_so_far": best,  # only the best round is aliased candidate
                 "change_vs_previous": deltas,
+                **({"train_candidates": selection} if selection else {}),
             },
             list(history),
         )

@@ -192,17 +192,22 @@ def caption_task(
         lambda p: train_identity(
             p["project"],
             p["dataset"],
-            paths_of(p["project"], p["iteration"]).adapter,
+            p.get("out") or paths_of(p["project"], p["iteration"]).adapter,
             p["provenance"],
         )
     ),
     **CACHED,
 )
 def train_task(
-    project: Project, iteration: int, dataset: Dataset, provenance: dict[str, str]
+    project: Project,
+    iteration: int,
+    dataset: Dataset,
+    provenance: dict[str, str],
+    out: Path | None = None,
 ) -> Adapter:
-    """Train the iteration's LoRA adapter."""
-    output = run_train(project, dataset, paths_of(project, iteration).adapter, provenance)
+    """Train the iteration's LoRA adapter (into ``out``: a candidate's folder)."""
+    out = out or paths_of(project, iteration).adapter
+    output = run_train(project, dataset, out, provenance)
     run_logger().info("train: %d steps, final loss %.4f", output.steps, output.final_loss)
     return output
 
@@ -214,7 +219,7 @@ def train_task(
             p["project"],
             p["adapter"],
             p["dataset"],
-            paths_of(p["project"], p["iteration"]).evaluation,
+            p.get("out") or paths_of(p["project"], p["iteration"]).evaluation,
         )
     ),
     **CACHED,
@@ -226,12 +231,14 @@ def evaluate_task(
     dataset: Dataset,
     previous: dict[str, float] | None = None,
     rendered: list[EvalShard] | None = None,
+    out: Path | None = None,
 ) -> Evaluation:
     """Score the adapter on held-out contexts; publish the metrics and their change since
     the ``previous`` iteration's (a markdown artifact) and the per-context scores (a table).
-    ``rendered``: evaluation shards already rendered by ``eval_shard_task``.
+    ``rendered``: evaluation shards already rendered by ``eval_shard_task``; ``out``: a
+    candidate's folder instead of the iteration's.
     """
-    out = paths_of(project, iteration).evaluation
+    out = out or paths_of(project, iteration).evaluation
     output = run_evaluate(project, adapter, dataset, out, rendered)
     metrics = output.metrics
     run_logger().info(
@@ -240,8 +247,9 @@ def evaluate_task(
         metrics.get("base_identity_consistency", float("nan")),
     )
     deltas = compare(previous, output.metrics) if previous is not None else None
+    which = "" if out == paths_of(project, iteration).evaluation else f"-{out.parent.name}"
     create_markdown_artifact(
-        key=_artifact_key(project, iteration, "metrics"),
+        key=_artifact_key(project, iteration, "metrics" + which),
         markdown=metrics_markdown(
             iteration, output.metrics, deltas, Path(output.path) / "contact_sheet.png"
         ),
@@ -249,7 +257,7 @@ def evaluate_task(
     )
     metrics = json.loads((Path(output.path) / "metrics.json").read_text())
     create_table_artifact(
-        key=_artifact_key(project, iteration, "per-context"),
+        key=_artifact_key(project, iteration, "per-context" + which),
         table=per_context_rows(metrics),
         description=f"Per held-out context, with the LoRA and base_*, iteration {iteration}",
     )

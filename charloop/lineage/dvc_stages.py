@@ -19,8 +19,9 @@ DVC_STAGE_CODE: dict[str, tuple[str, ...]] = {
     "filter": ("charloop.stages.filter.stage",),
     "review": ("charloop.stages.review.stage",),
     "caption": ("charloop.stages.caption.stage",),
-    # `charloop stage train` builds the provenance the headers carry.
-    "train": ("charloop.stages.train.stage", "charloop.lineage.provenance"),
+    # `charloop stage train` builds the provenance the headers carry and, with
+    # train.candidates > 1, evaluates each candidate to pick one.
+    "train": ("charloop.lineage.candidates", "charloop.lineage.provenance"),
     "evaluate": ("charloop.stages.evaluate.stage",),
     "log": (
         "charloop.lineage.registry",

@@ -213,3 +213,10 @@ class TrainParams(StrictModel):
     """Zoomed (and mirrored) variants of the reference images."""
     seed: int = 0
     """Seed for LoRA init, data order, noise and timesteps."""
+    candidates: int = Field(default=1, ge=1, le=8)
+    """LoRAs trained per iteration on the same dataset, with seeds ``seed``, ``seed + 1``,
+    ...; each is evaluated on the held-out contexts and the best by ``loop.metric`` becomes
+    the iteration's adapter (the others stay under ``iter-NNN/candidates/``). On the same
+    data the training seed alone moves the result far (see docs/stages.md, 'Several
+    candidates per iteration'); each extra candidate costs one training and one
+    evaluation."""

@@ -40,6 +40,10 @@ PROVENANCE_PREFIX = "charloop."
 TRAIN_LOG = "train_log.json"
 """Loss, learning rate and validation loss per step, in an adapter folder."""
 
+CANDIDATES = "candidates"
+"""Folder of an iteration's candidate LoRAs (``train.candidates``); not DVC-tracked: the
+chosen one is versioned as the iteration's ``05_adapter``."""
+
 PUBLISHED = "_published.json"
 """In an iteration folder once it is registered: ``{"model", "version"}``."""
 
@@ -98,6 +102,16 @@ class IterationPaths:
         Not a stage folder: its files are inputs to the review stage, edited by hand.
         """
         return self.root / "review"
+
+    def candidate(self, seed: int) -> IterationPaths:
+        """The folders (``adapter``, ``evaluation``) of the LoRA trained with ``seed`` when
+        ``train.candidates`` > 1; the chosen one is copied to this iteration's own."""
+        return IterationPaths(self.root / CANDIDATES / f"seed-{seed}")
+
+    @property
+    def selection(self) -> Path:
+        """Which candidate became the iteration's adapter, and every candidate's score."""
+        return self.root / CANDIDATES / "selection.json"
 
     @property
     def reports(self) -> Path:

@@ -59,6 +59,7 @@ logger = logging.getLogger(__name__)
 _PLACEMENT: dict[str, Any] = {
     "cache_dir": True,
     "checkpoint_every": True,
+    "candidates": True,  # how many LoRAs an iteration trains, not what one of them is
     "memory": set(MEMORY_PLACEMENT_FIELDS),
 }
 """Train fields that change where things go, not the LoRA (see ``params_hash``)."""
