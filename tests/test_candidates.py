@@ -191,3 +191,29 @@ def test_dvc_stage_train_picks_among_candidates_beside_its_output(tmp_path):
         "seed-1",
         "selection.json",
     }
+
+
+def test_the_base_model_renders_once_for_every_candidate(candidate_loop, monkeypatch):
+    import numpy as np
+
+    from charloop.models.pipeline import clear_pipeline_cache
+    from charloop.stages.evaluate import stage
+
+    project, _ = candidate_loop
+    paths = IterationPaths.of(project.workdir, 1)
+    adapters = [read_output(paths.candidate(s).adapter, Adapter) for s in (10, 11)]
+    jobs = stage.eval_jobs(project)
+    real, calls = stage.render, []
+    monkeypatch.setattr(stage, "render", lambda *a, **k: calls.append(1) or real(*a, **k))
+    stage._BASE_RENDERS.clear()
+    first = stage.render_pairs(project, adapters[0], jobs)
+    second = stage.render_pairs(project, adapters[1], jobs)
+    assert len(calls) == 3  # two LoRAs, one base model
+    clear_pipeline_cache()  # a reloaded base model draws its images again
+    fresh = stage.render_pairs(project, adapters[1], jobs)
+    assert len(calls) == 5
+    for a, b, c in zip(first[1], second[1], fresh[1], strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+        assert np.array_equal(np.asarray(b), np.asarray(c))  # the same pixels as drawn anew
+    same = [np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(*first, strict=True)]
+    assert not all(same)  # the LoRA's images are not the base model's

@@ -8,15 +8,18 @@ diversity across seeds flag memorisation; the metrics themselves are in ``eval_m
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
+import weakref
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
 from charloop.core import atomic
 from charloop.core.contact_sheet import contact_sheet
-from charloop.core.hashing import tree_digest
+from charloop.core.hashing import sha256_json, tree_digest
 from charloop.families.single_file import base_model_ref
 from charloop.models.embedder import load_embedder
 from charloop.models.memory_budget import render_offload
@@ -112,6 +115,12 @@ def _references_dirs(project: Project) -> dict[str, Path | None]:
     }
 
 
+_BASE_RENDERS: dict[str, tuple[weakref.ref[Any], list[Image.Image]]] = {}
+"""The base model's renders of the newest held-out job list, with the pipeline that drew
+them (one entry): every iteration and every candidate LoRA is scored on the same jobs, so
+a process draws them once; a reloaded pipeline draws them again."""
+
+
 def render_pairs(
     project: Project, adapter: Adapter, jobs: list[ImageJob]
 ) -> tuple[list[Image.Image], list[Image.Image]]:
@@ -121,7 +130,20 @@ def render_pairs(
     pipe = load_pipeline(base_ref, params.base_model, render_offload(params, base_ref))
     with lora_applied(pipe, adapter.path):
         lora_images = render(pipe, jobs, params.generate)
-    return lora_images, render(pipe, jobs, params.generate)
+    key = sha256_json(
+        {
+            "base": base_ref,
+            "base_model": params.base_model.model_dump(mode="json"),
+            "generate": params.generate.model_dump(mode="json"),
+            "jobs": [dataclasses.asdict(job) for job in jobs],
+        }
+    )
+    drawn_by, base_images = _BASE_RENDERS.get(key, (None, None))
+    if base_images is None or drawn_by is None or drawn_by() is not pipe:
+        base_images = render(pipe, jobs, params.generate)
+        _BASE_RENDERS.clear()
+        _BASE_RENDERS[key] = (weakref.ref(pipe), base_images)
+    return lora_images, [image.copy() for image in base_images]
 
 
 def run_evaluate(
