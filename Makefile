@@ -39,6 +39,7 @@ bench: $(STAMP)  ## benchmarks, each printed as a ratio against a naive referenc
 	$(BIN)/python bench/bench_generate.py
 	$(BIN)/python bench/bench_filter.py
 	$(BIN)/python bench/bench_train.py
+	$(BIN)/python bench/bench_candidates.py
 
 lock: $(STAMP)  ## pin the current environment's versions into constraints.txt
 	echo '# Exact versions that `make setup` installs (pip constraints); refresh with `make lock`.' > constraints.txt
