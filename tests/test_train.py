@@ -92,6 +92,21 @@ def test_validation_split_is_deterministic_and_keeps_training_data():
     assert split_validation(rows[:1], 3, seed=0) == (rows[:1], [])
 
 
+def test_validation_holds_out_generated_images_before_references():
+    rows = [{"id": f"ref-kira-{i}"} for i in range(8)] + [{"id": f"i001-a-{i}"} for i in range(3)]
+    for seed in range(20):
+        assert split_validation(rows, 2, seed) == split_validation(rows, 2, seed, True)
+        train, val = split_validation(rows, 2, seed, references=False)
+        assert len(val) == 2 and not any(r["id"].startswith("ref-") for r in val)
+        assert all(r in train for r in rows[:8])  # every reference trains
+    _, val = split_validation(rows, 5, seed=0, references=False)
+    assert sum(r["id"].startswith("ref-") for r in val) == 2  # only when generated run out
+    refs_only = rows[:8]
+    assert len(split_validation(refs_only, 2, seed=0, references=False)[1]) == 2
+    held = [split_validation(rows, 2, s)[1] for s in range(20)]  # as before: any row
+    assert any(r["id"].startswith("ref-") for val in held for r in val)
+
+
 def test_min_snr_weights_clip_high_snr_timesteps():
     from diffusers import DDPMScheduler
 

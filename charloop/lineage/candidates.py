@@ -2,12 +2,13 @@
 
 On the same dataset the training seed alone moves a LoRA far (on the world, nova's whole
 characters ranged 13.9-44.4 % over six seeds), and the loop's own evaluation can order
-such LoRAs as the oracle does (for nova; for sable its reference match does not). So an iteration may train ``train.candidates`` LoRAs with
-seeds ``train.seed``, ``train.seed + 1``, ..., evaluate each on the held-out contexts, and
-keep the best by the round metric (``loop.metric``). Each candidate is an ordinary sealed
-stage folder under ``iter-NNN/candidates/seed-S/`` (so an interrupted iteration resumes
-candidate by candidate); the chosen one is copied (hard links: no second copy on disk) to
-the iteration's ``05_adapter`` and ``06_evaluation``, which DVC and the registry version as
+such LoRAs as the oracle does (for nova; for sable its reference match does not). So an
+iteration may train ``train.candidates`` LoRAs with seeds ``train.seed``,
+``train.seed + 1``, ..., evaluate each on the held-out contexts, and keep the best by the
+round metric (``loop.metric``). Each candidate is an ordinary sealed stage folder under
+``iter-NNN/candidates/seed-S/`` (so an interrupted iteration resumes candidate by
+candidate); the chosen one is copied (hard links: no second copy on disk) to the
+iteration's ``05_adapter`` and ``06_evaluation``, which DVC and the registry version as
 before, and ``candidates/selection.json`` records why.
 """
 

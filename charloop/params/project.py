@@ -50,6 +50,7 @@ LATER_FIELDS: dict[str, Any] = {
     "train.trigger_embedding.free_vectors": 0,
     "train.augment": {"variants": 0, "zoom": 1.25, "flip": False},
     "train.candidates": 1,
+    "train.validation.hold_out_references": True,
 }
 """Fields added after projects were written, with the value that behaves as before: at
 that value a field is left out of the lineage hash, so an upgrade keeps every existing

@@ -18,6 +18,10 @@ class ValidationParams(StrictModel):
     """Compute the validation loss every this many optimizer steps (and after the last)."""
     timesteps: list[int] = [100, 400, 700, 900]
     """Fixed diffusion timesteps the loss averages over (same noise every time)."""
+    hold_out_references: bool = True
+    """Whether reference images may be held out like any dataset image (as before); false
+    holds out generated images only (references only when too few are generated), so the
+    LoRA trains on every reference (see docs/stages.md, 'Validation and the references')."""
 
 
 class BucketParams(StrictModel):

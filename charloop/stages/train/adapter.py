@@ -173,7 +173,9 @@ def fit(
     base_ref = base_model_ref(project)
     identity = ModelIdentity(base_ref, params.base_model.revision)
     cache = EncodeCache(project.resolve(tp.cache_dir))
-    train_rows, val_rows = split_validation(rows, tp.validation.images, tp.seed)
+    train_rows, val_rows = split_validation(
+        rows, tp.validation.images, tp.seed, tp.validation.hold_out_references
+    )
     plain = len(train_rows)
     train_rows = with_variants(train_rows, tp.augment)  # validation sees the images as they are
     if len(train_rows) > plain:

@@ -15,6 +15,7 @@ from charloop.core.hashing import sha256_bytes, sha256_file
 from charloop.families import family_of_pipe
 from charloop.families.base import TextParts, centre_crop
 from charloop.models.encode_cache import EncodeCache, component_identity
+from charloop.stages.layout import is_reference_id
 from charloop.stages.train.augment import Variant
 from charloop.stages.train.buckets import nearest_bucket
 from charloop.stages.train.images import Size, encode_images, image_size
@@ -84,17 +85,26 @@ def read_rows(dataset_dir: Path) -> list[dict[str, Any]]:
 
 
 def split_validation(
-    rows: list[dict[str, Any]], count: int, seed: int
+    rows: list[dict[str, Any]], count: int, seed: int, references: bool = True
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Hold ``count`` rows out for validation, chosen by a seeded hash of their ids.
 
     The choice depends only on the ids and the seed, so adding images to a dataset moves
-    few rows between the splits. At least one row always stays in training.
+    few rows between the splits. At least one row always stays in training. With
+    ``references`` false, reference images are held out only when there are too few
+    generated rows: they are what the character is, and with eight of them, two held out
+    is a quarter of the character never shown to the LoRA.
     """
     count = min(count, len(rows) - 1)
     if count <= 0:
         return rows, []
-    ranked = sorted(rows, key=lambda row: sha256_bytes(f"{seed}:{row['id']}".encode()))
+    ranked = sorted(
+        rows,
+        key=lambda row: (
+            not references and is_reference_id(str(row["id"])),
+            sha256_bytes(f"{seed}:{row['id']}".encode()),
+        ),
+    )
     held = {row["id"] for row in ranked[:count]}
     return [r for r in rows if r["id"] not in held], [r for r in rows if r["id"] in held]
 
