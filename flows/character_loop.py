@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -85,18 +86,20 @@ def _evaluate(
     trained: Adapter,
     dataset: Dataset,
     previous: dict[str, float] | None,
+    out: Path | None = None,
 ) -> Evaluation:
-    """One evaluate task, its rendering fanned out over ``scale.shards`` tasks first."""
+    """One evaluate task (into ``out``: a candidate's folder), its rendering fanned out
+    over ``scale.shards`` tasks first."""
     shards = project.params.scale.shards
-    out = IterationPaths.of(project.workdir, iteration).evaluation
+    out = out or IterationPaths.of(project.workdir, iteration).evaluation
     if shards <= 1 or evaluate_identity(project, trained, dataset, out).done():
-        return evaluate_task(project, iteration, trained, dataset, previous)
+        return evaluate_task(project, iteration, trained, dataset, previous, out=out)
     futures = [
-        eval_shard_task.submit(project, iteration, trained, shard, shards)
+        eval_shard_task.submit(project, iteration, trained, shard, shards, out)
         for shard in range(shards)
     ]
     parts = [f.result() for f in futures]
-    return evaluate_task(project, iteration, trained, dataset, previous, parts)
+    return evaluate_task(project, iteration, trained, dataset, previous, parts, out)
 
 
 def _train_and_evaluate(
@@ -117,7 +120,7 @@ def _train_and_evaluate(
         folders = paths.candidate(seed)
         trained = train_task(seeded(project, seed), iteration, dataset, provenance, folders.adapter)
         evaluations.append(
-            evaluate_task(project, iteration, trained, dataset, previous, out=folders.evaluation)
+            _evaluate(project, iteration, trained, dataset, previous, folders.evaluation)
         )
     return adopt_candidate_task(project, iteration, seeds, evaluations)
 

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import task
 
 from charloop.params.project import Project
@@ -55,7 +57,7 @@ def assemble_generated_task(
         lambda p: eval_shard_identity(
             p["project"],
             p["adapter"],
-            paths_of(p["project"], p["iteration"]).evaluation,
+            p.get("out") or paths_of(p["project"], p["iteration"]).evaluation,
             p["shard"],
             p["shards"],
         )
@@ -63,8 +65,14 @@ def assemble_generated_task(
     **CACHED,
 )
 def eval_shard_task(
-    project: Project, iteration: int, adapter: Adapter, shard: int, shards: int
+    project: Project,
+    iteration: int,
+    adapter: Adapter,
+    shard: int,
+    shards: int,
+    out: Path | None = None,
 ) -> EvalShard:
-    """Render one shard of the held-out evaluation (fans out on Dask/Ray task runners)."""
-    out = paths_of(project, iteration).evaluation
+    """Render one shard of the held-out evaluation (fans out on Dask/Ray task runners);
+    ``out``: the evaluation folder it belongs to (a candidate's), if not the iteration's."""
+    out = out or paths_of(project, iteration).evaluation
     return run_eval_shard(project, adapter, out, shard, shards)

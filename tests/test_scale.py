@@ -61,3 +61,22 @@ def test_whole_loop_on_dask_shards_generation_and_evaluation(make_project, prefe
     paths = IterationPaths.of(project.workdir, 1)
     assert len(list((paths.evaluation / "images").glob("lora-*.png"))) == 2
     assert not list((paths.root / ".shards").glob("*"))  # shard scratch merged and removed
+
+
+def test_candidate_evaluations_fan_out_over_dask_shards(make_project, prefect_harness):
+    from flows.character_loop import character_loop
+
+    project = make_project(
+        loop={"max_iterations": 1},
+        train={"max_train_steps": 6, "batch_size": 2, "candidates": 2},
+        scale={"task_runner": "dask", "workers": 2, "shards": 2},
+        dvc={"enabled": False},
+    )
+    runner = task_runner_for(project.params.scale)
+    rows = character_loop.with_options(task_runner=runner)(str(project.params_file))
+    assert len(rows) == 1 and rows[0]["version"] == "1"
+    paths = IterationPaths.of(project.workdir, 1)
+    for seed in (0, 1):  # each candidate's renders gathered into its own folder
+        assert len(list((paths.candidate(seed).evaluation / "images").glob("lora-*.png"))) == 2
+        assert not list((paths.candidate(seed).root / ".shards").glob("*"))
+    assert len(list((paths.evaluation / "images").glob("lora-*.png"))) == 2

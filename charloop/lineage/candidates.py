@@ -155,23 +155,30 @@ def train_candidates(
     if project.params.train.candidates == 1:
         return run_train(project, dataset, out, provenance)
     root, seeds = candidate_root(out), candidate_seeds(project)
-    metrics = []
+    evaluations = []
     for seed in seeds:
         folders = root.candidate(seed)
         trained = run_train(seeded(project, seed), dataset, folders.adapter, provenance)
-        metrics.append(run_evaluate(project, trained, dataset, folders.evaluation).metrics)
-    chosen = pick(metrics, project.params.loop.metric)
-    write_selection(root, chosen, seeds)
-    return adopt(root.candidate(seeds[chosen.index]).adapter, out, Adapter)
+        evaluations.append(run_evaluate(project, trained, dataset, folders.evaluation))
+    chosen, _ = choose(root, seeds, evaluations, project.params.loop.metric)
+    return adopt(chosen.adapter, out, Adapter)
+
+
+def choose(
+    paths: IterationPaths, seeds: list[int], evaluations: list[Evaluation], choice: str
+) -> tuple[IterationPaths, dict[str, Any]]:
+    """Pick among evaluated candidates and write ``selection.json``; returns the chosen
+    candidate's folders and the selection record."""
+    chosen = pick([e.metrics for e in evaluations], choice)
+    record = write_selection(paths, chosen, seeds)
+    return paths.candidate(seeds[chosen.index]), record
 
 
 def adopt_candidate(
     paths: IterationPaths, seeds: list[int], evaluations: list[Evaluation], choice: str
 ) -> tuple[Adapter, Evaluation, dict[str, Any]]:
-    """Pick among evaluated candidates and adopt the chosen one's adapter and evaluation
-    as the iteration's; returns them and the selection record."""
-    chosen = pick([e.metrics for e in evaluations], choice)
-    record = write_selection(paths, chosen, seeds)
-    folders = paths.candidate(seeds[chosen.index])
+    """:func:`choose`, then adopt the chosen one's adapter and evaluation as the
+    iteration's; returns them and the selection record."""
+    folders, record = choose(paths, seeds, evaluations, choice)
     adapter = adopt(folders.adapter, paths.adapter, Adapter)
     return adapter, adopt(folders.evaluation, paths.evaluation, Evaluation), record

@@ -138,12 +138,11 @@ def render_pairs(
             "jobs": [dataclasses.asdict(job) for job in jobs],
         }
     )
-    drawn_by, base_images = _BASE_RENDERS.get(key, (None, None))
-    if base_images is None or drawn_by is None or drawn_by() is not pipe:
-        base_images = render(pipe, jobs, params.generate)
+    kept = _BASE_RENDERS.get(key)
+    if kept is None or kept[0]() is not pipe:
         _BASE_RENDERS.clear()
-        _BASE_RENDERS[key] = (weakref.ref(pipe), base_images)
-    return lora_images, [image.copy() for image in base_images]
+        kept = _BASE_RENDERS[key] = (weakref.ref(pipe), render(pipe, jobs, params.generate))
+    return lora_images, [image.copy() for image in kept[1]]
 
 
 def run_evaluate(
